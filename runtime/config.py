@@ -1,0 +1,40 @@
+"""Where Spinup keeps its state and the defaults it runs with."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_IMAGE = "spinup/base:bookworm"
+DEFAULT_OUTPUT_CAP = 1024 * 1024
+DEFAULT_EXEC_TIMEOUT = 600.0
+TOOLBOX_HOST_PATH = "/bin/busybox"
+TOOLBOX_MOUNT = "/.spinup/busybox"
+
+
+def default_home() -> Path:
+    """The state directory: ``$SPINUP_HOME``, else ``$XDG_DATA_HOME/spinup``, else ``~/.local/share/spinup``."""
+    explicit = os.environ.get("SPINUP_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "spinup"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings; every field has a safe default."""
+
+    home: Path = field(default_factory=default_home)
+    default_image: str = DEFAULT_IMAGE
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    exec_timeout: float = DEFAULT_EXEC_TIMEOUT
+    toolbox_host_path: str = TOOLBOX_HOST_PATH
+    label_extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database holding agents and events."""
+        return self.home / "state.db"

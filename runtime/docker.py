@@ -1,0 +1,286 @@
+"""The Docker backend: the one place that talks to the daemon through aiodocker.
+
+Raw Docker JSON and ``aiodocker.DockerError`` stop here; callers get typed values and
+:mod:`runtime.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from .errors import DockerFailure, DockerUnavailable, NotFound
+
+MANAGED_LABEL = "spinup.managed"
+AGENT_LABEL = "spinup.agent"
+API_VERSION = "v1.41"
+
+
+@contextmanager
+def translate_docker_errors(what: str) -> Iterator[None]:
+    """Turn aiodocker and connection errors raised inside the block into Spinup errors."""
+    try:
+        yield
+    except DockerError as exc:
+        if exc.status == 900:
+            raise DockerUnavailable(exc.message) from exc
+        if exc.status == 404:
+            raise NotFound(f"{what}: {exc.message}") from exc
+        raise DockerFailure(f"{what} failed: Docker said: {exc.message}", exc.status) from exc
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+        raise DockerUnavailable(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What the runtime needs to know about a container."""
+
+    id: str
+    running: bool
+    paused: bool
+    status: str
+    pid: int
+    image: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PathStat:
+    """Stat of a path inside a container, from the archive API's stat header."""
+
+    name: str
+    size: int
+    mode: int  # Go os.FileMode bits
+    mtime: str
+    link_target: str
+
+    # Go's os.FileMode type bits
+    _DIR = 1 << 31
+    _SYMLINK = 1 << 27
+
+    @property
+    def is_dir(self) -> bool:
+        return bool(self.mode & self._DIR)
+
+    @property
+    def is_symlink(self) -> bool:
+        return bool(self.mode & self._SYMLINK)
+
+    @property
+    def permissions(self) -> int:
+        return self.mode & 0o7777
+
+
+def _parse_path_stat(header: str | None) -> PathStat:
+    if not header:
+        raise DockerFailure("Docker returned no path stat header for an archive request")
+    raw = json.loads(base64.b64decode(header))
+    return PathStat(
+        name=raw.get("name", ""),
+        size=int(raw.get("size", 0)),
+        mode=int(raw.get("mode", 0)),
+        mtime=str(raw.get("mtime", "")),
+        link_target=raw.get("linkTarget", "") or "",
+    )
+
+
+class DockerBackend:
+    """Typed, error-translating access to the Docker daemon."""
+
+    def __init__(self, client: aiodocker.Docker | None = None) -> None:
+        self._client = client
+        self._owns_client = client is None
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            os.environ.setdefault("DOCKER_API_VERSION", API_VERSION.lstrip("v"))
+            with translate_docker_errors("connect to Docker"):
+                self._client = aiodocker.Docker(api_version=API_VERSION)
+        return self._client
+
+    async def close(self) -> None:
+        """Close the HTTP session if this backend created it."""
+        if self._client is not None and self._owns_client:
+            await self._client.close()
+            self._client = None
+
+    # daemon
+
+    async def version(self) -> dict[str, Any]:
+        """The daemon's version document."""
+        with translate_docker_errors("Ask Docker for its version"):
+            result: dict[str, Any] = await self.client.version()
+            return result
+
+    @property
+    def is_local(self) -> bool:
+        """True when the daemon is reached over a local unix socket (so host /proc is its /proc)."""
+        url = str(getattr(self.client, "docker_host", ""))
+        return url.startswith("unix://")
+
+    # images
+
+    async def image_exists(self, ref: str) -> bool:
+        """Whether Docker has the image ``ref``."""
+        try:
+            with translate_docker_errors(f"Inspect image {ref}"):
+                await self.client.images.inspect(ref)
+        except NotFound:
+            return False
+        return True
+
+    async def import_image(self, tar_stream: AsyncIterator[bytes], ref: str, changes: list[str]) -> str:
+        """Import a rootfs tar stream as image ``ref``; returns the image id."""
+        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
+        params: dict[str, Any] = {"fromSrc": "-", "repo": repo, "tag": tag}
+        if changes:
+            params["changes"] = changes
+        with translate_docker_errors(f"Import image {ref}"):
+            async with self.client._query(
+                "images/create",
+                method="POST",
+                params=params,
+                data=tar_stream,
+                headers={"Content-Type": "application/x-tar"},
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as response:
+                body = await response.text()
+        for line in body.splitlines():
+            if '"error"' in line:
+                raise DockerFailure(f"Import of {ref} failed: {json.loads(line).get('error')}")
+        info = await self.client.images.inspect(ref)
+        return str(info["Id"])
+
+    # containers
+
+    async def create_container(self, config: dict[str, Any], name: str | None = None) -> str:
+        """Create a container from a full config; returns its id."""
+        with translate_docker_errors("Create machine"):
+            container = await self.client.containers.create(config, name=name)
+            return str(container.id)
+
+    async def inspect(self, container_id: str) -> MachineInfo | None:
+        """The container's state, or None if it does not exist."""
+        try:
+            with translate_docker_errors(f"Inspect machine {container_id[:12]}"):
+                raw = await self.client.containers.container(container_id).show()
+        except NotFound:
+            return None
+        state = raw.get("State", {})
+        return MachineInfo(
+            id=raw["Id"],
+            running=bool(state.get("Running")),
+            paused=bool(state.get("Paused")),
+            status=str(state.get("Status", "")),
+            pid=int(state.get("Pid") or 0),
+            image=str(raw.get("Config", {}).get("Image", "")),
+            labels=dict(raw.get("Config", {}).get("Labels") or {}),
+        )
+
+    async def start(self, container_id: str) -> None:
+        """Start a stopped container."""
+        with translate_docker_errors(f"Start machine {container_id[:12]}"):
+            await self.client.containers.container(container_id).start()
+
+    async def unpause(self, container_id: str) -> None:
+        """Resume a paused container."""
+        with translate_docker_errors(f"Unpause machine {container_id[:12]}"):
+            await self.client.containers.container(container_id).unpause()
+
+    async def stop(self, container_id: str, grace_seconds: int = 5) -> None:
+        """Stop a container, killing it after ``grace_seconds``."""
+        with translate_docker_errors(f"Stop machine {container_id[:12]}"):
+            await self.client.containers.container(container_id).stop(t=grace_seconds)
+
+    async def remove(self, container_id: str) -> None:
+        """Force-remove a container; a container that is already gone is fine."""
+        try:
+            with translate_docker_errors(f"Remove machine {container_id[:12]}"):
+                await self.client.containers.container(container_id).delete(force=True, v=True)
+        except NotFound:
+            return
+
+    async def list_by_label(self, label: str) -> list[str]:
+        """Ids of all containers (running or not) carrying ``label`` (``key`` or ``key=value``)."""
+        with translate_docker_errors("List machines"):
+            containers = await self.client.containers.list(all=True, filters={"label": [label]})
+        return [str(c.id) for c in containers]
+
+    # exec
+
+    async def exec_create(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        workdir: str | None,
+        user: str,
+        stdin: bool,
+    ) -> aiodocker.execs.Exec:
+        """Create an exec instance (not started)."""
+        with translate_docker_errors("Start command"):
+            return await self.client.containers.container(container_id).exec(
+                argv, stdin=stdin, stdout=True, stderr=True, tty=False, user=user, environment=env, workdir=workdir
+            )
+
+    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        """Exec state: ``Running``, ``ExitCode``, ``Pid``."""
+        with translate_docker_errors("Inspect command"):
+            result: dict[str, Any] = await self.client._query_json(f"exec/{exec_id}/json", method="GET")
+            return result
+
+    # archive
+
+    async def path_stat(self, container_id: str, path: str) -> PathStat:
+        """Stat ``path`` in the container (a symlink is reported as itself)."""
+        # aiodocker cannot read HEAD errors (no body), so this request is made directly.
+        client = self.client
+        url = client._canonicalize_url(f"containers/{container_id}/archive")
+        with translate_docker_errors(f"Stat {path}"):
+            try:
+                async with client.session.head(url, params={"path": path}) as response:
+                    if response.status == 404:
+                        raise DockerError(404, f"no such path {path} (or no such machine)")
+                    if response.status >= 400:
+                        raise DockerError(response.status, response.reason or "archive stat failed")
+                    return _parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
+            except aiohttp.ClientConnectionError as exc:
+                raise DockerError(900, str(exc)) from exc
+
+    @asynccontextmanager
+    async def get_archive(self, container_id: str, path: str) -> AsyncIterator[tuple[PathStat, aiohttp.StreamReader]]:
+        """Stream a tar of ``path`` out of the container, with the path's stat."""
+        with translate_docker_errors(f"Read {path}"):
+            async with self.client._query(
+                f"containers/{container_id}/archive",
+                method="GET",
+                params={"path": path},
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as response:
+                stat = _parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
+                yield stat, response.content
+
+    async def put_archive(self, container_id: str, path: str, tar: IO[bytes] | bytes) -> None:
+        """Extract a tar (file object or bytes) into directory ``path`` of the container."""
+        with translate_docker_errors(f"Write into {path}"):
+            async with self.client._query(
+                f"containers/{container_id}/archive",
+                method="PUT",
+                params={"path": path, "noOverwriteDirNonDir": "true"},
+                data=tar,
+                headers={"Content-Type": "application/x-tar"},
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as response:
+                await response.read()
+

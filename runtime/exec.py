@@ -1,0 +1,223 @@
+"""Run a command in a machine: bounded output, stdin, a timeout that kills the process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiodocker.stream import Stream
+
+from .config import TOOLBOX_MOUNT
+from .docker import DockerBackend
+from .errors import InvalidInput
+from .output import BoundedOutput
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, int], Awaitable[None]]
+EXEC_MARKER = "SPINUP_EXEC_ID"
+PROGRESS_INTERVAL = 2.0
+# Docker reports these (on stdout) when the command cannot be started at all.
+_START_FAILURES = ("OCI runtime exec failed", "executable file not found", "no such file or directory")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command did. A non-zero exit is data, not an error."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+    stdout_dropped: int
+    stderr_dropped: int
+    timed_out: bool
+    duration_s: float
+
+    @property
+    def truncated(self) -> bool:
+        return self.stdout_dropped > 0 or self.stderr_dropped > 0
+
+
+def build_argv(command: str | list[str]) -> list[str]:
+    """A shell string runs under ``/bin/sh -c``; a list is run as is."""
+    if isinstance(command, str):
+        if not command.strip():
+            raise InvalidInput("The command is empty. Pass a shell string like 'ls -la' or an argv list.")
+        return ["/bin/sh", "-c", command]
+    if not command or not all(isinstance(part, str) for part in command) or not command[0]:
+        raise InvalidInput("The argv list must be non-empty strings, for example [\"python3\", \"-V\"].")
+    return list(command)
+
+
+def _validate(cwd: str | None, env: dict[str, str], timeout: float, output_cap: int) -> None:
+    if cwd is not None and not cwd.startswith("/"):
+        raise InvalidInput(f"cwd must be an absolute path inside the machine, got {cwd!r}.")
+    for key in env:
+        if not key or "=" in key or "\0" in key:
+            raise InvalidInput(f"Invalid environment variable name {key!r}.")
+    if not timeout > 0:
+        raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout}.")
+    if output_cap < 0:
+        raise InvalidInput(f"output cap must be >= 0 bytes, got {output_cap}.")
+
+
+async def run_command(
+    docker: DockerBackend,
+    machine_id: str,
+    command: str | list[str],
+    *,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    timeout: float,
+    output_cap: int,
+    user: str = "",
+    on_progress: ProgressCallback | None = None,
+) -> ExecResult:
+    """Run ``command`` in the machine and collect its result.
+
+    On timeout the command's whole process group (and anything else carrying its exec marker)
+    is killed, and the result says ``timed_out``.
+    """
+    env = dict(env or {})
+    _validate(cwd, env, timeout, output_cap)
+    argv = build_argv(command)
+    marker = uuid.uuid4().hex
+    env[EXEC_MARKER] = marker
+    out, err = BoundedOutput(output_cap), BoundedOutput(output_cap)
+    started = time.monotonic()
+    execution = await docker.exec_create(
+        machine_id, argv, env=env, workdir=cwd, user=user, stdin=stdin is not None
+    )
+    timed_out = False
+    ticker = asyncio.create_task(_tick(on_progress, started, out, err)) if on_progress else None
+    try:
+        async with execution.start(detach=False) as stream:
+            try:
+                async with asyncio.timeout(timeout):
+                    await _pump(stream, stdin, out, err)
+            except TimeoutError:
+                timed_out = True
+                await _kill(docker, machine_id, execution.id, marker)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+    exit_code = None if timed_out else await _exit_code(docker, execution.id)
+    stderr_text = err.text()
+    if timed_out:
+        stderr_text += (
+            ("\n" if stderr_text else "")
+            + f"[spinup: command timed out after {timeout:g}s and was killed with its process group; "
+            f"raise timeout or run it in the background]"
+        )
+    elif exit_code in (126, 127) and not err.total and any(s in out.text() for s in _START_FAILURES):
+        # Docker writes start failures (missing binary or cwd) to stdout; move them where they belong.
+        stderr_text, out = f"spinup: the command could not start: {out.text().strip()}", BoundedOutput(output_cap)
+    return ExecResult(
+        exit_code=exit_code,
+        stdout=out.text(),
+        stderr=stderr_text,
+        stdout_bytes=out.total,
+        stderr_bytes=err.total,
+        stdout_dropped=out.dropped,
+        stderr_dropped=err.dropped,
+        timed_out=timed_out,
+        duration_s=round(time.monotonic() - started, 4),
+    )
+
+
+async def _pump(stream: Stream, stdin: bytes | None, out: BoundedOutput, err: BoundedOutput) -> None:
+    writer = asyncio.create_task(_feed_stdin(stream, stdin)) if stdin is not None else None
+    try:
+        while True:
+            message = await stream.read_out()
+            if message is None:
+                break
+            (err if message.stream == 2 else out).write(message.data)
+    finally:
+        if writer is not None:
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await writer
+
+
+async def _feed_stdin(stream: Stream, data: bytes) -> None:
+    view = memoryview(data)
+    for start in range(0, len(view), 64 * 1024):
+        await stream.write_in(bytes(view[start : start + 64 * 1024]))
+    # Half-close so the command sees end of input; aiodocker only offers a full close.
+    response = stream._resp
+    transport = response.connection.transport if response and response.connection else None
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
+
+
+async def _tick(on_progress: ProgressCallback, started: float, out: BoundedOutput, err: BoundedOutput) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL)
+        try:
+            await on_progress(time.monotonic() - started, out.total + err.total)
+        except Exception:
+            log.exception("progress callback failed; no more progress for this command")
+            return
+
+
+async def _exit_code(docker: DockerBackend, exec_id: str) -> int | None:
+    for _ in range(50):
+        info = await docker.exec_inspect(exec_id)
+        if not info.get("Running"):
+            code = info.get("ExitCode")
+            return None if code is None else int(code)
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: str) -> None:
+    """Kill the exec's process group from the host when the daemon is local, then sweep the
+    machine for any process still carrying the exec marker (daemons that left the group)."""
+    info = await docker.exec_inspect(exec_id)
+    pid = int(info.get("Pid") or 0)
+    if pid > 0 and docker.is_local and _belongs_to(pid, machine_id):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            log.warning("not allowed to kill process group %d; sweeping inside the machine", pid)
+    sweep = (
+        'for p in /proc/[0-9]*; do '
+        f'if {TOOLBOX_MOUNT} tr "\\0" "\\n" < "$p/environ" 2>/dev/null '
+        f'| {TOOLBOX_MOUNT} grep -qx "{EXEC_MARKER}={marker}"; '
+        f'then {TOOLBOX_MOUNT} kill -9 "${{p#/proc/}}" 2>/dev/null; fi; done; true'
+    )
+    try:
+        sweeper = await docker.exec_create(
+            machine_id, [TOOLBOX_MOUNT, "sh", "-c", sweep], env={}, workdir="/", user="0", stdin=False
+        )
+        async with sweeper.start(detach=False) as stream:
+            async with asyncio.timeout(10):
+                while await stream.read_out() is not None:
+                    pass
+    except Exception:
+        log.exception("sweep for the timed-out command's processes failed")
+
+
+def _belongs_to(pid: int, machine_id: str) -> bool:
+    """Whether host process ``pid`` runs in the machine (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            return machine_id in fh.read()
+    except OSError:
+        return False

@@ -1,0 +1,412 @@
+"""Files in a machine, through the Docker archive API (nothing needed inside the image).
+
+Move and delete have no archive-API form; they run the read-only toolbox (a static busybox
+mounted into every machine), so they too work in images without shell tools.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import fnmatch
+import io
+import posixpath
+import stat as statmod
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Literal
+
+from .config import TOOLBOX_MOUNT
+from .docker import DockerBackend, PathStat
+from .errors import (
+    DirectoryNotEmpty,
+    InvalidInput,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PathNotFound,
+    SpinupError,
+)
+from .exec import run_command
+from .tarstream import with_tar_stream
+
+FileType = Literal["file", "directory", "symlink", "other"]
+Encoding = Literal["auto", "text", "base64"]
+_CHUNK = 1024 * 1024
+_SPOOL_IN_MEMORY = 8 * 1024 * 1024
+_MAX_SYMLINK_HOPS = 16
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One entry of a machine's filesystem."""
+
+    path: str
+    type: FileType
+    size: int
+    mode: str  # octal permission bits, e.g. "0644"
+    mtime: str  # ISO 8601, UTC
+    link_target: str | None = None
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """What a read returned."""
+
+    path: str
+    content: str
+    encoding: Literal["text", "base64"]
+    size: int  # size of the whole file in bytes
+    offset: int
+    returned: int  # bytes (byte ranges) or lines (line ranges) returned
+    unit: Literal["bytes", "lines"]
+    eof: bool  # the read reached the end of the file
+
+
+def normalize_path(path: str) -> str:
+    """Validate an absolute machine path and normalize it (``/a/./b/../c`` -> ``/a/c``)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidInput(f"Paths must be absolute inside the machine (start with '/'), got {path!r}.")
+    if "\0" in path:
+        raise InvalidInput("Paths cannot contain NUL bytes.")
+    return posixpath.normpath(path).replace("//", "/")
+
+
+def _type_of_tar(member: tarfile.TarInfo) -> FileType:
+    if member.isdir():
+        return "directory"
+    if member.issym():
+        return "symlink"
+    if member.isfile() or member.islnk():
+        return "file"
+    return "other"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _docker_time(value: str) -> str:
+    """Docker's RFC 3339 time (nanoseconds, 'Z') as ISO 8601 like the rest of our results."""
+    head = value.rstrip("Z").partition(".")[0]
+    try:
+        return datetime.fromisoformat(head).replace(tzinfo=UTC).isoformat()
+    except ValueError:
+        return value
+
+
+def _info_from_stat(path: str, st: PathStat) -> FileInfo:
+    if st.is_dir:
+        kind: FileType = "directory"
+    elif st.is_symlink:
+        kind = "symlink"
+    elif st.mode & ((1 << 26) | (1 << 25) | (1 << 24) | (1 << 21)):
+        kind = "other"
+    else:
+        kind = "file"
+    return FileInfo(
+        path=path,
+        type=kind,
+        size=st.size,
+        mode=f"{st.permissions:04o}",
+        mtime=_docker_time(st.mtime),
+        link_target=st.link_target or None,
+    )
+
+
+class Files:
+    """File operations on one machine."""
+
+    def __init__(self, docker: DockerBackend, machine_id: str) -> None:
+        self.docker = docker
+        self.machine_id = machine_id
+
+    async def stat(self, path: str) -> FileInfo:
+        """Stat a path (a symlink is reported as itself)."""
+        path = normalize_path(path)
+        return _info_from_stat(path, await self._stat(path))
+
+    async def _stat(self, path: str) -> PathStat:
+        try:
+            return await self.docker.path_stat(self.machine_id, path)
+        except NotFound as exc:
+            raise PathNotFound(path) from exc
+
+    async def _resolve(self, path: str) -> tuple[str, PathStat]:
+        """Follow symlinks to the final path and its stat."""
+        for _ in range(_MAX_SYMLINK_HOPS):
+            st = await self._stat(path)
+            if not st.is_symlink:
+                return path, st
+            path = normalize_path(posixpath.join(posixpath.dirname(path), st.link_target))
+        raise InvalidInput(f"Too many levels of symbolic links at {path}.")
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists (symlinks count as existing)."""
+        try:
+            await self._stat(normalize_path(path))
+        except PathNotFound:
+            return False
+        return True
+
+    async def read(
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        unit: Literal["bytes", "lines"] = "lines",
+        encoding: Encoding = "auto",
+    ) -> FileContent:
+        """Read a file, or a range of it in lines or bytes.
+
+        ``auto`` returns UTF-8 text when the bytes are valid UTF-8 and base64 otherwise.
+        """
+        if offset < 0 or (limit is not None and limit < 0):
+            raise InvalidInput("offset and limit must be >= 0.")
+        if encoding == "base64" and unit == "lines":
+            unit = "bytes"
+        path = normalize_path(path)
+        real, st = await self._resolve(path)
+        if st.is_dir:
+            raise IsADirectory(path)
+
+        def extract(tar: tarfile.TarFile) -> tuple[bytes, int, bool, int]:
+            member = tar.next()
+            if member is None or not member.isfile():
+                raise InvalidInput(f"{path} is not a regular file; it cannot be read as content.")
+            fh = tar.extractfile(member)
+            assert fh is not None
+            if unit == "bytes":
+                _skip(fh, offset)
+                data = fh.read() if limit is None else fh.read(limit)
+                return data, len(data), offset + len(data) >= member.size, member.size
+            lines: list[bytes] = []
+            for index, line in enumerate(fh):
+                if index < offset:
+                    continue
+                if limit is not None and len(lines) >= limit:
+                    return b"".join(lines), len(lines), False, member.size
+                lines.append(line)
+            return b"".join(lines), len(lines), True, member.size
+
+        async with self.docker.get_archive(self.machine_id, real) as (_, content):
+            data, returned, eof, size = await with_tar_stream(content, extract)
+        text, used = _encode(data, encoding)
+        return FileContent(
+            path=path,
+            content=text,
+            encoding=used,
+            size=size,
+            offset=offset,
+            returned=returned,
+            unit=unit,
+            eof=eof,
+        )
+
+    async def write(
+        self,
+        path: str,
+        content: str,
+        *,
+        encoding: Literal["text", "base64"] = "text",
+        mode: str | int | None = None,
+        create_parents: bool = True,
+    ) -> FileInfo:
+        """Create or replace a file. Missing parent directories are created (0755) unless told not to."""
+        path = normalize_path(path)
+        if path == "/":
+            raise IsADirectory(path)
+        data = _decode(content, encoding)
+        perm = _parse_mode(mode)
+        try:
+            current = await self._stat(path)
+        except PathNotFound:
+            current = None
+        if current is not None and current.is_dir:
+            raise IsADirectory(path)
+        if perm is None:
+            perm = current.permissions if current is not None and not current.is_symlink else 0o644
+        parent = posixpath.dirname(path)
+        if not await self.exists(parent):
+            if not create_parents:
+                raise PathNotFound(parent)
+        elif not (await self._resolve(parent))[1].is_dir:
+            raise NotADirectory(parent)
+        member = tarfile.TarInfo(path.lstrip("/"))
+        member.size = len(data)
+        member.mode = perm
+        member.mtime = int(time.time())
+        await self._put(member, io.BytesIO(data))
+        return await self.stat(path)
+
+    async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
+        """Create a directory and any missing parents; an existing directory is fine."""
+        path = normalize_path(path)
+        try:
+            current = await self._stat(path)
+        except PathNotFound:
+            current = None
+        if current is not None:
+            if current.is_dir:
+                return _info_from_stat(path, current)
+            raise NotADirectory(path)
+        member = tarfile.TarInfo(path.lstrip("/"))
+        member.type = tarfile.DIRTYPE
+        member.mode = _parse_mode(mode) or 0o755
+        member.mtime = int(time.time())
+        await self._put(member, None)
+        return await self.stat(path)
+
+    async def _put(self, member: tarfile.TarInfo, payload: io.BytesIO | None) -> None:
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+            with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.addfile(member, payload)
+            spool.seek(0)
+            await self.docker.put_archive(self.machine_id, "/", spool)
+
+    async def list(
+        self, path: str, *, recursive: bool = False, pattern: str | None = None, max_entries: int = 1000
+    ) -> tuple[builtins.list[FileInfo], bool]:
+        """Entries under a directory (not the directory itself), sorted by path.
+
+        ``pattern`` is a glob matched against the entry's name, or against its path relative to
+        ``path`` when it contains '/'. Returns the entries and whether ``max_entries`` cut the list.
+        """
+        if max_entries < 1:
+            raise InvalidInput("max_entries must be >= 1.")
+        path = normalize_path(path)
+        real, st = await self._resolve(path)
+        if not st.is_dir:
+            raise NotADirectory(path)
+
+        def collect(tar: tarfile.TarFile) -> tuple[list[FileInfo], bool]:
+            entries: list[FileInfo] = []
+            root: str | None = None
+            for member in tar:
+                name = member.name.rstrip("/")
+                if root is None:
+                    root = name  # the first member is the directory itself
+                    continue
+                rel = name[len(root) + 1 :] if name.startswith(root + "/") else name
+                if not rel or (not recursive and "/" in rel):
+                    continue
+                target = rel if pattern and "/" in pattern else posixpath.basename(rel)
+                if pattern and not fnmatch.fnmatchcase(target, pattern):
+                    continue
+                if len(entries) >= max_entries:
+                    return entries, True
+                entries.append(
+                    FileInfo(
+                        path=posixpath.join(path, rel),
+                        type=_type_of_tar(member),
+                        size=member.size,
+                        mode=f"{statmod.S_IMODE(member.mode):04o}",
+                        mtime=_iso(member.mtime),
+                        link_target=(member.linkname or None) if member.issym() else None,
+                    )
+                )
+            return entries, False
+
+        async with self.docker.get_archive(self.machine_id, real) as (_, content):
+            entries, cut = await with_tar_stream(content, collect)
+        entries.sort(key=lambda entry: entry.path)
+        return entries, cut
+
+    async def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
+        """Move or rename a file or directory."""
+        source, destination = normalize_path(source), normalize_path(destination)
+        if source == "/":
+            raise InvalidInput("Cannot move '/'.")
+        await self._stat(source)
+        if await self.exists(destination):
+            if not overwrite:
+                raise InvalidInput(
+                    f"{destination} already exists. Pass overwrite=true to replace it, or choose another path."
+                )
+            if (await self._stat(destination)).is_dir:
+                raise IsADirectory(destination)
+        parent = posixpath.dirname(destination)
+        if not await self.exists(parent):
+            await self.mkdir(parent)
+        await self._toolbox(["mv", "-f", "--", source, destination], f"move {source} to {destination}")
+        return await self.stat(destination)
+
+    async def delete(self, path: str, *, recursive: bool = False) -> FileInfo:
+        """Delete a file, symlink or empty directory; ``recursive`` deletes a directory tree."""
+        path = normalize_path(path)
+        if path == "/":
+            raise InvalidInput("Refusing to delete '/'.")
+        info = _info_from_stat(path, await self._stat(path))
+        if info.type == "directory":
+            if recursive:
+                await self._toolbox(["rm", "-rf", "--", path], f"delete {path}")
+            else:
+                try:
+                    await self._toolbox(["rmdir", "--", path], f"delete {path}")
+                except SpinupError as exc:
+                    if "not empty" in str(exc).lower():
+                        raise DirectoryNotEmpty(path) from exc
+                    raise
+        else:
+            await self._toolbox(["rm", "-f", "--", path], f"delete {path}")
+        return info
+
+    async def _toolbox(self, argv: builtins.list[str], what: str) -> None:
+        result = await run_command(
+            self.docker, self.machine_id, [TOOLBOX_MOUNT, *argv], cwd="/", user="0", timeout=120, output_cap=8192
+        )
+        if result.exit_code != 0:
+            detail = (result.stderr or result.stdout).strip()
+            if "could not start" in detail:
+                raise SpinupError(
+                    f"Cannot {what}: this machine has no Spinup toolbox at {TOOLBOX_MOUNT} "
+                    f"(the host needs /bin/busybox from Debian's busybox-static; run spinup doctor)."
+                )
+            raise SpinupError(f"Cannot {what}: {detail}")
+
+
+def _skip(fh: IO[bytes], count: int) -> None:
+    while count > 0:
+        chunk = fh.read(min(count, _CHUNK))
+        if not chunk:
+            return
+        count -= len(chunk)
+
+
+def _decode(content: str, encoding: str) -> bytes:
+    if encoding == "text":
+        return content.encode("utf-8", errors="surrogateescape")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"content is not valid base64: {exc}. Encode the bytes with standard base64.") from exc
+    raise InvalidInput(f"encoding must be 'text' or 'base64', got {encoding!r}.")
+
+
+def _encode(data: bytes, encoding: Encoding) -> tuple[str, Literal["text", "base64"]]:
+    if encoding == "base64":
+        return base64.b64encode(data).decode("ascii"), "base64"
+    if encoding == "text":
+        return data.decode("utf-8", errors="replace"), "text"
+    try:
+        return data.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _parse_mode(mode: str | int | None) -> int | None:
+    if mode is None:
+        return None
+    try:
+        value = int(mode, 8) if isinstance(mode, str) else int(mode)
+    except ValueError as exc:
+        raise InvalidInput(f"mode must be octal like '0644' or '755', got {mode!r}.") from exc
+    if not 0 <= value <= 0o7777:
+        raise InvalidInput(f"mode must be between 0000 and 7777 (octal), got {mode!r}.")
+    return value

@@ -1,0 +1,52 @@
+"""Machines: the container an agent currently runs in, and how one is made."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import TOOLBOX_MOUNT, Settings
+from .docker import AGENT_LABEL, MANAGED_LABEL
+from .errors import SpinupError
+from .models import Agent
+
+WORKSPACE = "/workspace"
+
+
+def machine_labels(agent: Agent, settings: Settings) -> dict[str, str]:
+    """Labels every machine carries, so it can be found (and cleaned up) by agent."""
+    return {MANAGED_LABEL: "1", AGENT_LABEL: agent.id, "spinup.name": agent.name, **settings.label_extra}
+
+
+def machine_config(agent: Agent, settings: Settings, image: str) -> dict[str, Any]:
+    """The Docker create config for ``agent``'s machine from ``image``.
+
+    The machine's main process is the toolbox's ``sleep`` under Docker's init (tini), so it
+    needs nothing from the image, reaps zombies, and stops at once.
+    """
+    if not os.path.exists(settings.toolbox_host_path):
+        raise SpinupError(
+            f"The machine toolbox {settings.toolbox_host_path} is missing on this host. "
+            f"Install it with: apt-get install busybox-static (then run: spinup doctor)."
+        )
+    binds = [f"{settings.toolbox_host_path}:{TOOLBOX_MOUNT}:ro"]
+    return {
+        "Image": image,
+        "Entrypoint": [TOOLBOX_MOUNT, "sleep", "infinity"],
+        "Cmd": [],
+        "Hostname": agent.name,
+        "WorkingDir": WORKSPACE,
+        "Labels": machine_labels(agent, settings),
+        "Env": [f"SPINUP_AGENT={agent.name}"],
+        "HostConfig": {
+            "Init": True,
+            "NetworkMode": agent.policy.network,
+            "Binds": binds,
+            "RestartPolicy": {"Name": "no"},
+        },
+    }
+
+
+def machine_name(agent: Agent) -> str:
+    """A readable, unique container name."""
+    return f"spinup-{agent.name}-{agent.id[:8]}"

@@ -1,0 +1,188 @@
+"""The state database: agents and their events in SQLite (WAL), with versioned migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .errors import AgentExists, AgentNotFound
+from .models import Agent, AgentState, Event, Policy
+
+# Each entry moves the schema from version i to i+1. Never edit one that has shipped: append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE agents (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        image       TEXT NOT NULL,
+        policy      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        machine_id  TEXT,
+        state       TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id  TEXT NOT NULL,
+        at        TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        detail    TEXT NOT NULL
+    );
+    CREATE INDEX events_by_agent ON events (agent_id, id);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateDB:
+    """Agent records and event history. Each method is one short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"State database {self.path} has schema version {version}, newer than this Spinup "
+                    f"understands ({SCHEMA_VERSION}). Upgrade Spinup."
+                )
+            for index in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version the database is at."""
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # agents
+
+    def create_agent(self, name: str, image: str, policy: Policy) -> Agent:
+        """Insert a new agent record; raise :class:`AgentExists` if the name is taken."""
+        agent = Agent(
+            id=uuid.uuid4().hex[:16],
+            name=name,
+            image=image,
+            policy=policy,
+            created_at=_now(),
+            machine_id=None,
+            state=AgentState.CREATED,
+        )
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT INTO agents (id, name, image, policy, created_at, machine_id, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        agent.id,
+                        agent.name,
+                        agent.image,
+                        policy.model_dump_json(),
+                        agent.created_at.isoformat(),
+                        None,
+                        agent.state.value,
+                    ),
+                )
+                self._insert_event(conn, agent.id, "created", f"image={image} network={policy.network}")
+        except sqlite3.IntegrityError as exc:
+            raise AgentExists(name) from exc
+        return agent
+
+    def get_agent(self, name: str) -> Agent:
+        """The agent named ``name``; raise :class:`AgentNotFound` if there is none."""
+        row = self._conn.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise AgentNotFound(name)
+        return self._agent(row)
+
+    def find_agent(self, name: str) -> Agent | None:
+        """The agent named ``name``, or None."""
+        row = self._conn.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self._agent(row)
+
+    def list_agents(self) -> list[Agent]:
+        """All agents, oldest first."""
+        rows = self._conn.execute("SELECT * FROM agents ORDER BY created_at, name").fetchall()
+        return [self._agent(row) for row in rows]
+
+    def set_machine(self, agent_id: str, machine_id: str | None, state: AgentState) -> None:
+        """Record the agent's current machine and its state."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE agents SET machine_id = ?, state = ? WHERE id = ?", (machine_id, state.value, agent_id)
+            )
+
+    def delete_agent(self, agent_id: str) -> None:
+        """Remove the agent record and its events."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+            conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
+
+    # events
+
+    def record_event(self, agent_id: str, kind: str, detail: str = "") -> None:
+        """Append an event to the agent's history."""
+        with self._tx() as conn:
+            self._insert_event(conn, agent_id, kind, detail)
+
+    def events(self, agent_id: str, limit: int = 50) -> list[Event]:
+        """The agent's most recent events, oldest first."""
+        rows = self._conn.execute(
+            "SELECT * FROM events WHERE agent_id = ? ORDER BY id DESC LIMIT ?", (agent_id, limit)
+        ).fetchall()
+        return [
+            Event(id=r["id"], agent_id=r["agent_id"], at=r["at"], kind=r["kind"], detail=r["detail"])
+            for r in reversed(rows)
+        ]
+
+    @staticmethod
+    def _insert_event(conn: sqlite3.Connection, agent_id: str, kind: str, detail: str) -> None:
+        conn.execute(
+            "INSERT INTO events (agent_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (agent_id, _now().isoformat(), kind, detail),
+        )
+
+    @staticmethod
+    def _agent(row: sqlite3.Row) -> Agent:
+        return Agent(
+            id=row["id"],
+            name=row["name"],
+            image=row["image"],
+            policy=Policy.model_validate_json(row["policy"]),
+            created_at=row["created_at"],
+            machine_id=row["machine_id"],
+            state=AgentState(row["state"]),
+        )

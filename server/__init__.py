@@ -1,0 +1,1 @@
+"""The MCP surface of Spinup: tools, transports, auth, and the ``spinup`` CLI."""

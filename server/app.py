@@ -1,0 +1,74 @@
+"""Build the MCP server around a :class:`~spinup.runtime.Runtime`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+
+from spinup.runtime import Runtime, Settings
+from spinup.runtime.models import validate_agent_name
+
+from .tools import register_tools
+
+log = logging.getLogger(__name__)
+
+
+def guide_text() -> str:
+    """The usage guide served as the server's instructions and as spinup://guide."""
+    return resources.files("spinup.server").joinpath("guide.md").read_text(encoding="utf-8")
+
+
+class _RuntimeHolder:
+    """The runtime of the running server, set for the lifetime of the server's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self.users = 0
+
+    def get(self) -> Runtime:
+        if self.runtime is None:
+            raise RuntimeError("the Spinup runtime is not started (the server's lifespan has not run)")
+        return self.runtime
+
+
+def build_server(settings: Settings | None = None, agent: str | None = None) -> MCPServer[Any]:
+    """An MCP server exposing the runtime; bound to ``agent`` when given."""
+    settings = settings or Settings()
+    if agent is not None:
+        validate_agent_name(agent)
+    holder = _RuntimeHolder(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
+        # Streamable HTTP runs the lifespan once per session: share one runtime among them.
+        if holder.runtime is None:
+            holder.runtime = Runtime(settings)
+        holder.users += 1
+        try:
+            yield None
+        finally:
+            holder.users -= 1
+            if holder.users == 0 and holder.runtime is not None:
+                await holder.runtime.close()
+                holder.runtime = None
+
+    instructions = guide_text()
+    if agent is not None:
+        instructions += f"\nThis server is bound to the agent '{agent}': tools take no agent argument.\n"
+    server: MCPServer[Any] = MCPServer(
+        name="spinup", title="Spinup", instructions=instructions, lifespan=lifespan, log_level="WARNING"
+    )
+    register_tools(server, holder.get, agent)
+
+    @server.resource("spinup://guide", name="guide", mime_type="text/markdown")
+    def guide() -> str:
+        """How to use the Spinup runtime."""
+        return instructions
+
+    return server

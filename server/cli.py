@@ -1,0 +1,209 @@
+"""The ``spinup`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from spinup.runtime import Policy, Runtime, Settings, SpinupError
+
+from .auth import BearerAuth, is_loopback
+from .schemas import AgentInfo, AgentStatusResult
+
+log = logging.getLogger("spinup")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+async def _with_runtime(work: Callable[[Runtime], Awaitable[int]]) -> int:
+    runtime = Runtime(Settings())
+    try:
+        return await work(runtime)
+    finally:
+        await runtime.close()
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    async def work(rt: Runtime) -> int:
+        if args.agent_command == "create":
+            agent = await rt.agents.create(args.name, args.image, Policy(network=args.network))
+            _print_json(AgentInfo.of(agent).model_dump())
+        elif args.agent_command == "list":
+            agents = rt.agents.list()
+            if args.json:
+                _print_json([AgentInfo.of(a).model_dump() for a in agents])
+            else:
+                print(f"{'NAME':<24} {'STATE':<9} {'NETWORK':<8} IMAGE")
+                for a in agents:
+                    print(f"{a.name:<24} {a.state.value:<9} {a.policy.network:<8} {a.image}")
+        elif args.agent_command == "show":
+            _print_json(AgentStatusResult.of(await rt.status(args.name)).model_dump())
+        elif args.agent_command == "stop":
+            _print_json(AgentInfo.of(await rt.agents.stop(args.name)).model_dump())
+        elif args.agent_command == "rm":
+            await rt.agents.remove(args.name)
+            print(f"removed agent {args.name}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_runtime(work))
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    command: list[str] = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SpinupError("No command given. Usage: spinup exec AGENT -- CMD [ARGS...]")
+
+    async def work(rt: Runtime) -> int:
+        stdin = sys.stdin.buffer.read() if args.stdin else None
+        result = await rt.exec(
+            args.agent,
+            command[0] if args.shell and len(command) == 1 else command,
+            cwd=args.cwd,
+            stdin=stdin,
+            timeout=args.timeout,
+        )
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        if result.timed_out:
+            return 124
+        return result.exit_code if result.exit_code is not None else 1
+
+    return asyncio.run(_with_runtime(work))
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from .app import build_server
+
+    build_server(Settings(), agent=args.agent).run()
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import build_server
+
+    token = args.token or os.environ.get("SPINUP_TOKEN") or None
+    if not is_loopback(args.host) and not token:
+        raise SpinupError(
+            f"Refusing to serve on non-loopback host {args.host} without a bearer token. "
+            f"Set SPINUP_TOKEN (or pass --token), or bind 127.0.0.1."
+        )
+    server = build_server(Settings(), agent=args.agent)
+    app: Any = server.streamable_http_app(host=args.host)
+    if token:
+        app = BearerAuth(app, token)
+    print(
+        f"spinup: serving MCP at http://{args.host}:{args.port}/mcp"
+        + (" (bearer token required)" if token else ""),
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from spinup.runtime.image import build_base_image
+
+    async def work(rt: Runtime) -> int:
+        image_id = await build_base_image(
+            rt.docker, args.tag, on_line=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+        print(f"built {args.tag} ({image_id})")
+        return 0
+
+    return asyncio.run(_with_runtime(work))
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from spinup.runtime.doctor import diagnose
+
+    checks = asyncio.run(diagnose(Settings()))
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        print(f"[{mark}] {check.name}: {check.detail}" + ("" if check.ok else f"\n       fix: {check.fix}"))
+    required = {"docker", "docker api", "base image", "state", "toolbox"}
+    return 0 if all(c.ok for c in checks if c.name in required) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``spinup`` subcommand."""
+    parser = argparse.ArgumentParser(prog="spinup", description="A durable runtime for AI agents, over MCP.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="create, list, show, stop and remove agents")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    create = agent_sub.add_parser("create", help="create an agent and start its machine")
+    create.add_argument("name")
+    create.add_argument("--image", help="base image (default spinup/base:bookworm)")
+    create.add_argument("--network", choices=["none", "host"], default="none", help="network policy")
+    listing = agent_sub.add_parser("list", help="list agents")
+    listing.add_argument("--json", action="store_true")
+    for verb, text in (("show", "show an agent, its machine and events"), ("stop", "stop an agent's machine")):
+        agent_sub.add_parser(verb, help=text).add_argument("name")
+    agent_sub.add_parser("rm", help="remove an agent and its machine").add_argument("name")
+    agent.set_defaults(func=_cmd_agent)
+
+    exe = sub.add_parser("exec", help="run a command in an agent's machine: spinup exec AGENT -- CMD...")
+    exe.add_argument("agent")
+    exe.add_argument("--cwd")
+    exe.add_argument("--timeout", type=float, default=600.0)
+    exe.add_argument("--stdin", action="store_true", help="feed this process's stdin to the command")
+    exe.add_argument("--shell", action="store_true", help="run a single argument as a /bin/sh -c string")
+    exe.add_argument("command", nargs=argparse.REMAINDER)
+    exe.set_defaults(func=_cmd_exec)
+
+    mcp = sub.add_parser("mcp", help="serve MCP over stdio")
+    mcp.add_argument("--agent", help="bind every tool to this agent (created on first use)")
+    mcp.set_defaults(func=_cmd_mcp)
+
+    serve = sub.add_parser("serve", help="serve MCP over streamable HTTP at /mcp")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token", help="bearer token required on every request (default: $SPINUP_TOKEN)")
+    serve.add_argument("--agent", help="bind every tool to this agent (created on first use)")
+    serve.set_defaults(func=_cmd_serve)
+
+    image = sub.add_parser("image", help="manage the base image")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build spinup/base:bookworm locally with mmdebstrap (no registry)")
+    build.add_argument("--tag", default=Settings().default_image)
+    image.set_defaults(func=_cmd_image)
+
+    sub.add_parser("doctor", help="check Docker, the base image and the state directory").set_defaults(
+        func=_cmd_doctor
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spinup`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = int(args.func(args))
+    except SpinupError as exc:
+        print(f"spinup: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

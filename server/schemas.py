@@ -1,0 +1,148 @@
+"""Structured results of the MCP tools (each becomes a tool's output schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo
+
+
+class AgentInfo(BaseModel):
+    """An agent: the durable object that outlives its machines."""
+
+    name: str
+    id: str
+    image: str = Field(description="Base image the agent's machine is made from.")
+    network: str = Field(description="Network policy: 'none' or 'host'.")
+    state: str = Field(description="created, running, stopped or missing (recreated on next use).")
+    machine_id: str | None = Field(description="Short id of the Docker container embodying the agent now.")
+    created_at: str
+
+    @classmethod
+    def of(cls, agent: Agent) -> AgentInfo:
+        return cls(
+            name=agent.name,
+            id=agent.id,
+            image=agent.image,
+            network=agent.policy.network,
+            state=agent.state.value,
+            machine_id=agent.machine_id[:12] if agent.machine_id else None,
+            created_at=agent.created_at.isoformat(),
+        )
+
+
+class AgentList(BaseModel):
+    """All agents."""
+
+    agents: list[AgentInfo]
+
+
+class EventInfo(BaseModel):
+    """Something that happened to an agent."""
+
+    at: str
+    kind: str
+    detail: str
+
+
+class AgentStatusResult(BaseModel):
+    """An agent, what Docker says of its machine right now, and its recent events."""
+
+    agent: AgentInfo
+    machine_status: str = Field(description="Docker's state of the machine (running, exited, ...) or 'absent'.")
+    events: list[EventInfo]
+
+    @classmethod
+    def of(cls, status: AgentStatus) -> AgentStatusResult:
+        machine = status.machine
+        return cls(
+            agent=AgentInfo.of(status.agent),
+            machine_status=machine.status if machine else "absent",
+            events=[EventInfo(at=e.at.isoformat(), kind=e.kind, detail=e.detail) for e in status.events],
+        )
+
+
+class ExecOutput(BaseModel):
+    """What a command did. A non-zero exit_code is a normal result, not a tool error."""
+
+    exit_code: int | None = Field(description="The command's exit status; null if it timed out.")
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+    stdout_truncated: bool = Field(description="True when stdout exceeded the cap; its middle was dropped.")
+    stderr_truncated: bool
+    stdout_dropped_bytes: int
+    stderr_dropped_bytes: int
+
+    @classmethod
+    def of(cls, result: ExecResult) -> ExecOutput:
+        return cls(
+            exit_code=result.exit_code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            timed_out=result.timed_out,
+            duration_s=result.duration_s,
+            stdout_truncated=result.stdout_dropped > 0,
+            stderr_truncated=result.stderr_dropped > 0,
+            stdout_dropped_bytes=result.stdout_dropped,
+            stderr_dropped_bytes=result.stderr_dropped,
+        )
+
+
+class FileEntry(BaseModel):
+    """A file, directory or symlink in the agent's machine."""
+
+    path: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int
+    mode: str = Field(description="Permission bits in octal, e.g. '0644'.")
+    mtime: str
+    link_target: str | None = None
+
+    @classmethod
+    def of(cls, info: FileInfo) -> FileEntry:
+        return cls(
+            path=info.path,
+            type=info.type,
+            size=info.size,
+            mode=info.mode,
+            mtime=info.mtime,
+            link_target=info.link_target,
+        )
+
+
+class FileListing(BaseModel):
+    """Entries under a directory."""
+
+    path: str
+    entries: list[FileEntry]
+    truncated: bool = Field(description="True when max_entries cut the list; narrow with pattern or a subpath.")
+
+
+class FileRead(BaseModel):
+    """Content read from a file."""
+
+    path: str
+    content: str
+    encoding: Literal["text", "base64"] = Field(description="'text' (UTF-8) or 'base64' for binary data.")
+    size: int = Field(description="Size of the whole file in bytes.")
+    offset: int
+    returned: int = Field(description="How many lines or bytes (see unit) were returned.")
+    unit: Literal["bytes", "lines"]
+    eof: bool = Field(description="True when the read reached the end of the file.")
+
+    @classmethod
+    def of(cls, content: FileContent) -> FileRead:
+        return cls(
+            path=content.path,
+            content=content.content,
+            encoding=content.encoding,
+            size=content.size,
+            offset=content.offset,
+            returned=content.returned,
+            unit=content.unit,
+            eof=content.eof,
+        )

@@ -1,0 +1,246 @@
+"""The MCP tools: thin, typed adapters from a call to a runtime method.
+
+Every tool takes an ``agent`` argument unless the server is bound to one agent
+(``spinup mcp --agent NAME``), in which case the argument is removed from the schema and the
+bound agent is used (created on first use).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from spinup.runtime import Policy, Runtime, SpinupError
+
+from .schemas import AgentInfo, AgentList, AgentStatusResult, ExecOutput, FileEntry, FileListing, FileRead
+
+R = TypeVar("R")
+AgentArg = Annotated[str, Field(description="Name of the agent to act on (see agent_list).")]
+PathArg = Annotated[str, Field(description="Absolute path inside the agent's machine, e.g. /workspace/app.py.")]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+ADDITIVE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+IDEMPOTENT = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+OVERWRITES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+# exec can do anything the machine allows, including network access under a 'host' policy.
+EXEC = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
+
+
+def _tool_errors(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Turn runtime errors into tool errors whose text the model can act on."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except SpinupError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper
+
+
+def _bind_agent(fn: Callable[..., Awaitable[R]], resolve: Callable[[], Awaitable[str]]) -> Callable[..., Awaitable[R]]:
+    """A copy of ``fn`` without the ``agent`` parameter, acting on the bound agent."""
+    signature = inspect.signature(fn, eval_str=True)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> R:
+        return await fn(*args, agent=await resolve(), **kwargs)
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "agent"]
+    )
+    wrapper.__annotations__ = {
+        p.name: p.annotation for p in signature.parameters.values() if p.name != "agent"
+    } | {"return": signature.return_annotation}
+    return wrapper
+
+
+def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], bound_agent: str | None) -> None:
+    """Register every tool on ``server``."""
+
+    async def resolve_bound() -> str:
+        assert bound_agent is not None
+        runtime = get_runtime()
+        if runtime.db.find_agent(bound_agent) is None:
+            await runtime.agents.ensure(bound_agent)
+        return bound_agent
+
+    def tool(name: str, annotations: ToolAnnotations, takes_agent: bool = True) -> Callable[[Callable[..., Any]], Any]:
+        def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
+            wrapped = _tool_errors(fn)
+            if takes_agent and bound_agent is not None:
+                wrapped = _bind_agent(wrapped, resolve_bound)
+            server.add_tool(wrapped, name=name, description=inspect.getdoc(fn), annotations=annotations)
+            return fn
+
+        return decorate
+
+    # agents
+
+    @tool("agent_create", ADDITIVE, takes_agent=False)
+    async def agent_create(
+        name: Annotated[str, Field(description="Lowercase letters, digits and '-', 1-63 chars.")],
+        image: Annotated[str | None, Field(description="Base image; default spinup/base:bookworm.")] = None,
+        network: Annotated[
+            Literal["none", "host"], Field(description="'none' (default, isolated) or 'host' (shares host network).")
+        ] = "none",
+    ) -> AgentInfo:
+        """Create a new agent: a named, durable computer (a Debian machine with python3, pip, git, node, npm by
+        default) that keeps its files and installed packages across sessions. Fails if the name is taken."""
+        return AgentInfo.of(await get_runtime().agents.create(name, image, Policy(network=network)))
+
+    @tool("agent_list", READ_ONLY, takes_agent=False)
+    async def agent_list() -> AgentList:
+        """List all agents with their state."""
+        return AgentList(agents=[AgentInfo.of(a) for a in get_runtime().agents.list()])
+
+    @tool("agent_status", READ_ONLY)
+    async def agent_status(agent: AgentArg) -> AgentStatusResult:
+        """Show an agent, the current state of its machine, and its recent lifecycle events."""
+        return AgentStatusResult.of(await get_runtime().status(agent))
+
+    @tool("agent_stop", IDEMPOTENT)
+    async def agent_stop(agent: AgentArg) -> AgentInfo:
+        """Stop an agent's machine to free CPU and memory. Files are kept; the next call on the agent starts it
+        again."""
+        return AgentInfo.of(await get_runtime().agents.stop(agent))
+
+    @tool("agent_remove", DESTRUCTIVE, takes_agent=False)
+    async def agent_remove(agent: AgentArg) -> AgentInfo:
+        """Permanently delete an agent and its machine, with every file in it. Cannot be undone."""
+        return AgentInfo.of(await get_runtime().agents.remove(agent))
+
+    # exec
+
+    @tool("exec", EXEC)
+    async def exec_command(
+        ctx: Context,
+        agent: AgentArg,
+        command: Annotated[
+            str | list[str],
+            Field(description="A shell string run by /bin/sh -c (pipes, &&, globs work), or an argv list."),
+        ],
+        cwd: Annotated[str | None, Field(description="Absolute working directory; default /workspace.")] = None,
+        env: Annotated[dict[str, str] | None, Field(description="Extra environment variables.")] = None,
+        stdin: Annotated[str | None, Field(description="Text fed to the command's standard input.")] = None,
+        timeout: Annotated[
+            float, Field(gt=0, le=86400, description="Seconds before the command and its children are killed.")
+        ] = 600,
+        max_output_bytes: Annotated[
+            int, Field(ge=0, description="Cap per stream; beyond it the middle of the output is dropped.")
+        ] = 1024 * 1024,
+    ) -> ExecOutput:
+        """Run a command in the agent's machine and return exit_code, stdout and stderr. A non-zero exit code is a
+        normal result. Long commands send progress; a command still running at `timeout` is killed (set a
+        larger timeout for builds, or start servers in the background with `nohup ... &`)."""
+
+        async def progress(elapsed: float, output_bytes: int) -> None:
+            await ctx.report_progress(
+                elapsed, timeout, f"running for {elapsed:.0f}s, {output_bytes} bytes of output so far"
+            )
+
+        result = await get_runtime().exec(
+            agent,
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=stdin.encode() if stdin is not None else None,
+            timeout=timeout,
+            output_cap=max_output_bytes,
+            on_progress=progress,
+        )
+        return ExecOutput.of(result)
+
+    # files
+
+    @tool("file_read", READ_ONLY)
+    async def file_read(
+        agent: AgentArg,
+        path: PathArg,
+        offset: Annotated[int, Field(ge=0, description="First line (or byte) to return, counting from 0.")] = 0,
+        limit: Annotated[
+            int | None, Field(ge=0, description="How many lines (or bytes) to return; all if unset.")
+        ] = None,
+        unit: Annotated[Literal["lines", "bytes"], Field(description="Unit of offset and limit.")] = "lines",
+        encoding: Annotated[
+            Literal["auto", "text", "base64"],
+            Field(description="auto: UTF-8 text, or base64 if the file is binary; text; base64."),
+        ] = "auto",
+    ) -> FileRead:
+        """Read a file from the agent's machine, whole or a range of lines or bytes. Binary files come back as
+        base64. Use offset/limit for big files."""
+        files = await get_runtime().files(agent)
+        return FileRead.of(await files.read(path, offset=offset, limit=limit, unit=unit, encoding=encoding))
+
+    @tool("file_write", OVERWRITES)
+    async def file_write(
+        agent: AgentArg,
+        path: PathArg,
+        content: Annotated[str, Field(description="The whole new content (text, or base64 if encoding='base64').")],
+        encoding: Annotated[Literal["text", "base64"], Field(description="How content is encoded.")] = "text",
+        mode: Annotated[str | None, Field(description="Octal permissions such as '0755'; default keeps/0644.")] = None,
+        create_parents: Annotated[bool, Field(description="Create missing parent directories.")] = True,
+    ) -> FileEntry:
+        """Create or overwrite a file in the agent's machine with the given content."""
+        files = await get_runtime().files(agent)
+        return FileEntry.of(
+            await files.write(path, content, encoding=encoding, mode=mode, create_parents=create_parents)
+        )
+
+    @tool("file_list", READ_ONLY)
+    async def file_list(
+        agent: AgentArg,
+        path: Annotated[str, Field(description="Absolute directory path.")] = "/workspace",
+        recursive: Annotated[bool, Field(description="Include everything below, not just direct children.")] = False,
+        pattern: Annotated[
+            str | None, Field(description="Glob on names ('*.py'), or on relative paths if it has '/'.")
+        ] = None,
+        max_entries: Annotated[int, Field(ge=1, le=100000, description="Most entries to return.")] = 1000,
+    ) -> FileListing:
+        """List a directory in the agent's machine with types, sizes, permissions and modification times."""
+        files = await get_runtime().files(agent)
+        entries, cut = await files.list(path, recursive=recursive, pattern=pattern, max_entries=max_entries)
+        return FileListing(path=path, entries=[FileEntry.of(e) for e in entries], truncated=cut)
+
+    @tool("file_stat", READ_ONLY)
+    async def file_stat(agent: AgentArg, path: PathArg) -> FileEntry:
+        """Type, size, permissions and modification time of one path (a symlink is shown as itself)."""
+        return FileEntry.of(await (await get_runtime().files(agent)).stat(path))
+
+    @tool("file_mkdir", IDEMPOTENT)
+    async def file_mkdir(
+        agent: AgentArg,
+        path: PathArg,
+        mode: Annotated[str | None, Field(description="Octal permissions; default '0755'.")] = None,
+    ) -> FileEntry:
+        """Create a directory and any missing parents. An existing directory is not an error."""
+        return FileEntry.of(await (await get_runtime().files(agent)).mkdir(path, mode=mode))
+
+    @tool("file_move", DESTRUCTIVE)
+    async def file_move(
+        agent: AgentArg,
+        source: PathArg,
+        destination: Annotated[str, Field(description="Absolute new path (not a directory to move into).")],
+        overwrite: Annotated[bool, Field(description="Replace an existing file at destination.")] = False,
+    ) -> FileEntry:
+        """Move or rename a file or directory in the agent's machine."""
+        files = await get_runtime().files(agent)
+        return FileEntry.of(await files.move(source, destination, overwrite=overwrite))
+
+    @tool("file_delete", DESTRUCTIVE)
+    async def file_delete(
+        agent: AgentArg,
+        path: PathArg,
+        recursive: Annotated[bool, Field(description="Required to delete a non-empty directory.")] = False,
+    ) -> FileEntry:
+        """Delete a file, symlink or directory in the agent's machine. Returns what was deleted."""
+        return FileEntry.of(await (await get_runtime().files(agent)).delete(path, recursive=recursive))

@@ -1,0 +1,1 @@
+"""Snapshot store: incremental zstd layers in an OCI image layout (see DESIGN.md)."""

@@ -1,0 +1,113 @@
+"""Shared fixtures: a real Docker daemon, a throwaway state directory, labelled machines.
+
+Every machine a test creates carries ``spinup.test=<run id>``; the session removes them all at
+the end, even when tests fail. Docker being unreachable is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from mcp import Client
+
+from spinup.runtime import Runtime, Settings
+from spinup.server.app import build_server
+
+T = TypeVar("T")
+RUN_ID = "t" + secrets.token_hex(4)
+TEST_LABEL = "spinup.test"
+DOCKER_ENV = {"DOCKER_API_VERSION": "1.41"}
+
+
+def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI against the test daemon."""
+    import os
+
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, env={**os.environ, **DOCKER_ENV}
+    )
+
+
+def unique_name(prefix: str = "a") -> str:
+    """An agent name no other test uses."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _docker_and_cleanup() -> Iterator[None]:
+    probe = docker_cli("info", "--format", "{{.ServerVersion}}", check=False)
+    if probe.returncode != 0:
+        pytest.fail(f"Docker daemon unreachable: {probe.stderr.strip()}. Run scripts/setup first.")
+    yield
+    ids = docker_cli("ps", "-aq", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
+    if ids:
+        docker_cli("rm", "-f", *ids, check=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh state directory and this run's label on every machine."""
+    return Settings(home=tmp_path / "spinup", label_extra={TEST_LABEL: RUN_ID})
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """A runtime over the real daemon; its agents are removed afterwards."""
+    rt = Runtime(settings)
+    try:
+        yield rt
+    finally:
+        for agent in rt.agents.list():
+            await rt.agents.remove(agent.name)
+        await rt.close()
+
+
+@pytest.fixture
+async def agent(runtime: Runtime) -> str:
+    """The name of a fresh, running agent."""
+    name = unique_name()
+    await runtime.agents.create(name)
+    return name
+
+
+@asynccontextmanager
+async def held_open(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter and exit ``context`` in one dedicated task.
+
+    anyio cancel scopes (inside the MCP client) must be exited by the task that entered them;
+    pytest-asyncio may run a fixture's setup and teardown in different tasks.
+    """
+    entered: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with context as value:
+                entered.set_result(value)
+                await release.wait()
+        except BaseException as exc:
+            if not entered.done():
+                entered.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(hold())
+    try:
+        yield await entered
+    finally:
+        release.set()
+        async with asyncio.timeout(30):
+            await task
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    """An MCP client connected in memory to an unbound server."""
+    async with held_open(Client(build_server(settings))) as c:
+        yield c

@@ -1,0 +1,199 @@
+"""Every tool through the real MCP client, in memory: results, schemas, errors, bound mode."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from conftest import unique_name
+from spinup.runtime import Settings
+from spinup.server.app import build_server
+
+EXPECTED_TOOLS = {
+    "agent_create",
+    "agent_list",
+    "agent_status",
+    "agent_stop",
+    "agent_remove",
+    "exec",
+    "file_read",
+    "file_write",
+    "file_list",
+    "file_stat",
+    "file_mkdir",
+    "file_move",
+    "file_delete",
+}
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; return its structured result."""
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def fails(client: Client, tool: str, **arguments: Any) -> str:
+    """Call a tool that must fail; return the error text."""
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert isinstance(text, str)
+    return text
+
+
+@pytest.fixture
+async def agent_name(client: Client) -> str:
+    name = unique_name("mcp")
+    await call(client, "agent_create", name=name)
+    return name
+
+
+async def test_every_tool_is_listed_with_a_description_output_schema_and_annotations(client: Client) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == EXPECTED_TOOLS
+    for tool in tools.values():
+        assert tool.description and len(tool.description) > 20
+        assert tool.output_schema is not None
+        assert tool.annotations is not None
+    assert tools["file_read"].annotations.read_only_hint is True  # type: ignore[union-attr]
+    assert tools["agent_remove"].annotations.destructive_hint is True  # type: ignore[union-attr]
+    assert tools["file_mkdir"].annotations.idempotent_hint is True  # type: ignore[union-attr]
+    assert tools["exec"].annotations.read_only_hint is False  # type: ignore[union-attr]
+    assert "agent" in tools["exec"].input_schema["required"]
+
+
+async def test_agent_tools_create_list_status_stop_and_remove(client: Client) -> None:
+    name = unique_name("mcp")
+    created = await call(client, "agent_create", name=name)
+    assert created["state"] == "running" and created["network"] == "none"
+    listed = await call(client, "agent_list")
+    assert name in [a["name"] for a in listed["agents"]]
+    stopped = await call(client, "agent_stop", agent=name)
+    assert stopped["state"] == "stopped"
+    status = await call(client, "agent_status", agent=name)
+    assert status["machine_status"] == "exited"
+    assert [e["kind"] for e in status["events"]][-1] == "machine-stopped"
+    removed = await call(client, "agent_remove", agent=name)
+    assert removed["name"] == name
+    assert name not in [a["name"] for a in (await call(client, "agent_list"))["agents"]]
+
+
+async def test_exec_returns_exit_code_and_separate_streams(client: Client, agent_name: str) -> None:
+    out = await call(client, "exec", agent=agent_name, command="echo out; echo err >&2; exit 7")
+    assert (out["exit_code"], out["stdout"], out["stderr"], out["timed_out"]) == (7, "out\n", "err\n", False)
+    argv = await call(client, "exec", agent=agent_name, command=["printf", "%s", "a b"], cwd="/tmp")
+    assert argv["stdout"] == "a b"
+    fed = await call(client, "exec", agent=agent_name, command="tr a-z A-Z", stdin="shout", env={"X": "1"})
+    assert fed["stdout"] == "SHOUT"
+
+
+async def test_exec_sends_progress_when_the_client_asks_for_it(
+    client: Client, agent_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spinup.runtime.exec.PROGRESS_INTERVAL", 0.1)
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    result = await client.call_tool(
+        "exec", {"agent": agent_name, "command": "sleep 1", "timeout": 30}, progress_callback=on_progress
+    )
+    assert not result.is_error
+    assert updates, "no progress notification arrived"
+    assert updates[0][1] == 30 and "running" in (updates[0][2] or "")
+
+
+async def test_binary_and_huge_output_keep_the_protocol_intact(client: Client, agent_name: str) -> None:
+    binary = await call(client, "exec", agent=agent_name, command="head -c 2048 /dev/urandom; printf '\\377'")
+    assert isinstance(binary["stdout"], str)
+    big = await call(client, "exec", agent=agent_name, command="head -c 50000000 /dev/zero", max_output_bytes=65536)
+    assert big["stdout_truncated"] is True and big["stdout_dropped_bytes"] == 50_000_000 - 65536
+    assert (await call(client, "exec", agent=agent_name, command="echo next"))["stdout"] == "next\n"
+
+
+async def test_file_tools_round_trip(client: Client, agent_name: str) -> None:
+    written = await call(client, "file_write", agent=agent_name, path="/workspace/pkg/mod.py", content="x = 1\n")
+    assert written["type"] == "file" and written["size"] == 6
+    read = await call(client, "file_read", agent=agent_name, path="/workspace/pkg/mod.py")
+    assert (read["content"], read["encoding"], read["eof"]) == ("x = 1\n", "text", True)
+    raw = bytes(range(256))
+    await call(
+        client, "file_write", agent=agent_name, path="/workspace/b.bin",
+        content=base64.b64encode(raw).decode(), encoding="base64", mode="0600",
+    )
+    binary = await call(client, "file_read", agent=agent_name, path="/workspace/b.bin")
+    assert binary["encoding"] == "base64" and base64.b64decode(binary["content"]) == raw
+    stat = await call(client, "file_stat", agent=agent_name, path="/workspace/b.bin")
+    assert stat["mode"] == "0600" and stat["size"] == 256
+    await call(client, "file_mkdir", agent=agent_name, path="/workspace/new/deep")
+    listing = await call(client, "file_list", agent=agent_name, path="/workspace", recursive=True)
+    paths = {e["path"]: e["type"] for e in listing["entries"]}
+    assert paths["/workspace/pkg/mod.py"] == "file" and paths["/workspace/new/deep"] == "directory"
+    moved = await call(client, "file_move", agent=agent_name, source="/workspace/pkg", destination="/workspace/lib")
+    assert moved["type"] == "directory"
+    assert (await call(client, "file_read", agent=agent_name, path="/workspace/lib/mod.py"))["content"] == "x = 1\n"
+    await call(client, "file_delete", agent=agent_name, path="/workspace/lib", recursive=True)
+    names = [e["path"] for e in (await call(client, "file_list", agent=agent_name, path="/workspace"))["entries"]]
+    assert "/workspace/lib" not in names and "/workspace/b.bin" in names
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "words"),
+    [
+        ("exec", {"agent": "no-such-agent", "command": "true"}, "agent_create"),
+        ("agent_create", {"name": "Bad_Name"}, "lowercase"),
+        ("agent_create", {"name": "img-missing", "image": "spinup-test/absent:1"}, "docker pull"),
+        ("exec", {"agent": "@@", "command": "true"}, "Invalid agent name"),
+        ("exec", {"command": "true"}, "agent"),
+        ("exec", {"agent": "no-such-agent", "command": "true", "timeout": -5}, "greater than 0"),
+        ("file_read", {"agent": "no-such-agent", "path": "relative/path"}, "agent"),
+    ],
+)
+async def test_bad_input_is_a_tool_error_and_the_server_keeps_serving(
+    client: Client, tool: str, arguments: dict[str, Any], words: str
+) -> None:
+    assert words in await fails(client, tool, **arguments)
+    assert "agents" in await call(client, "agent_list")
+
+
+async def test_file_errors_say_what_to_do(client: Client, agent_name: str) -> None:
+    assert "file_list" in await fails(client, "file_read", agent=agent_name, path="/workspace/missing.txt")
+    assert "is a directory" in await fails(client, "file_read", agent=agent_name, path="/workspace")
+    assert "absolute" in await fails(client, "file_read", agent=agent_name, path="workspace/x")
+    assert "recursive" in await fails(client, "file_delete", agent=agent_name, path="/etc")
+    assert "already exists" in await fails(client, "agent_create", name=agent_name)
+    assert (await call(client, "exec", agent=agent_name, command="true"))["exit_code"] == 0
+
+
+async def test_a_command_that_cannot_start_is_reported_as_a_result(client: Client, agent_name: str) -> None:
+    missing = await call(client, "exec", agent=agent_name, command=["no-such-binary"])
+    assert missing["exit_code"] in (126, 127) and "could not start" in missing["stderr"]
+    timed = await call(client, "exec", agent=agent_name, command="sleep 30", timeout=0.5)
+    assert timed["timed_out"] is True and timed["exit_code"] is None and "timed out" in timed["stderr"]
+
+
+async def test_a_bound_server_needs_no_agent_argument_and_creates_it_on_first_use(settings: Settings) -> None:
+    name = unique_name("bound")
+    async with Client(build_server(settings, agent=name)) as bound:
+        tools = {t.name: t for t in (await bound.list_tools()).tools}
+        assert "agent" not in tools["exec"].input_schema.get("properties", {})
+        assert "agent" not in tools["file_read"].input_schema.get("properties", {})
+        result = await call(bound, "exec", command="hostname")
+        assert result["stdout"].strip() == name
+        await call(bound, "file_write", path="/workspace/x.txt", content="bound")
+        assert (await call(bound, "file_read", path="/workspace/x.txt"))["content"] == "bound"
+        status = await call(bound, "agent_status")
+        assert status["agent"]["name"] == name
+        await call(bound, "agent_remove", agent=name)
+
+
+async def test_the_guide_is_served_as_instructions_and_as_a_resource(client: Client) -> None:
+    resource = await client.read_resource("spinup://guide")
+    text = resource.contents[0].text  # type: ignore[union-attr]
+    assert "exec" in text and "/workspace" in text
