@@ -1,7 +1,8 @@
-"""Agents and their lifecycle: create, wake, stop, remove.
+"""Agents and their lifecycle: create, wake, stop, hibernate, snapshot, restore, fork, remove.
 
 Wake runs before every operation on an agent: a running machine is used as is, a stopped one
-is started, a missing one is created again. Each step is recorded as an event.
+is started, a missing one is rebuilt from the agent's head snapshot (or from its base image
+when it has none). Each step is recorded as an event.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections import defaultdict
 
 from .config import Settings
 from .docker import AGENT_LABEL, DockerBackend, MachineInfo
-from .errors import AgentExists, DockerFailure, ImageNotFound
+from .errors import AgentExists, DockerFailure, ImageNotFound, InvalidInput
 from .machines import machine_config, machine_name
-from .models import Agent, AgentState, Event, Policy, validate_agent_name
+from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
+from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,11 @@ log = logging.getLogger(__name__)
 class AgentService:
     """Owns agent records and keeps each agent's machine in the state callers expect."""
 
-    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend) -> None:
+    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend, snapshots: SnapshotService) -> None:
         self.settings = settings
         self.db = db
         self.docker = docker
+        self.snapshots = snapshots
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
@@ -94,13 +97,27 @@ class AgentService:
                 self.db.set_machine(agent.id, info.id, AgentState.RUNNING)
             return self.get(name)
 
-    async def stop(self, name: str) -> Agent:
-        """Stop the agent's machine; its files stay in the machine's writable layer."""
+    async def stop(self, name: str, *, snapshot: bool = True, hibernate: bool = False) -> Agent:
+        """Stop the agent's machine, first capturing a snapshot when anything changed.
+
+        ``hibernate`` also removes the machine to free disk; the next wake rebuilds it from the
+        snapshot. ``snapshot=False`` only stops (the machine keeps its writable layer).
+        """
+        if hibernate and not snapshot:
+            raise InvalidInput("hibernate needs snapshot: a removed machine can only come back from a snapshot.")
         agent = self.get(name)
         async with self._locks[agent.id]:
             info = await self.machine(agent)
             if info is None:
-                self.db.set_machine(agent.id, agent.machine_id, AgentState.MISSING)
+                state = AgentState.HIBERNATED if agent.head_snapshot else AgentState.MISSING
+                self.db.set_machine(agent.id, None, state)
+                return self.get(name)
+            if snapshot:
+                await self._capture(agent, info, "stop")
+            if hibernate:
+                await self.docker.remove(info.id)
+                self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
+                self.db.record_event(agent.id, "machine-hibernated", info.id[:12])
             elif info.running:
                 await self.docker.stop(info.id)
                 self.db.set_machine(agent.id, info.id, AgentState.STOPPED)
@@ -108,6 +125,69 @@ class AgentService:
             else:
                 self.db.set_machine(agent.id, info.id, AgentState.STOPPED)
             return self.get(name)
+
+    async def snapshot(self, name: str, label: str = "", progress: ProgressFn | None = None) -> CaptureResult:
+        """Capture what the agent's machine changed since its head; returns the head if nothing did."""
+        agent = self.get(name)
+        async with self._locks[agent.id]:
+            info = await self.machine(agent)
+            if info is None:
+                await self._create_machine(agent, recreated=True)
+                agent = self.get(name)
+                info = await self.machine(agent)
+                assert info is not None
+            return await self._capture(self.get(name), info, label, progress)
+
+    async def restore(
+        self, name: str, snapshot_id: str, progress: ProgressFn | None = None
+    ) -> tuple[Agent, str | None]:
+        """Replace the agent's machine with one made from ``snapshot_id``.
+
+        Unsnapshotted work is captured first, so the restore can be undone by restoring that
+        snapshot; its id is returned alongside the agent (None when nothing had changed).
+        """
+        agent = self.get(name)
+        target = self.snapshots.get(snapshot_id)
+        if target.agent_id != agent.id and target.base_image != agent.image:
+            raise InvalidInput(
+                f"Snapshot {snapshot_id} is of another agent on another base image; use snapshot_fork to make "
+                f"a new agent from it."
+            )
+        async with self._locks[agent.id]:
+            saved: str | None = None
+            info = await self.machine(agent)
+            if info is not None:
+                result = await self._capture(agent, info, f"before restore to {snapshot_id}", progress)
+                saved = result.snapshot.id if result.created else None
+            image = await self.snapshots.ensure_image(target, progress)
+            if info is not None:
+                await self.docker.remove(info.id)
+            self.db.set_head(agent.id, target.id)
+            await self._start_from(self.get(name), image, "machine-restored", f"from snapshot {target.id}")
+            return self.get(name), saved
+
+    async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
+        """Create a new agent whose machine starts from ``snapshot_id``."""
+        validate_agent_name(name)
+        source = self.snapshots.get(snapshot_id)
+        image = await self.snapshots.ensure_image(source)
+        parent = next((a for a in self.db.list_agents() if a.id == source.agent_id), None)
+        agent = self.db.create_agent(name, source.base_image, policy or (parent.policy if parent else Policy()))
+        try:
+            self.db.set_head(agent.id, source.id)
+            async with self._locks[agent.id]:
+                await self._start_from(self.get(name), image, "machine-created", f"forked from snapshot {source.id}")
+        except BaseException:
+            await self._remove_machines(agent)
+            self.db.delete_agent(agent.id)
+            raise
+        return self.get(name)
+
+    async def _capture(
+        self, agent: Agent, info: MachineInfo, label: str, progress: ProgressFn | None = None
+    ) -> CaptureResult:
+        await self.snapshots.prepare_base(agent.image)
+        return await self.snapshots.capture(agent, info, label, progress)
 
     async def remove(self, name: str) -> Agent:
         """Remove the agent: its machine and its record."""
@@ -123,8 +203,18 @@ class AgentService:
             raise ImageNotFound(image, self.settings.default_image)
 
     async def _create_machine(self, agent: Agent, recreated: bool) -> None:
+        """Make the agent's machine: from its head snapshot if it has one, else from its base image."""
+        head: Snapshot | None = self.snapshots.get(agent.head_snapshot) if agent.head_snapshot else None
+        if head is not None:
+            image = await self.snapshots.ensure_image(head)
+            await self._start_from(agent, image, "machine-rehydrated", f"from head snapshot {head.id}")
+            return
         await self._require_image(agent.image)
-        config = machine_config(agent, self.settings, agent.image)
+        kind = "machine-recreated" if recreated else "machine-created"
+        await self._start_from(agent, agent.image, kind, f"from base image {agent.image}")
+
+    async def _start_from(self, agent: Agent, image: str, kind: str, detail: str) -> None:
+        config = machine_config(agent, self.settings, image)
         name = machine_name(agent)
         try:
             machine_id = await self.docker.create_container(config, name=name)
@@ -136,8 +226,7 @@ class AgentService:
             machine_id = await self.docker.create_container(config, name=name)
         await self.docker.start(machine_id)
         self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
-        kind = "machine-recreated" if recreated else "machine-created"
-        self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} from base image {agent.image}")
+        self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
 
     async def _remove_machines(self, agent: Agent) -> None:
         ids = set(await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}"))

@@ -32,6 +32,7 @@ class Settings:
     output_cap: int = DEFAULT_OUTPUT_CAP
     exec_timeout: float = DEFAULT_EXEC_TIMEOUT
     toolbox_host_path: str = TOOLBOX_HOST_PATH
+    zstd_level: int = 3
     label_extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import aiodocker
@@ -50,7 +51,9 @@ class MachineInfo:
     status: str
     pid: int
     image: str
+    image_id: str
     labels: dict[str, str]
+    upper_dir: str | None  # overlay2 upper directory, when the daemon uses overlay2
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,6 @@ class DockerBackend:
     @property
     def client(self) -> aiodocker.Docker:
         if self._client is None:
-            os.environ.setdefault("DOCKER_API_VERSION", API_VERSION.lstrip("v"))
             with translate_docker_errors("connect to Docker"):
                 self._client = aiodocker.Docker(api_version=API_VERSION)
         return self._client
@@ -138,6 +140,58 @@ class DockerBackend:
         except NotFound:
             return False
         return True
+
+    async def image_inspect(self, ref: str) -> dict[str, Any]:
+        """The image's inspect document (id, config, rootfs diff ids)."""
+        with translate_docker_errors(f"Inspect image {ref}"):
+            result: dict[str, Any] = await self.client.images.inspect(ref)
+            return result
+
+    async def remove_image(self, ref: str) -> None:
+        """Remove an image tag; an absent image is fine."""
+        try:
+            with translate_docker_errors(f"Remove image {ref}"):
+                await self.client.images.delete(ref, force=True)
+        except NotFound:
+            return
+
+    async def load_image(self, tar_stream: AsyncIterator[bytes]) -> None:
+        """Load a ``docker save``-format tar stream into the daemon."""
+        with translate_docker_errors("Load image"):
+            async with self.client._query(
+                "images/load",
+                method="POST",
+                params={"quiet": "1"},
+                data=tar_stream,
+                headers={"Content-Type": "application/x-tar"},
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as response:
+                body = await response.text()
+        for line in body.splitlines():
+            if '"error"' in line:
+                raise DockerFailure(f"Image load failed: {json.loads(line).get('error')}")
+
+    async def save_image(self, ref: str, destination: Path) -> int:
+        """Stream ``docker save`` of an image to a file (atomically); returns the bytes written."""
+        tmp = destination.with_name(destination.name + ".part")
+        written = 0
+        with translate_docker_errors(f"Save image {ref}"):
+            async with self.client._query(
+                f"images/{ref}/get", method="GET", timeout=aiohttp.ClientTimeout(total=None)
+            ) as response:
+                with open(tmp, "wb") as fh:  # noqa: ASYNC230 - sequential local writes of streamed chunks
+                    async for chunk in response.content.iter_chunked(1024 * 1024):
+                        fh.write(chunk)
+                        written += len(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        os.replace(tmp, destination)
+        return written
+
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of a running container."""
+        with translate_docker_errors(f"Pause machine {container_id[:12]}"):
+            await self.client.containers.container(container_id).pause()
 
     async def import_image(self, tar_stream: AsyncIterator[bytes], ref: str, changes: list[str]) -> str:
         """Import a rootfs tar stream as image ``ref``; returns the image id."""
@@ -184,7 +238,9 @@ class DockerBackend:
             status=str(state.get("Status", "")),
             pid=int(state.get("Pid") or 0),
             image=str(raw.get("Config", {}).get("Image", "")),
+            image_id=str(raw.get("Image", "")),
             labels=dict(raw.get("Config", {}).get("Labels") or {}),
+            upper_dir=(raw.get("GraphDriver") or {}).get("Data", {}).get("UpperDir"),
         )
 
     async def start(self, container_id: str) -> None:

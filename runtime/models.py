@@ -31,6 +31,7 @@ class AgentState(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     MISSING = "missing"  # machine vanished; the next wake recreates it
+    HIBERNATED = "hibernated"  # snapshotted and machine removed; the next wake rebuilds it
 
 
 class Policy(BaseModel):
@@ -55,6 +56,7 @@ class Agent(BaseModel):
     created_at: datetime
     machine_id: str | None
     state: AgentState
+    head_snapshot: str | None = None
 
 
 class Event(BaseModel):
@@ -67,3 +69,22 @@ class Event(BaseModel):
     at: datetime
     kind: str
     detail: str
+
+
+class Snapshot(BaseModel):
+    """An immutable, content-addressed state of an agent's machine (an OCI image in the store)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    agent_id: str
+    parent_id: str | None
+    label: str
+    created_at: datetime
+    manifest_digest: str
+    machine_id: str = Field(description="The machine the snapshot was captured from.")
+    base_image: str
+    layers: int = Field(description="Spinup layers on top of the base image.")
+    layer_size: int = Field(description="Compressed bytes of the layer this snapshot added.")
+    layer_uncompressed: int
+    paths_changed: int

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spinup.snapshot.listing import Meta
+
 from .agents import AgentService
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
 from .files import Files
 from .models import Agent, Event
+from .snapshots import SnapshotService
 from .state import StateDB
 
 
@@ -29,7 +32,8 @@ class Runtime:
         self.settings = settings or Settings()
         self.docker = docker or DockerBackend()
         self.db = StateDB(self.settings.db_path)
-        self.agents = AgentService(self.settings, self.db, self.docker)
+        self.snapshots = SnapshotService(self.settings, self.db, self.docker)
+        self.agents = AgentService(self.settings, self.db, self.docker, self.snapshots)
 
     async def close(self) -> None:
         """Release the Docker client and the database."""
@@ -73,3 +77,19 @@ class Runtime:
         agent = await self.agents.wake(name)
         assert agent.machine_id is not None
         return Files(self.docker, agent.machine_id)
+
+    async def snapshot_diff_inputs(
+        self, name: str, source: str | None, target: str | None
+    ) -> tuple[str | None, dict[str, Meta], str]:
+        """Resolve a diff request: the source snapshot id, the target listing and the target's name."""
+        agent = self.agents.get(name)
+        source = source or agent.head_snapshot
+        if source is not None:
+            self.snapshots.get(source)  # a clear error for an unknown id
+        if target is not None:
+            return source, await self.snapshots.tree(self.snapshots.get(target)), target
+        agent = await self.agents.wake(name)
+        machine = await self.agents.machine(agent)
+        assert machine is not None
+        # The live machine is its head's listing plus the unsnapshotted changes.
+        return source, await self.snapshots.live_tree(agent, machine), "live machine"

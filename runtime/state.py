@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import AgentExists, AgentNotFound
-from .models import Agent, AgentState, Event, Policy
+from .models import Agent, AgentState, Event, Policy, Snapshot
 
 # Each entry moves the schema from version i to i+1. Never edit one that has shipped: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -32,6 +32,25 @@ MIGRATIONS: tuple[str, ...] = (
         detail    TEXT NOT NULL
     );
     CREATE INDEX events_by_agent ON events (agent_id, id);
+    """,
+    """
+    ALTER TABLE agents ADD COLUMN head_snapshot TEXT;
+    CREATE TABLE snapshots (
+        id               TEXT PRIMARY KEY,
+        agent_id         TEXT NOT NULL,
+        parent_id        TEXT,
+        label            TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        manifest_digest  TEXT NOT NULL,
+        machine_id       TEXT NOT NULL,
+        base_image       TEXT NOT NULL,
+        layers           INTEGER NOT NULL,
+        layer_size       INTEGER NOT NULL,
+        layer_uncompressed INTEGER NOT NULL,
+        paths_changed    INTEGER NOT NULL
+    );
+    CREATE INDEX snapshots_by_agent ON snapshots (agent_id, created_at);
+    CREATE INDEX snapshots_by_parent ON snapshots (parent_id);
     """,
 )
 
@@ -151,6 +170,68 @@ class StateDB:
             conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
 
+    def set_head(self, agent_id: str, snapshot_id: str | None) -> None:
+        """Move the agent's head snapshot."""
+        with self._tx() as conn:
+            conn.execute("UPDATE agents SET head_snapshot = ? WHERE id = ?", (snapshot_id, agent_id))
+
+    # snapshots
+
+    def add_snapshot(self, snapshot: Snapshot, move_head: bool = True) -> None:
+        """Record a snapshot (already durable in the store) and, by default, make it the agent's head."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO snapshots (id, agent_id, parent_id, label, created_at, manifest_digest, machine_id, "
+                "base_image, layers, layer_size, layer_uncompressed, paths_changed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    snapshot.id, snapshot.agent_id, snapshot.parent_id, snapshot.label,
+                    snapshot.created_at.isoformat(), snapshot.manifest_digest, snapshot.machine_id,
+                    snapshot.base_image, snapshot.layers, snapshot.layer_size, snapshot.layer_uncompressed,
+                    snapshot.paths_changed,
+                ),
+            )
+            if move_head:
+                conn.execute("UPDATE agents SET head_snapshot = ? WHERE id = ?", (snapshot.id, snapshot.agent_id))
+            self._insert_event(
+                conn, snapshot.agent_id, "snapshot-created",
+                f"{snapshot.id} label={snapshot.label!r} paths={snapshot.paths_changed} bytes={snapshot.layer_size}",
+            )
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        """The snapshot with this id, or None."""
+        row = self._conn.execute("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        return None if row is None else self._snapshot(row)
+
+    def list_snapshots(self, agent_id: str | None = None) -> list[Snapshot]:
+        """Snapshots, oldest first; of one agent when ``agent_id`` is given."""
+        if agent_id is None:
+            rows = self._conn.execute("SELECT * FROM snapshots ORDER BY created_at").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM snapshots WHERE agent_id = ? ORDER BY created_at", (agent_id,)
+            ).fetchall()
+        return [self._snapshot(r) for r in rows]
+
+    def snapshot_children(self, snapshot_id: str) -> list[str]:
+        """Ids of snapshots whose parent is ``snapshot_id``."""
+        rows = self._conn.execute("SELECT id FROM snapshots WHERE parent_id = ?", (snapshot_id,)).fetchall()
+        return [r["id"] for r in rows]
+
+    def agents_with_head(self, snapshot_id: str) -> list[str]:
+        """Names of agents whose head is ``snapshot_id``."""
+        rows = self._conn.execute("SELECT name FROM agents WHERE head_snapshot = ?", (snapshot_id,)).fetchall()
+        return [r["name"] for r in rows]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot record."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    @staticmethod
+    def _snapshot(row: sqlite3.Row) -> Snapshot:
+        return Snapshot(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row
+
     # events
 
     def record_event(self, agent_id: str, kind: str, detail: str = "") -> None:
@@ -185,4 +266,5 @@ class StateDB:
             created_at=row["created_at"],
             machine_id=row["machine_id"],
             state=AgentState(row["state"]),
+            head_snapshot=row["head_snapshot"],
         )

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo
+from spinup.runtime.models import Snapshot
 
 
 class AgentInfo(BaseModel):
@@ -16,7 +17,10 @@ class AgentInfo(BaseModel):
     id: str
     image: str = Field(description="Base image the agent's machine is made from.")
     network: str = Field(description="Network policy: 'none' or 'host'.")
-    state: str = Field(description="created, running, stopped or missing (recreated on next use).")
+    state: str = Field(description="created, running, stopped, hibernated or missing (rebuilt on next use).")
+    head_snapshot: str | None = Field(
+        default=None, description="The latest snapshot; a lost machine comes back from it."
+    )
     machine_id: str | None = Field(description="Short id of the Docker container embodying the agent now.")
     created_at: str
 
@@ -30,6 +34,7 @@ class AgentInfo(BaseModel):
             state=agent.state.value,
             machine_id=agent.machine_id[:12] if agent.machine_id else None,
             created_at=agent.created_at.isoformat(),
+            head_snapshot=agent.head_snapshot,
         )
 
 
@@ -146,3 +151,69 @@ class FileRead(BaseModel):
             unit=content.unit,
             eof=content.eof,
         )
+
+
+class SnapshotInfo(BaseModel):
+    """A snapshot: an immutable state of an agent's machine."""
+
+    id: str
+    agent_id: str
+    parent_id: str | None
+    label: str
+    created_at: str
+    base_image: str
+    layers: int = Field(description="Spinup layers on top of the base image.")
+    layer_bytes: int = Field(description="Compressed size of the layer this snapshot added.")
+    layer_uncompressed_bytes: int
+    paths_changed: int
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> SnapshotInfo:
+        return cls(
+            id=snapshot.id,
+            agent_id=snapshot.agent_id,
+            parent_id=snapshot.parent_id,
+            label=snapshot.label,
+            created_at=snapshot.created_at.isoformat(),
+            base_image=snapshot.base_image,
+            layers=snapshot.layers,
+            layer_bytes=snapshot.layer_size,
+            layer_uncompressed_bytes=snapshot.layer_uncompressed,
+            paths_changed=snapshot.paths_changed,
+        )
+
+
+class SnapshotCreated(BaseModel):
+    """The result of snapshot_create."""
+
+    snapshot: SnapshotInfo
+    created: bool = Field(description="False when nothing had changed: the existing head is returned.")
+    duration_s: float
+
+
+class SnapshotList(BaseModel):
+    """Snapshots, oldest first."""
+
+    snapshots: list[SnapshotInfo]
+    head: str | None = Field(default=None, description="The agent's current head snapshot, when one agent is listed.")
+
+
+class RestoreResult(BaseModel):
+    """The result of snapshot_restore."""
+
+    agent: AgentInfo
+    restored: str = Field(description="The snapshot the machine now runs from (the agent's new head).")
+    saved_before_restore: str | None = Field(
+        description="Snapshot of the work that was not yet snapshotted (restore it to undo); null if none."
+    )
+    duration_s: float
+
+
+class DiffResult(BaseModel):
+    """Paths that differ between two states (directories are listed only when removed)."""
+
+    source: str
+    target: str
+    added: list[str]
+    changed: list[str]
+    removed: list[str]

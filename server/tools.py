@@ -7,8 +7,10 @@ bound agent is used (created on first use).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -19,10 +21,24 @@ from pydantic import Field
 
 from spinup.runtime import Policy, Runtime, SpinupError
 
-from .schemas import AgentInfo, AgentList, AgentStatusResult, ExecOutput, FileEntry, FileListing, FileRead
+from .schemas import (
+    AgentInfo,
+    AgentList,
+    AgentStatusResult,
+    DiffResult,
+    ExecOutput,
+    FileEntry,
+    FileListing,
+    FileRead,
+    RestoreResult,
+    SnapshotCreated,
+    SnapshotInfo,
+    SnapshotList,
+)
 
 R = TypeVar("R")
 AgentArg = Annotated[str, Field(description="Name of the agent to act on (see agent_list).")]
+SnapshotArg = Annotated[str, Field(description="Snapshot id such as s-1a2b3c4d5e6f (see snapshot_list).")]
 PathArg = Annotated[str, Field(description="Absolute path inside the agent's machine, e.g. /workspace/app.py.")]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
@@ -62,6 +78,26 @@ def _bind_agent(fn: Callable[..., Awaitable[R]], resolve: Callable[[], Awaitable
         p.name: p.annotation for p in signature.parameters.values() if p.name != "agent"
     } | {"return": signature.return_annotation}
     return wrapper
+
+
+def progress_reporter(ctx: Context, interval: float = 0.5) -> Callable[[str, float | None], None]:
+    """A thread-safe, throttled progress callback that forwards to the client (if it asked for progress)."""
+    loop = asyncio.get_running_loop()
+    last = [0.0]
+    count = [0]
+
+    def report(message: str, amount: float | None) -> None:
+        now = time.monotonic()
+        if count[0] and now - last[0] < interval:
+            return
+        last[0] = now
+        count[0] += 1
+        progress = amount if amount is not None else float(count[0])
+        loop.call_soon_threadsafe(
+            lambda: loop.create_task(ctx.report_progress(progress, None, message))
+        )
+
+    return report
 
 
 def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], bound_agent: str | None) -> None:
@@ -109,10 +145,15 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
         return AgentStatusResult.of(await get_runtime().status(agent))
 
     @tool("agent_stop", IDEMPOTENT)
-    async def agent_stop(agent: AgentArg) -> AgentInfo:
-        """Stop an agent's machine to free CPU and memory. Files are kept; the next call on the agent starts it
-        again."""
-        return AgentInfo.of(await get_runtime().agents.stop(agent))
+    async def agent_stop(
+        agent: AgentArg,
+        hibernate: Annotated[
+            bool, Field(description="Also remove the machine to free disk; it is rebuilt from the snapshot.")
+        ] = False,
+    ) -> AgentInfo:
+        """Stop an agent's machine to free CPU and memory, snapshotting it first if anything changed. Files and
+        packages are kept; the next call on the agent starts (or rebuilds) it."""
+        return AgentInfo.of(await get_runtime().agents.stop(agent, hibernate=hibernate))
 
     @tool("agent_remove", DESTRUCTIVE, takes_agent=False)
     async def agent_remove(agent: AgentArg) -> AgentInfo:
@@ -244,3 +285,75 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
     ) -> FileEntry:
         """Delete a file, symlink or directory in the agent's machine. Returns what was deleted."""
         return FileEntry.of(await (await get_runtime().files(agent)).delete(path, recursive=recursive))
+
+    # snapshots
+
+    @tool("snapshot_create", ADDITIVE)
+    async def snapshot_create(
+        ctx: Context,
+        agent: AgentArg,
+        label: Annotated[str, Field(max_length=200, description="A note to find it by, e.g. 'before upgrade'.")] = "",
+    ) -> SnapshotCreated:
+        """Save the agent's machine (files, installed packages) as a snapshot you can restore or fork later. Only
+        what changed since the last snapshot is stored. Take one before risky work."""
+        result = await get_runtime().agents.snapshot(agent, label, progress_reporter(ctx))
+        return SnapshotCreated(
+            snapshot=SnapshotInfo.of(result.snapshot), created=result.created, duration_s=result.duration_s
+        )
+
+    @tool("snapshot_list", READ_ONLY)
+    async def snapshot_list(agent: AgentArg) -> SnapshotList:
+        """List an agent's snapshots, oldest first, and its current head."""
+        runtime = get_runtime()
+        record = runtime.agents.get(agent)
+        return SnapshotList(
+            snapshots=[SnapshotInfo.of(s) for s in runtime.snapshots.list(record)], head=record.head_snapshot
+        )
+
+    @tool("snapshot_restore", DESTRUCTIVE)
+    async def snapshot_restore(ctx: Context, agent: AgentArg, snapshot: SnapshotArg) -> RestoreResult:
+        """Replace the agent's machine with the state saved in a snapshot. Work not yet snapshotted is saved first
+        (saved_before_restore), so a restore can itself be undone."""
+        started = time.monotonic()
+        record, saved = await get_runtime().agents.restore(agent, snapshot, progress_reporter(ctx))
+        return RestoreResult(
+            agent=AgentInfo.of(record),
+            restored=snapshot,
+            saved_before_restore=saved,
+            duration_s=round(time.monotonic() - started, 4),
+        )
+
+    @tool("snapshot_fork", ADDITIVE, takes_agent=False)
+    async def snapshot_fork(
+        snapshot: SnapshotArg,
+        name: Annotated[str, Field(description="Name of the new agent (lowercase letters, digits, '-').")],
+    ) -> AgentInfo:
+        """Create a new, independent agent whose machine starts from a snapshot (e.g. to try two approaches)."""
+        return AgentInfo.of(await get_runtime().agents.fork(snapshot, name))
+
+    @tool("snapshot_diff", READ_ONLY)
+    async def snapshot_diff(
+        agent: AgentArg,
+        source: Annotated[str | None, Field(description="Snapshot to compare from; default the agent's head.")] = None,
+        target: Annotated[
+            str | None, Field(description="Snapshot to compare to; default the live machine.")
+        ] = None,
+    ) -> DiffResult:
+        """List files added, changed and removed between two snapshots, or between a snapshot and the live
+        machine (by default: what changed since the last snapshot)."""
+        runtime = get_runtime()
+        before_id, after_tree, after_name = await runtime.snapshot_diff_inputs(agent, source, target)
+        before = await runtime.snapshots.tree(runtime.snapshots.get(before_id)) if before_id else {}
+        changes = await runtime.snapshots.diff(before, after_tree)
+        return DiffResult(
+            source=before_id or "base image",
+            target=after_name,
+            added=changes.added,
+            changed=changes.changed,
+            removed=changes.removed,
+        )
+
+    @tool("snapshot_delete", DESTRUCTIVE, takes_agent=False)
+    async def snapshot_delete(snapshot: SnapshotArg) -> SnapshotInfo:
+        """Delete a snapshot. Refused for a snapshot that another builds on or that is an agent's head."""
+        return SnapshotInfo.of(await get_runtime().snapshots.delete(snapshot))

@@ -26,6 +26,12 @@ EXPECTED_TOOLS = {
     "file_mkdir",
     "file_move",
     "file_delete",
+    "snapshot_create",
+    "snapshot_list",
+    "snapshot_restore",
+    "snapshot_fork",
+    "snapshot_diff",
+    "snapshot_delete",
 }
 
 
@@ -197,3 +203,29 @@ async def test_the_guide_is_served_as_instructions_and_as_a_resource(client: Cli
     resource = await client.read_resource("spinup://guide")
     text = resource.contents[0].text  # type: ignore[union-attr]
     assert "exec" in text and "/workspace" in text
+
+
+async def test_snapshot_tools_save_diff_restore_fork_and_delete(client: Client, agent_name: str) -> None:
+    await call(client, "file_write", agent=agent_name, path="/workspace/state.txt", content="v1")
+    first = await call(client, "snapshot_create", agent=agent_name, label="v1")
+    assert first["created"] is True and first["snapshot"]["label"] == "v1"
+    again = await call(client, "snapshot_create", agent=agent_name)
+    assert again["created"] is False and again["snapshot"]["id"] == first["snapshot"]["id"]
+    await call(client, "file_write", agent=agent_name, path="/workspace/state.txt", content="v2")
+    await call(client, "file_write", agent=agent_name, path="/workspace/new.txt", content="n")
+    live = await call(client, "snapshot_diff", agent=agent_name)
+    assert live["changed"] == ["/workspace/state.txt"] and live["added"] == ["/workspace/new.txt"]
+    restored = await call(client, "snapshot_restore", agent=agent_name, snapshot=first["snapshot"]["id"])
+    saved = restored["saved_before_restore"]
+    assert saved and restored["agent"]["head_snapshot"] == first["snapshot"]["id"]
+    assert (await call(client, "file_read", agent=agent_name, path="/workspace/state.txt"))["content"] == "v1"
+    listed = await call(client, "snapshot_list", agent=agent_name)
+    assert [s["id"] for s in listed["snapshots"]] == [first["snapshot"]["id"], saved]
+    fork_name = unique_name("fork")
+    fork = await call(client, "snapshot_fork", snapshot=saved, name=fork_name)
+    assert fork["head_snapshot"] == saved
+    assert (await call(client, "file_read", agent=fork_name, path="/workspace/state.txt"))["content"] == "v2"
+    refused = await fails(client, "snapshot_delete", snapshot=first["snapshot"]["id"])
+    assert "parent" in refused or "head" in refused
+    assert "snapshot_list" in await fails(client, "snapshot_restore", agent=agent_name, snapshot="s-000000000000")
+    await call(client, "agent_remove", agent=fork_name)

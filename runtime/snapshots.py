@@ -1,0 +1,374 @@
+"""Snapshots of agents: capture, image building for restore, restore and fork.
+
+A snapshot is captured from the machine's overlay upper directory (local daemon) into the
+zstd OCI store (``spinup.snapshot``). The layers of a snapshot are the layers of the snapshot
+its machine started from, plus what the machine changed since. A snapshot becomes a machine
+through a Docker image ``spinup/snap:<id>`` (loaded from the store when Docker lacks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
+from spinup.snapshot.capture import LayerPlan, plan, scan, write_layer
+from spinup.snapshot.errors import StoreError
+from spinup.snapshot.index import INDEX_MEDIA_TYPE, Index
+from spinup.snapshot.listing import Diff, Meta, diff_trees, snapshot_tree
+from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
+from spinup.snapshot.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
+
+from .config import Settings
+from .docker import DockerBackend, MachineInfo
+from .errors import Conflict, InvalidInput, NotFound, SpinupError
+from .models import Agent, Snapshot
+from .state import StateDB
+
+log = logging.getLogger(__name__)
+
+SNAP_REPO = "spinup/snap"
+ANNOTATION_PREFIX = "dev.spinup."
+ProgressFn = Callable[[str, float | None], None]
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """The outcome of a snapshot request."""
+
+    snapshot: Snapshot
+    created: bool  # False when nothing had changed and the head was returned
+    duration_s: float
+
+
+def snapshot_tag(snapshot_id: str) -> str:
+    """The Docker image tag of a snapshot."""
+    return f"{SNAP_REPO}:{snapshot_id}"
+
+
+def _new_id() -> str:
+    return "s-" + secrets.token_hex(6)
+
+
+async def _aiter(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Drive a blocking iterator from a worker thread, one chunk per hop."""
+    done = object()
+    while True:
+        chunk = await asyncio.to_thread(next, iterator, done)
+        if chunk is done:
+            return
+        assert isinstance(chunk, bytes)
+        yield chunk
+
+
+class SnapshotService:
+    """Captures and materializes snapshots."""
+
+    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend) -> None:
+        self.settings = settings
+        self.db = db
+        self.docker = docker
+        self.store = Store(settings.home / "store")
+        self._base_cache: dict[str, dict[str, Any]] = {}
+
+    # capture
+
+    async def capture(
+        self, agent: Agent, machine: MachineInfo, label: str = "", progress: ProgressFn | None = None
+    ) -> CaptureResult:
+        """Capture what the machine changed since the agent's head (the caller holds the agent's lock)."""
+        started = time.monotonic()
+        upper = self._upper_dir(machine)
+        head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
+        previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
+        was_running = machine.running and not machine.paused
+        if was_running:
+            await self.docker.pause(machine.id)
+        try:
+            current = await asyncio.to_thread(scan, upper)
+            layer_plan = plan(previous, current)
+            if head is not None and layer_plan.empty and (previous is not None or self._from_head(machine, head)):
+                return CaptureResult(head, False, round(time.monotonic() - started, 4))
+            if progress:
+                progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+            snapshot = await asyncio.to_thread(
+                self._write_snapshot, agent, machine, head, upper, current, layer_plan, label, progress
+            )
+        finally:
+            if was_running:
+                await self.docker.unpause(machine.id)
+        return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
+
+    def _from_head(self, machine: MachineInfo, head: Snapshot) -> bool:
+        return machine.image == snapshot_tag(head.id)
+
+    def _upper_dir(self, machine: MachineInfo) -> Path:
+        if not machine.upper_dir or not self.docker.is_local:
+            raise SpinupError(
+                "Cannot snapshot this machine: Spinup reads the machine's overlay2 upper directory, which "
+                "needs a local Docker daemon with the overlay2 storage driver."
+            )
+        upper = Path(machine.upper_dir)
+        if not upper.is_dir():
+            raise SpinupError(f"The machine's upper directory {upper} is not readable: run Spinup as root.")
+        return upper
+
+    async def _index_of(self, snapshot: Snapshot) -> Index | None:
+        manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
+        digest = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "index")
+        if not digest:
+            return None
+        with self.store.open_blob(digest) as reader:
+            return Index.loads(reader.read())
+
+    def _write_snapshot(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        head: Snapshot | None,
+        upper: Path,
+        current: Index,
+        layer_plan: LayerPlan,
+        label: str,
+        progress: ProgressFn | None,
+    ) -> Snapshot:
+        """Blocking: layer blob, index blob, config, manifest, index.json; then the head moves."""
+        with store_lock(self.store, exclusive=False):
+            return self._write_snapshot_locked(agent, machine, head, upper, current, layer_plan, label, progress)
+
+    def _write_snapshot_locked(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        head: Snapshot | None,
+        upper: Path,
+        current: Index,
+        layer_plan: LayerPlan,
+        label: str,
+        progress: ProgressFn | None,
+    ) -> Snapshot:
+        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
+        layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
+        new_layer = None
+        if not layer_plan.empty or head is None:
+
+            def on_bytes(done: int) -> None:
+                if progress:
+                    progress(f"{done} bytes archived", float(done))
+
+            new_layer = write_layer(
+                self.store, upper, layer_plan, level=self.settings.zstd_level, on_bytes=on_bytes
+            )
+            layers.append(
+                Descriptor(
+                    new_layer.descriptor.media_type,
+                    new_layer.descriptor.digest,
+                    new_layer.descriptor.size,
+                    {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
+                )
+            )
+        index_blob = self.store.writer()
+        index_blob.write(current.dumps())
+        index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
+        base = self._base_info_sync(agent.image)
+        config = self._config(base, layers)
+        config_descriptor = self.store.put_json(config, CONFIG_MEDIA_TYPE)
+        snapshot_id = _new_id()
+        created_at = datetime.now(UTC)
+        annotations = {
+            ANNOTATION_PREFIX + "snapshot.id": snapshot_id,
+            ANNOTATION_PREFIX + "agent": agent.id,
+            ANNOTATION_PREFIX + "parent": head.id if head else "",
+            ANNOTATION_PREFIX + "label": label,
+            ANNOTATION_PREFIX + "base": agent.image,
+            ANNOTATION_PREFIX + "base.id": str(base["Id"]),
+            ANNOTATION_PREFIX + "index": index_descriptor.digest,
+            "org.opencontainers.image.created": created_at.isoformat(),
+        }
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": config_descriptor.to_json(),
+            "layers": [d.to_json() for d in layers],
+            "annotations": annotations,
+        }
+        manifest_descriptor = self.store.put_json(manifest, MANIFEST_MEDIA_TYPE, {REF_NAME: snapshot_id})
+        self.store.add_manifest(manifest_descriptor)
+        snapshot = Snapshot(
+            id=snapshot_id,
+            agent_id=agent.id,
+            parent_id=head.id if head else None,
+            label=label,
+            created_at=created_at,
+            manifest_digest=manifest_descriptor.digest,
+            machine_id=machine.id,
+            base_image=agent.image,
+            layers=len(layers),
+            layer_size=new_layer.descriptor.size if new_layer else 0,
+            layer_uncompressed=new_layer.uncompressed_size if new_layer else 0,
+            paths_changed=layer_plan.paths_changed,
+        )
+        self.db.add_snapshot(snapshot)
+        return snapshot
+
+    def _base_info_sync(self, image: str) -> dict[str, Any]:
+        info = self._base_cache.get(image)
+        if info is None:
+            raise SpinupError(f"Base image {image} was not inspected before capture")
+        return info
+
+    async def prepare_base(self, image: str) -> dict[str, Any]:
+        """Inspect (and cache) the base image: its id, config and layer diff ids."""
+        if image not in self._base_cache:
+            self._base_cache[image] = await self.docker.image_inspect(image)
+        return self._base_cache[image]
+
+    @staticmethod
+    def _config(base: dict[str, Any], layers: list[Descriptor]) -> dict[str, Any]:
+        base_config = base.get("Config") or {}
+        keep = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
+        diff_ids = list(base.get("RootFS", {}).get("Layers", []))
+        diff_ids += [(d.annotations or {})[DIFF_ID] for d in layers]
+        history = [{"created_by": "spinup base image " + str(base.get("Id", ""))}] * len(base["RootFS"]["Layers"])
+        history += [{"created_by": "spinup snapshot layer"}] * len(layers)
+        return {
+            "architecture": base.get("Architecture", "amd64"),
+            "os": base.get("Os", "linux"),
+            "config": {k: base_config[k] for k in keep if base_config.get(k) is not None},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": history,
+        }
+
+    # materialize
+
+    async def ensure_image(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> str:
+        """The Docker image of a snapshot, loading it from the store when Docker does not have it."""
+        tag = snapshot_tag(snapshot.id)
+        if await self.docker.image_exists(tag):
+            return tag
+        if not await self.docker.image_exists(snapshot.base_image):
+            raise NotFound(
+                f"Snapshot {snapshot.id} builds on the image {snapshot.base_image}, which Docker no longer has. "
+                f"Rebuild or pull it (spinup image build for the default image), then retry."
+            )
+        try:
+            manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
+            config_descriptor = Descriptor.from_json(manifest["config"])
+            config = await asyncio.to_thread(self._read_blob, config_descriptor)
+            layers = [Descriptor.from_json(d) for d in manifest["layers"]]
+            for layer in layers:  # verify before Docker sees a byte
+                await asyncio.to_thread(self.store.verify_blob, layer.digest)
+        except StoreError as exc:
+            raise SpinupError(str(exc)) from exc
+        base = await self.prepare_base(snapshot.base_image)
+        image = SaveImage(
+            tag=tag,
+            config=config,
+            config_digest=config_descriptor.digest,
+            base_diff_ids=list(base.get("RootFS", {}).get("Layers", [])),
+            layers=layers,
+        )
+        if progress:
+            progress(f"loading {len(layers)} layers of {snapshot.id} into Docker", None)
+        await self.docker.load_image(_aiter(save_stream(self.store, image)))
+        return tag
+
+    def _read_blob(self, descriptor: Descriptor) -> bytes:
+        with self.store.open_blob(descriptor) as reader:
+            data: bytes = reader.read()
+        return data
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        """The snapshot with this id; a clear error if there is none."""
+        if not snapshot_id or not isinstance(snapshot_id, str):
+            raise InvalidInput("Give a snapshot id such as s-1a2b3c4d5e6f (see snapshot_list).")
+        snapshot = self.db.get_snapshot(snapshot_id)
+        if snapshot is None:
+            raise NotFound(f"No snapshot {snapshot_id}. List snapshots with snapshot_list.")
+        return snapshot
+
+    async def delete(self, snapshot_id: str) -> Snapshot:
+        """Delete a snapshot nothing builds on; its blobs go at the next gc."""
+        snapshot = self.get(snapshot_id)
+        children = self.db.snapshot_children(snapshot_id)
+        if children:
+            raise Conflict(
+                f"Snapshot {snapshot_id} is the parent of {', '.join(children)}; delete those first "
+                f"(their layers build on it)."
+            )
+        heads = self.db.agents_with_head(snapshot_id)
+        if heads:
+            raise Conflict(
+                f"Snapshot {snapshot_id} is the head of agent(s) {', '.join(heads)}; take a newer snapshot or "
+                f"restore another one first."
+            )
+        def unlist() -> None:
+            with store_lock(self.store, exclusive=False):
+                self.store.remove_manifest(snapshot_id)
+
+        await asyncio.to_thread(unlist)
+        self.db.delete_snapshot(snapshot_id)
+        await self.docker.remove_image(snapshot_tag(snapshot_id))
+        return snapshot
+
+    # inspection and maintenance
+
+    def list(self, agent: Agent | None = None) -> builtins.list[Snapshot]:
+        """Snapshots (of one agent, or all), oldest first."""
+        return self.db.list_snapshots(agent.id if agent else None)
+
+    async def tree(self, snapshot: Snapshot) -> dict[str, Meta]:
+        """What the snapshot's layers hold, by path."""
+        try:
+            return await asyncio.to_thread(snapshot_tree, self.store, snapshot.manifest_digest)
+        except StoreError as exc:
+            raise SpinupError(str(exc)) from exc
+
+    async def live_tree(self, agent: Agent, machine: MachineInfo) -> dict[str, Meta]:
+        """The head's listing with the machine's unsnapshotted changes applied."""
+        head = self.get(agent.head_snapshot) if agent.head_snapshot else None
+        tree = await self.tree(head) if head is not None else {}
+        upper = self._upper_dir(machine)
+        previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
+        current = await asyncio.to_thread(scan, upper)
+        changes = plan(previous, current)
+        hidden = [("/" + path, True) for path in changes.whiteouts] + [("/" + p, False) for p in changes.opaque]
+        for root, itself in hidden:
+            for existing in [p for p in tree if p.startswith(root + "/") or (itself and p == root)]:
+                del tree[existing]
+        for path in changes.archive:
+            entry = current.entries[path]
+            link = os.readlink(upper / path) if entry.kind == "symlink" else ""
+            kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
+            tree["/" + path] = Meta(
+                kind, entry.size if kind == "file" else 0, entry.mode & 0o7777, entry.uid, entry.gid,
+                entry.mtime_ns // 1_000_000_000, link,
+            )
+        return tree
+
+    async def diff(self, before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
+        """Added, changed and removed paths between two listings."""
+        return diff_trees(before, after)
+
+    async def verify(self) -> VerifyReport:
+        """Re-hash every blob and check every snapshot's references."""
+        known = {s.id: s.manifest_digest for s in self.db.list_snapshots()}
+        return await asyncio.to_thread(verify, self.store, known)
+
+    async def gc(self) -> GcResult:
+        """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken)."""
+        return await asyncio.to_thread(gc, self.store)
+
+    async def export(self, snapshot: Snapshot, destination: Path) -> int:
+        """Write a ``docker save`` archive (base image included) loadable on any Docker host."""
+        tag = await self.ensure_image(snapshot)
+        return await self.docker.save_image(tag, destination)

@@ -1,0 +1,41 @@
+"""Errors of the snapshot store and layer handling.
+
+    StoreError
+    ├── BlobMissing      a referenced blob is not in the store
+    ├── BlobCorrupt      a blob's bytes do not match its digest
+    └── UnsafeLayer      a layer tries to escape its root or create a device
+
+``runtime`` maps these onto its own errors; ``snapshot`` knows nothing of MCP or Docker.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of snapshot store errors; the message says what to do."""
+
+
+class BlobMissing(StoreError):
+    """A referenced blob is absent."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(
+            f"Blob {digest} is missing from the snapshot store. Run `spinup snapshot verify` to see what "
+            f"is affected; restore an earlier snapshot that does not use it."
+        )
+        self.digest = digest
+
+
+class BlobCorrupt(StoreError):
+    """A blob does not hash to its name."""
+
+    def __init__(self, digest: str, actual: str) -> None:
+        super().__init__(
+            f"Blob {digest} is corrupt (its content hashes to {actual}). The snapshot using it cannot be "
+            f"restored; run `spinup snapshot verify` and restore an earlier snapshot."
+        )
+        self.digest = digest
+
+
+class UnsafeLayer(StoreError):
+    """A layer entry would write outside the root, or is a device node."""

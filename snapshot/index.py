@@ -1,0 +1,84 @@
+"""The per-machine file index: metadata of every entry in the upper directory at a snapshot.
+
+Two scans of the same upper directory are compared entry by entry; an entry whose inode,
+ctime, mtime, size, mode and owner are all unchanged has unchanged content (any write or
+metadata change moves ctime), so no content is read to find what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zstandard
+
+Kind = Literal["file", "dir", "symlink", "whiteout", "other"]
+INDEX_MEDIA_TYPE = "application/vnd.dev.spinup.index.v1+json+zstd"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Metadata of one path."""
+
+    kind: Kind
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+    opaque: bool = False
+
+    @classmethod
+    def whiteout(cls) -> Entry:
+        return cls("whiteout")
+
+    @classmethod
+    def of(cls, st: os.stat_result, opaque: bool = False) -> Entry:
+        if stat.S_ISREG(st.st_mode):
+            kind: Kind = "file"
+        elif stat.S_ISDIR(st.st_mode):
+            kind = "dir"
+        elif stat.S_ISLNK(st.st_mode):
+            kind = "symlink"
+        else:
+            kind = "other"
+        return cls(
+            kind, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, opaque
+        )
+
+    def same_as(self, other: Entry) -> bool:
+        """Whether nothing about the entry changed between two scans."""
+        return self == other
+
+    def to_row(self) -> list[Any]:
+        return [self.kind, self.mode, self.uid, self.gid, self.size, self.mtime_ns, self.ctime_ns, self.ino,
+                int(self.opaque)]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Entry:
+        kind, mode, uid, gid, size, mtime_ns, ctime_ns, ino, opaque = row
+        return cls(kind, mode, uid, gid, size, mtime_ns, ctime_ns, ino, bool(opaque))
+
+
+@dataclass(frozen=True)
+class Index:
+    """Every entry of an upper directory, by relative path."""
+
+    entries: dict[str, Entry]
+    # Directories that hold an excluded mount point (their copy-up is Docker's doing, not the agent's).
+    pinned: frozenset[str] = frozenset()
+
+    def dumps(self) -> bytes:
+        """Serialized and zstd-compressed."""
+        raw = json.dumps({"version": 1, "entries": {p: e.to_row() for p, e in self.entries.items()}})
+        return zstandard.ZstdCompressor(level=3).compress(raw.encode("utf-8", errors="surrogateescape"))
+
+    @classmethod
+    def loads(cls, data: bytes) -> Index:
+        raw = json.loads(zstandard.ZstdDecompressor().decompress(data).decode("utf-8", errors="surrogateescape"))
+        return cls({p: Entry.from_row(row) for p, row in raw["entries"].items()})

@@ -1,0 +1,101 @@
+"""File listings of snapshots (what their layers add on top of the base image), and diffs."""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import zstandard
+
+from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX
+from .store import Descriptor, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What a diff compares for one path."""
+
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    link: str
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Paths added, changed and removed going from one state to another."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+
+
+def _meta(member: tarfile.TarInfo) -> Meta:
+    if member.isdir():
+        kind = "directory"
+    elif member.issym():
+        kind = "symlink"
+    elif member.isfile() or member.islnk():
+        kind = "file"
+    else:
+        kind = "other"
+    return Meta(kind, member.size, member.mode, member.uid, member.gid, int(member.mtime), member.linkname)
+
+
+def apply_layer(tree: dict[str, Meta], members: Iterable[tarfile.TarInfo]) -> None:
+    """Apply one layer's entries (with OCI whiteouts) to a listing, in place."""
+    added: set[str] = set()
+    for member in members:
+        path = "/" + member.name.strip("/").removeprefix("./")
+        parent, name = posixpath.split(path)
+        if name == OPAQUE_MARKER:
+            prefix = parent.rstrip("/") + "/"
+            for existing in [p for p in tree if p.startswith(prefix) and p not in added]:
+                del tree[existing]
+            continue
+        if name.startswith(WHITEOUT_PREFIX):
+            target = posixpath.join(parent, name[len(WHITEOUT_PREFIX) :])
+            prefix = target + "/"
+            for existing in [p for p in tree if p == target or p.startswith(prefix)]:
+                del tree[existing]
+            continue
+        if member.islnk():
+            source = tree.get("/" + member.linkname.strip("/"))
+            tree[path] = source if source is not None else _meta(member)
+        else:
+            tree[path] = _meta(member)
+        added.add(path)
+
+
+def layer_members(store: Store, layer: Descriptor) -> list[tarfile.TarInfo]:
+    """The tar headers of a layer blob (its digest is checked as it is read)."""
+    with store.open_blob(layer) as blob:
+        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            members = list(tar)
+        blob.read()
+    return members
+
+
+def snapshot_tree(store: Store, manifest_digest: str) -> dict[str, Meta]:
+    """Everything a snapshot's layers hold, by absolute path."""
+    manifest = store.get_json(manifest_digest)
+    tree: dict[str, Meta] = {}
+    for raw in manifest.get("layers", []):
+        apply_layer(tree, layer_members(store, Descriptor.from_json(raw)))
+    return tree
+
+
+def diff_trees(before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
+    """Compare two listings (directories' own changes are left out: their files tell the story)."""
+    added = sorted(p for p in after if p not in before and after[p].type != "directory")
+    removed = sorted(p for p in before if p not in after)
+    changed = sorted(
+        p for p in after if p in before and before[p] != after[p] and after[p].type != "directory"
+    )
+    return Diff(added, changed, removed)

@@ -1,0 +1,124 @@
+"""Verify and garbage-collect the store.
+
+Writers of new snapshots hold the store lock shared; gc holds it exclusive, so a blob written
+for a snapshot whose manifest is not yet listed is never collected under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .errors import StoreError
+from .store import REF_NAME, Descriptor, Store
+
+INDEX_ANNOTATION = "dev.spinup.index"
+
+
+@contextlib.contextmanager
+def store_lock(store: Store, exclusive: bool) -> Iterator[None]:
+    """Hold the store's advisory lock (shared for writers, exclusive for gc)."""
+    path = store.root / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found."""
+
+    blobs_checked: int = 0
+    snapshots_checked: int = 0
+    problems: list[str] = field(default_factory=list)  # things that break a snapshot
+    garbage: list[str] = field(default_factory=list)  # unreferenced blobs and stale temp files
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def referenced_blobs(store: Store, manifest: Descriptor) -> list[str]:
+    """Every blob a manifest needs: itself, its config, its layers, its file index."""
+    raw = store.get_json(manifest)
+    digests = [manifest.digest, raw["config"]["digest"]]
+    digests += [layer["digest"] for layer in raw.get("layers", [])]
+    index_digest = raw.get("annotations", {}).get(INDEX_ANNOTATION)
+    if index_digest:
+        digests.append(index_digest)
+    return digests
+
+
+def verify(store: Store, known_manifests: dict[str, str]) -> VerifyReport:
+    """Re-hash every blob and check every reference.
+
+    ``known_manifests`` maps snapshot id -> manifest digest as the state database records them.
+    """
+    report = VerifyReport()
+    referenced: set[str] = set()
+    listed = {(d.annotations or {}).get(REF_NAME, ""): d for d in store.manifests()}
+    for snapshot_id, digest in sorted(known_manifests.items()):
+        if snapshot_id not in listed:
+            report.problems.append(f"snapshot {snapshot_id}: not listed in index.json (manifest {digest})")
+    for snapshot_id, descriptor in sorted(listed.items()):
+        report.snapshots_checked += 1
+        try:
+            needed = referenced_blobs(store, descriptor)
+        except StoreError as exc:
+            report.problems.append(f"snapshot {snapshot_id}: manifest unreadable: {exc}")
+            referenced.add(descriptor.digest)
+            continue
+        for digest in needed:
+            referenced.add(digest)
+            if not store.has_blob(digest):
+                report.problems.append(f"snapshot {snapshot_id}: blob {digest} is missing")
+    for digest in sorted(store.blob_digests()):
+        report.blobs_checked += 1
+        try:
+            store.verify_blob(digest)
+        except StoreError:
+            owner = "referenced" if digest in referenced else "unreferenced"
+            report.problems.append(f"blob {digest} ({owner}) is corrupt: its content does not match its name")
+            continue
+        if digest not in referenced:
+            report.garbage.append(f"blob {digest} is not referenced by any snapshot (gc removes it)")
+    for tmp in sorted((store.root / "tmp").iterdir()):
+        report.garbage.append(f"temporary file {tmp.name} left by an interrupted write (gc removes it)")
+    return report
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What gc removed."""
+
+    blobs_removed: int
+    bytes_freed: int
+    temp_files_removed: int
+
+
+def gc(store: Store) -> GcResult:
+    """Remove blobs no listed manifest references, and stale temp files."""
+    with store_lock(store, exclusive=True):
+        referenced: set[str] = set()
+        for descriptor in store.manifests():
+            referenced.update(referenced_blobs(store, descriptor))
+        removed = freed = 0
+        for digest in list(store.blob_digests()):
+            if digest not in referenced:
+                freed += store.blob_path(digest).stat().st_size
+                store.delete_blob(digest)
+                removed += 1
+        # Writers hold the lock shared while they write, and we hold it exclusively: any temp
+        # file left now belongs to a write that was interrupted.
+        temps = 0
+        for tmp in (store.root / "tmp").iterdir():
+            tmp.unlink(missing_ok=True)
+            temps += 1
+        return GcResult(removed, freed, temps)

@@ -1,0 +1,244 @@
+"""The content-addressed snapshot store: an OCI image layout with atomic, verified blobs.
+
+See ``FORMAT.md`` for the layout and the write order that keeps it crash safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import BlobCorrupt, BlobMissing, StoreError
+
+OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
+REF_NAME = "org.opencontainers.image.ref.name"
+_READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Descriptor:
+        return cls(raw["mediaType"], raw["digest"], int(raw["size"]), raw.get("annotations"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hex(digest: str) -> str:
+    algorithm, _, hexpart = digest.partition(":")
+    if algorithm != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise StoreError(f"Malformed digest {digest!r}: expected sha256:<64 hex digits>.")
+    return hexpart
+
+
+class BlobWriter:
+    """Streams one blob into the store: temp file, hash while writing, fsync, verify, rename."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._tmp = store.root / "tmp" / f"blob-{secrets.token_hex(8)}"
+        self._fh: IO[bytes] | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append bytes to the blob."""
+        assert self._fh is not None, "blob already committed"
+        self._hash.update(data)
+        self.size += len(data)
+        return self._fh.write(data)
+
+    def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
+        """Make the blob durable under its digest and return its descriptor."""
+        assert self._fh is not None, "blob already committed"
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        digest = "sha256:" + self._hash.hexdigest()
+        if os.path.getsize(self._tmp) != self.size:
+            self.abort()
+            raise StoreError(f"Short write for blob {digest}: disk full? Nothing was stored.")
+        final = self._store.blob_path(digest)
+        if final.exists():
+            self._tmp.unlink()  # identical content is stored once
+        else:
+            os.chmod(self._tmp, 0o444)
+            os.replace(self._tmp, final)
+            _fsync_dir(final.parent)
+        return Descriptor(media_type, digest, self.size, annotations)
+
+    def abort(self) -> None:
+        """Discard the partial blob."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+class VerifiedReader:
+    """Reads a blob and raises :class:`BlobCorrupt` at the end if its bytes do not match the digest."""
+
+    def __init__(self, path: Path, digest: str, size: int | None) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._hash = hashlib.sha256()
+        self._digest = digest
+        self._size = size
+        self._read = 0
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._hash.update(data)
+        self._read += len(data)
+        if not data or n < 0:
+            self._check()
+        return data
+
+    def _check(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self._digest or (self._size is not None and self._read != self._size):
+            raise BlobCorrupt(self._digest, actual)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> VerifiedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store:
+    """An OCI image layout on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+        layout = root / "oci-layout"
+        if not layout.exists():
+            self._write_file_atomic(layout, json.dumps(OCI_LAYOUT).encode())
+        if not (root / "index.json").exists():
+            self._write_index([])
+
+    # blobs
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob with ``digest`` lives (it may not exist)."""
+        return self.root / "blobs" / "sha256" / _hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob is present (not verified)."""
+        return self.blob_path(digest).exists()
+
+    def writer(self) -> BlobWriter:
+        """Start writing a new blob."""
+        return BlobWriter(self)
+
+    def put_json(self, value: dict[str, Any], media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
+        """Store a JSON document as a blob (canonical: sorted keys, no spaces)."""
+        writer = self.writer()
+        try:
+            writer.write(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+            return writer.commit(media_type, annotations)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def open_blob(self, descriptor: Descriptor | str) -> VerifiedReader:
+        """Open a blob for reading; the reader verifies the digest when it reaches the end."""
+        digest = descriptor if isinstance(descriptor, str) else descriptor.digest
+        size = None if isinstance(descriptor, str) else descriptor.size
+        path = self.blob_path(digest)
+        if not path.exists():
+            raise BlobMissing(digest)
+        return VerifiedReader(path, digest, size)
+
+    def get_json(self, descriptor: Descriptor | str) -> dict[str, Any]:
+        """Read and verify a JSON blob."""
+        with self.open_blob(descriptor) as reader:
+            data = reader.read()
+        value: dict[str, Any] = json.loads(data)
+        return value
+
+    def verify_blob(self, digest: str) -> None:
+        """Re-hash a blob; raise :class:`BlobCorrupt` or :class:`BlobMissing`."""
+        with self.open_blob(digest) as reader:
+            while reader.read(_READ_CHUNK):
+                pass
+
+    def blob_digests(self) -> Iterator[str]:
+        """Digests of every blob file present."""
+        for path in (self.root / "blobs" / "sha256").iterdir():
+            yield "sha256:" + path.name
+
+    def delete_blob(self, digest: str) -> None:
+        """Remove a blob (for gc)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.blob_path(digest).unlink()
+
+    # index
+
+    def manifests(self) -> list[Descriptor]:
+        """Manifest descriptors listed in index.json."""
+        raw = json.loads((self.root / "index.json").read_text())
+        return [Descriptor.from_json(entry) for entry in raw.get("manifests", [])]
+
+    def add_manifest(self, descriptor: Descriptor) -> None:
+        """List a manifest in index.json (atomically)."""
+        entries = [d for d in self.manifests() if d.digest != descriptor.digest]
+        entries.append(descriptor)
+        self._write_index(entries)
+
+    def remove_manifest(self, ref_name: str) -> None:
+        """Drop the manifest named ``ref_name`` from index.json (atomically)."""
+        self._write_index([d for d in self.manifests() if (d.annotations or {}).get(REF_NAME) != ref_name])
+
+    def _write_index(self, entries: list[Descriptor]) -> None:
+        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [d.to_json() for d in entries]}
+        self._write_file_atomic(self.root / "index.json", json.dumps(index, indent=1).encode())
+
+    def _write_file_atomic(self, path: Path, data: bytes) -> None:
+        tmp = self.root / "tmp" / f"{path.name}-{secrets.token_hex(6)}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
