@@ -47,7 +47,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         elif args.agent_command == "show":
             _print_json(AgentStatusResult.of(await rt.status(args.name)).model_dump())
         elif args.agent_command == "stop":
-            _print_json(AgentInfo.of(await rt.agents.stop(args.name)).model_dump())
+            agent = await rt.agents.stop(args.name, snapshot=not args.no_snapshot, hibernate=args.hibernate)
+            _print_json(AgentInfo.of(agent).model_dump())
         elif args.agent_command == "rm":
             await rt.agents.remove(args.name)
             print(f"removed agent {args.name}", file=sys.stderr)
@@ -77,6 +78,67 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         if result.timed_out:
             return 124
         return result.exit_code if result.exit_code is not None else 1
+
+    return asyncio.run(_with_runtime(work))
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .schemas import SnapshotInfo
+
+    async def work(rt: Runtime) -> int:
+        command = args.snapshot_command
+        if command == "create":
+            result = await rt.agents.snapshot(
+                args.agent, args.label, lambda message, _: print(message, file=sys.stderr, flush=True)
+            )
+            verb = "created" if result.created else "unchanged; head is"
+            print(f"{verb} {result.snapshot.id} ({result.snapshot.layer_size} bytes, {result.duration_s}s)",
+                  file=sys.stderr)
+            _print_json(SnapshotInfo.of(result.snapshot).model_dump())
+        elif command == "list":
+            agent = rt.agents.get(args.agent) if args.agent else None
+            print(f"{'ID':<16} {'AGENT':<18} {'CREATED':<26} {'LAYERS':>6} {'BYTES':>12}  LABEL")
+            names = {a.id: a.name for a in rt.agents.list()}
+            for s in rt.snapshots.list(agent):
+                print(f"{s.id:<16} {names.get(s.agent_id, s.agent_id):<18} {s.created_at.isoformat()[:25]:<26} "
+                      f"{s.layers:>6} {s.layer_size:>12}  {s.label}")
+        elif command == "show":
+            _print_json(SnapshotInfo.of(rt.snapshots.get(args.snapshot)).model_dump())
+        elif command == "restore":
+            agent, saved = await rt.agents.restore(args.agent, args.snapshot)
+            print(f"restored {args.agent} to {args.snapshot}"
+                  + (f"; its previous work is saved as {saved}" if saved else ""), file=sys.stderr)
+        elif command == "fork":
+            _print_json(AgentInfo.of(await rt.agents.fork(args.snapshot, args.name)).model_dump())
+        elif command == "diff":
+            source, target_tree, _ = await rt.snapshot_diff_inputs(args.agent, args.source, args.target)
+            before = await rt.snapshots.tree(rt.snapshots.get(source)) if source else {}
+            changes = await rt.snapshots.diff(before, target_tree)
+            for mark, paths in (("A", changes.added), ("M", changes.changed), ("D", changes.removed)):
+                for path in paths:
+                    print(f"{mark} {path}")
+        elif command == "rm":
+            await rt.snapshots.delete(args.snapshot)
+            print(f"deleted {args.snapshot} (run spinup snapshot gc to free its blobs)", file=sys.stderr)
+        elif command == "verify":
+            report = await rt.snapshots.verify()
+            for line in report.problems:
+                print(f"PROBLEM {line}")
+            for line in report.garbage:
+                print(f"garbage {line}")
+            print(f"checked {report.blobs_checked} blobs, {report.snapshots_checked} snapshots: "
+                  + ("ok" if report.ok else f"{len(report.problems)} problems"), file=sys.stderr)
+            return 0 if report.ok else 1
+        elif command == "gc":
+            gc = await rt.snapshots.gc()
+            print(f"removed {gc.blobs_removed} blobs ({gc.bytes_freed} bytes) and {gc.temp_files_removed} "
+                  f"temporary files", file=sys.stderr)
+        elif command == "export":
+            size = await rt.snapshots.export(rt.snapshots.get(args.snapshot), Path(args.output))
+            print(f"wrote {args.output} ({size} bytes); load it with: docker load -i {args.output}", file=sys.stderr)
+        return 0
 
     return asyncio.run(_with_runtime(work))
 
@@ -150,8 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--network", choices=["none", "host"], default="none", help="network policy")
     listing = agent_sub.add_parser("list", help="list agents")
     listing.add_argument("--json", action="store_true")
-    for verb, text in (("show", "show an agent, its machine and events"), ("stop", "stop an agent's machine")):
-        agent_sub.add_parser(verb, help=text).add_argument("name")
+    agent_sub.add_parser("show", help="show an agent, its machine and events").add_argument("name")
+    stop = agent_sub.add_parser("stop", help="snapshot (if anything changed) and stop an agent's machine")
+    stop.add_argument("name")
+    stop.add_argument("--hibernate", action="store_true", help="also remove the machine (rebuilt on next use)")
+    stop.add_argument("--no-snapshot", action="store_true", help="stop without taking a snapshot")
     agent_sub.add_parser("rm", help="remove an agent and its machine").add_argument("name")
     agent.set_defaults(func=_cmd_agent)
 
@@ -163,6 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("--shell", action="store_true", help="run a single argument as a /bin/sh -c string")
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=_cmd_exec)
+
+    snap = sub.add_parser("snapshot", help="create, list, restore, fork, diff, verify and collect snapshots")
+    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
+    sc = snap_sub.add_parser("create", help="snapshot an agent's machine")
+    sc.add_argument("agent")
+    sc.add_argument("--label", default="")
+    snap_sub.add_parser("list", help="list snapshots (of one agent, or all)").add_argument("agent", nargs="?")
+    snap_sub.add_parser("show", help="show one snapshot").add_argument("snapshot")
+    sr = snap_sub.add_parser("restore", help="replace an agent's machine with a snapshot (saves its work first)")
+    sr.add_argument("agent")
+    sr.add_argument("snapshot")
+    sf = snap_sub.add_parser("fork", help="create a new agent from a snapshot")
+    sf.add_argument("snapshot")
+    sf.add_argument("name")
+    sd = snap_sub.add_parser("diff", help="paths added/changed/removed between snapshots, or vs the live machine")
+    sd.add_argument("agent")
+    sd.add_argument("source", nargs="?", help="default: the agent's head")
+    sd.add_argument("target", nargs="?", help="default: the live machine")
+    snap_sub.add_parser("rm", help="delete a snapshot nothing builds on").add_argument("snapshot")
+    snap_sub.add_parser("verify", help="re-hash every blob and check every reference")
+    snap_sub.add_parser("gc", help="remove unreferenced blobs and interrupted writes")
+    se = snap_sub.add_parser("export", help="write a docker-save archive loadable on any Docker host")
+    se.add_argument("snapshot")
+    se.add_argument("output", help="path of the .tar to write")
+    snap.set_defaults(func=_cmd_snapshot)
 
     mcp = sub.add_parser("mcp", help="serve MCP over stdio")
     mcp.add_argument("--agent", help="bind every tool to this agent (created on first use)")
