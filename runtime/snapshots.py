@@ -24,8 +24,9 @@ from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_
 from spinup.snapshot.capture import LayerPlan, plan, scan, write_layer
 from spinup.snapshot.errors import StoreError
 from spinup.snapshot.index import INDEX_MEDIA_TYPE, Index
-from spinup.snapshot.listing import Diff, Meta, diff_trees, snapshot_tree
+from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
+from spinup.snapshot.safety import check_members
 from spinup.snapshot.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
 
 from .config import Settings
@@ -265,8 +266,9 @@ class SnapshotService:
             config_descriptor = Descriptor.from_json(manifest["config"])
             config = await asyncio.to_thread(self._read_blob, config_descriptor)
             layers = [Descriptor.from_json(d) for d in manifest["layers"]]
-            for layer in layers:  # verify before Docker sees a byte
-                await asyncio.to_thread(self.store.verify_blob, layer.digest)
+            for layer in layers:  # verify digests and refuse unsafe entries before Docker sees a byte
+                members = await asyncio.to_thread(layer_members, self.store, layer)
+                check_members(members, f"layer {layer.digest[:19]} of {snapshot.id}")
         except StoreError as exc:
             raise SpinupError(str(exc)) from exc
         base = await self.prepare_base(snapshot.base_image)

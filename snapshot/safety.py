@@ -1,0 +1,47 @@
+"""Refuse layers that could write outside their root or create devices, before anything uses them."""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Iterable
+
+from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX
+from .errors import UnsafeLayer
+
+
+def _normal(name: str) -> str:
+    return posixpath.normpath("/" + name.removeprefix("./")).lstrip("/")
+
+
+def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> None:
+    """Raise :class:`UnsafeLayer` for the first dangerous entry.
+
+    Refused: absolute names, names with '..', device nodes and FIFOs, hard links that leave the
+    layer root, and any entry whose path goes through a symlink the same layer created (the
+    classic "symlink, then write through it" escape).
+    """
+    symlinks: set[str] = set()
+    for member in members:
+        raw = member.name
+        if raw.startswith("/") or any(part == ".." for part in raw.split("/")):
+            raise UnsafeLayer(f"{layer}: entry {raw!r} escapes the layer root (absolute path or '..').")
+        if member.ischr() or member.isblk() or member.isfifo():
+            raise UnsafeLayer(f"{layer}: entry {raw!r} is a device node or FIFO; layers may not create them.")
+        name = _normal(raw)
+        base = posixpath.basename(name)
+        if base.startswith(WHITEOUT_PREFIX) and base != OPAQUE_MARKER and member.size:
+            raise UnsafeLayer(f"{layer}: whiteout {raw!r} has content.")
+        parent = posixpath.dirname(name)
+        while parent:
+            if parent in symlinks:
+                raise UnsafeLayer(f"{layer}: entry {raw!r} is written through the symlink /{parent} of this layer.")
+            parent = posixpath.dirname(parent)
+        if member.islnk():
+            target = member.linkname
+            if target.startswith("/") or any(part == ".." for part in target.split("/")):
+                raise UnsafeLayer(f"{layer}: hard link {raw!r} points outside the layer ({target!r}).")
+        if member.issym():
+            symlinks.add(name)
+        else:
+            symlinks.discard(name)

@@ -1,0 +1,83 @@
+"""Crafted layers are refused from their headers, before anything is extracted anywhere."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from spinup.snapshot.errors import UnsafeLayer
+from spinup.snapshot.listing import layer_members
+from spinup.snapshot.safety import check_members
+from spinup.snapshot.store import LAYER_MEDIA_TYPE, Store
+
+Entry = tuple[tarfile.TarInfo, bytes]
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b"") -> Entry:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def _layer(*entries: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if info.size else None)
+    return buffer.getvalue()
+
+
+def _members(raw: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r|") as tar:
+        return list(tar)
+
+
+@pytest.mark.parametrize(
+    ("entries", "words"),
+    [
+        ([_entry("../escape.txt", data=b"x")], "escapes"),
+        ([_entry("workspace/../../etc/passwd", data=b"x")], "escapes"),
+        ([_entry("/etc/passwd", data=b"x")], "escapes"),
+        ([_entry("dev/evil", tarfile.CHRTYPE)], "device"),
+        ([_entry("dev/disk", tarfile.BLKTYPE)], "device"),
+        ([_entry("tmp/pipe", tarfile.FIFOTYPE)], "FIFO"),
+        ([_entry("workspace/out", tarfile.SYMTYPE, "/etc"), _entry("workspace/out/passwd", data=b"x")], "symlink"),
+        ([_entry("a", tarfile.SYMTYPE, "../../.."), _entry("a/b/c", data=b"x")], "symlink"),
+        ([_entry("workspace/h", tarfile.LNKTYPE, "../../etc/shadow")], "outside"),
+        ([_entry("workspace/.wh.gone", data=b"payload")], "whiteout"),
+    ],
+)
+def test_a_crafted_layer_is_refused(entries: list[tuple[tarfile.TarInfo, bytes]], words: str) -> None:
+    with pytest.raises(UnsafeLayer, match=words):
+        check_members(_members(_layer(*entries)))
+
+
+def test_an_ordinary_layer_passes() -> None:
+    check_members(
+        _members(
+            _layer(
+                _entry("workspace", tarfile.DIRTYPE),
+                _entry("workspace/a.txt", data=b"a"),
+                _entry("workspace/link", tarfile.SYMTYPE, "/etc/passwd"),
+                _entry("workspace/hard", tarfile.LNKTYPE, "workspace/a.txt"),
+                _entry("etc/.wh.motd"),
+                _entry("usr/share/doc/.wh..wh..opq"),
+            )
+        )
+    )
+
+
+def test_a_crafted_blob_in_the_store_is_refused_from_its_headers(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    writer = store.writer()
+    writer.write(zstandard.ZstdCompressor().compress(_layer(_entry("../../outside", data=b"pwned"))))
+    descriptor = writer.commit(LAYER_MEDIA_TYPE)
+    with pytest.raises(UnsafeLayer):
+        check_members(layer_members(store, descriptor))
+    assert not (tmp_path / "outside").exists()
