@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import time
 from collections import defaultdict
 
 from .config import Settings
@@ -32,6 +33,7 @@ class AgentService:
         self.docker = docker
         self.snapshots = snapshots
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._last_used: dict[str, float] = {}
 
     async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
         """Create an agent and start its machine. The image must already be in Docker."""
@@ -79,6 +81,7 @@ class AgentService:
     async def wake(self, name: str) -> Agent:
         """Make sure the agent's machine is running and return the fresh record."""
         agent = self.get(name)
+        self._last_used[agent.id] = time.monotonic()
         async with self._locks[agent.id]:
             agent = self.get(name)
             info = await self.machine(agent)
@@ -182,6 +185,22 @@ class AgentService:
             self.db.delete_agent(agent.id)
             raise
         return self.get(name)
+
+    async def hibernate_idle(self, idle_seconds: float) -> builtins.list[str]:
+        """Hibernate running agents not woken for ``idle_seconds``; returns their names."""
+        now = time.monotonic()
+        hibernated = []
+        for agent in self.db.list_agents():
+            if agent.state is not AgentState.RUNNING:
+                continue
+            last = self._last_used.setdefault(agent.id, now)
+            if now - last < idle_seconds:
+                continue
+            log.info("hibernating idle agent %s", agent.name)
+            self.db.record_event(agent.id, "idle", f"unused for {now - last:.0f}s")
+            await self.stop(agent.name, hibernate=True)
+            hibernated.append(agent.name)
+        return hibernated
 
     async def _capture(
         self, agent: Agent, info: MachineInfo, label: str, progress: ProgressFn | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +12,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
-from spinup.runtime import Runtime, Settings
+from spinup.runtime import Runtime, Settings, SpinupError
 from spinup.runtime.models import validate_agent_name
 
 from .tools import register_tools
@@ -29,12 +31,24 @@ class _RuntimeHolder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runtime: Runtime | None = None
+        self.reaper: asyncio.Task[None] | None = None
         self.users = 0
 
     def get(self) -> Runtime:
         if self.runtime is None:
             raise RuntimeError("the Spinup runtime is not started (the server's lifespan has not run)")
         return self.runtime
+
+
+async def _hibernate_idle(runtime: Runtime, idle_seconds: float) -> None:
+    """Background loop: hibernate agents left idle for ``idle_seconds``."""
+    interval = max(0.5, min(60.0, idle_seconds / 2))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await runtime.agents.hibernate_idle(idle_seconds)
+        except SpinupError:
+            log.exception("idle hibernation failed; retrying at the next interval")
 
 
 def build_server(settings: Settings | None = None, agent: str | None = None) -> MCPServer[Any]:
@@ -49,12 +63,19 @@ def build_server(settings: Settings | None = None, agent: str | None = None) -> 
         # Streamable HTTP runs the lifespan once per session: share one runtime among them.
         if holder.runtime is None:
             holder.runtime = Runtime(settings)
+            if settings.idle_timeout > 0:
+                holder.reaper = asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout))
         holder.users += 1
         try:
             yield None
         finally:
             holder.users -= 1
             if holder.users == 0 and holder.runtime is not None:
+                if holder.reaper is not None:
+                    holder.reaper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await holder.reaper
+                    holder.reaper = None
                 await holder.runtime.close()
                 holder.runtime = None
 

@@ -161,7 +161,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"Refusing to serve on non-loopback host {args.host} without a bearer token. "
             f"Set SPINUP_TOKEN (or pass --token), or bind 127.0.0.1."
         )
-    server = build_server(Settings(), agent=args.agent)
+    settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
+    server = build_server(settings, agent=args.agent)
     app: Any = server.streamable_http_app(host=args.host)
     if token:
         app = BearerAuth(app, token)
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--token", help="bearer token required on every request (default: $SPINUP_TOKEN)")
     serve.add_argument("--agent", help="bind every tool to this agent (created on first use)")
+    serve.add_argument("--idle-timeout", type=float, help="hibernate agents unused this many seconds (default off)")
     serve.set_defaults(func=_cmd_serve)
 
     image = sub.add_parser("image", help="manage the base image")
