@@ -33,6 +33,9 @@ class Settings:
     exec_timeout: float = DEFAULT_EXEC_TIMEOUT
     toolbox_host_path: str = TOOLBOX_HOST_PATH
     zstd_level: int = 3
+    # How snapshots read a machine's changes: "auto" (overlay upper dir when readable, else the
+    # Docker API) or "api" (always the Docker API).
+    capture_mode: str = field(default_factory=lambda: os.environ.get("SPINUP_CAPTURE", "auto"))
     # Hibernate agents unused for this many seconds (snapshot, then remove the machine). 0 = never.
     idle_timeout: float = field(default_factory=lambda: float(os.environ.get("SPINUP_IDLE_TIMEOUT", "0") or 0))
     label_extra: dict[str, str] = field(default_factory=dict)

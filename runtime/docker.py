@@ -198,7 +198,7 @@ class DockerBackend:
         repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
         params: dict[str, Any] = {"fromSrc": "-", "repo": repo, "tag": tag}
         if changes:
-            params["changes"] = changes
+            params["changes"] = "\n".join(changes)
         with translate_docker_errors(f"Import image {ref}"):
             async with self.client._query(
                 "images/create",
@@ -212,7 +212,7 @@ class DockerBackend:
         for line in body.splitlines():
             if '"error"' in line:
                 raise DockerFailure(f"Import of {ref} failed: {json.loads(line).get('error')}")
-        info = await self.client.images.inspect(ref)
+        info = await self.image_inspect(ref)
         return str(info["Id"])
 
     # containers
@@ -242,6 +242,12 @@ class DockerBackend:
             labels=dict(raw.get("Config", {}).get("Labels") or {}),
             upper_dir=(raw.get("GraphDriver") or {}).get("Data", {}).get("UpperDir"),
         )
+
+    async def container_changes(self, container_id: str) -> list[dict[str, Any]]:
+        """Paths the container added (1), modified (0) or deleted (2) relative to its image."""
+        with translate_docker_errors(f"List changes of machine {container_id[:12]}"):
+            result = await self.client._query_json(f"containers/{container_id}/changes", method="GET")
+        return list(result or [])
 
     async def start(self, container_id: str) -> None:
         """Start a stopped container."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -18,17 +20,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
-from spinup.snapshot.capture import LayerPlan, plan, scan, write_layer
+from spinup.snapshot.capture import LayerPlan, LayerSink, plan, run_gnu_tar, scan, write_layer_from
 from spinup.snapshot.errors import StoreError
-from spinup.snapshot.index import INDEX_MEDIA_TYPE, Index
+from spinup.snapshot.index import INDEX_MEDIA_TYPE, Entry, Index
 from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
 from spinup.snapshot.safety import check_members
 from spinup.snapshot.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
 
+from . import api_capture
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .errors import Conflict, InvalidInput, NotFound, SpinupError
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 SNAP_REPO = "spinup/snap"
 ANNOTATION_PREFIX = "dev.spinup."
 ProgressFn = Callable[[str, float | None], None]
+LayerContent = Callable[[LayerSink], None]
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,18 @@ def snapshot_tag(snapshot_id: str) -> str:
 
 def _new_id() -> str:
     return "s-" + secrets.token_hex(6)
+
+
+def _live_meta(upper: Path, path: str, entry: Entry) -> Meta:
+    """Diff metadata of a changed entry of the upper directory (files are hashed)."""
+    kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
+    link = os.readlink(upper / path) if kind == "symlink" else ""
+    digest = ""
+    if kind == "file":
+        with open(upper / path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    size = entry.size if kind == "file" else 0
+    return Meta(kind, size, entry.mode & 0o7777, entry.uid, entry.gid, entry.mtime_ns // 1_000_000_000, link, digest)
 
 
 async def _aiter(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -88,40 +104,66 @@ class SnapshotService:
     ) -> CaptureResult:
         """Capture what the machine changed since the agent's head (the caller holds the agent's lock)."""
         started = time.monotonic()
-        upper = self._upper_dir(machine)
+        upper = self._readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
-        was_running = machine.running and not machine.paused
+        # Freeze the machine while the fast path reads it (the API path execs in it, so it cannot).
+        was_running = machine.running and not machine.paused and upper is not None
         if was_running:
             await self.docker.pause(machine.id)
+        spool: IO[bytes] | None = None
         try:
-            current = await asyncio.to_thread(scan, upper)
-            layer_plan = plan(previous, current)
-            if head is not None and layer_plan.empty and (previous is not None or self._from_head(machine, head)):
+            if upper is not None:
+                current = await asyncio.to_thread(scan, upper)
+                layer_plan = plan(previous, current)
+            else:
+                current = await api_capture.changed_paths(self.docker, machine.id)
+                layer_plan = api_capture.plan_from_changes(previous, current)
+            unchanged = layer_plan.empty if upper is not None else layer_plan.empty and previous is not None
+            if head is not None and unchanged and (previous is not None or self._from_head(machine, head)):
                 return CaptureResult(head, False, round(time.monotonic() - started, 4))
             if progress:
                 progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+            if upper is not None:
+                content = self._upper_content(upper, layer_plan, progress)
+            else:
+                spool = await api_capture.spool_tar(self.docker, machine.id, layer_plan.archive)
+                content = self._spool_content(spool)
             snapshot = await asyncio.to_thread(
-                self._write_snapshot, agent, machine, head, upper, current, layer_plan, label, progress
+                self._write_snapshot, agent, machine, head, current, layer_plan, label, content
             )
         finally:
+            if spool is not None:
+                spool.close()
             if was_running:
                 await self.docker.unpause(machine.id)
         return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
 
+    @staticmethod
+    def _upper_content(upper: Path, layer_plan: LayerPlan, progress: ProgressFn | None) -> LayerContent:
+        def on_bytes(done: int) -> None:
+            if progress:
+                progress(f"{done} bytes archived", float(done))
+
+        return lambda sink: run_gnu_tar(upper, layer_plan.archive, sink, on_bytes)
+
+    @staticmethod
+    def _spool_content(spool: IO[bytes]) -> LayerContent:
+        def copy(sink: LayerSink) -> None:
+            while chunk := spool.read(1024 * 1024):
+                sink.write(chunk)
+
+        return copy
+
+    def _readable_upper(self, machine: MachineInfo) -> Path | None:
+        """The machine's overlay upper directory when the fast path can read it, else None."""
+        if self.settings.capture_mode == "api" or not machine.upper_dir or not self.docker.is_local:
+            return None
+        upper = Path(machine.upper_dir)
+        return upper if os.access(upper, os.R_OK | os.X_OK) else None
+
     def _from_head(self, machine: MachineInfo, head: Snapshot) -> bool:
         return machine.image == snapshot_tag(head.id)
-
-    def _upper_dir(self, machine: MachineInfo) -> Path:
-        if not machine.upper_dir or not self.docker.is_local:
-            raise SpinupError(
-                "Cannot snapshot this machine: Spinup reads the machine's overlay2 upper directory, which "
-                "needs a local Docker daemon with the overlay2 storage driver."
-            )
-        upper = Path(machine.upper_dir)
-        if not upper.is_dir():
-            raise SpinupError(f"The machine's upper directory {upper} is not readable: run Spinup as root.")
-        return upper
 
     async def _index_of(self, snapshot: Snapshot) -> Index | None:
         manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
@@ -136,39 +178,30 @@ class SnapshotService:
         agent: Agent,
         machine: MachineInfo,
         head: Snapshot | None,
-        upper: Path,
         current: Index,
         layer_plan: LayerPlan,
         label: str,
-        progress: ProgressFn | None,
+        content: LayerContent,
     ) -> Snapshot:
         """Blocking: layer blob, index blob, config, manifest, index.json; then the head moves."""
         with store_lock(self.store, exclusive=False):
-            return self._write_snapshot_locked(agent, machine, head, upper, current, layer_plan, label, progress)
+            return self._write_snapshot_locked(agent, machine, head, current, layer_plan, label, content)
 
     def _write_snapshot_locked(
         self,
         agent: Agent,
         machine: MachineInfo,
         head: Snapshot | None,
-        upper: Path,
         current: Index,
         layer_plan: LayerPlan,
         label: str,
-        progress: ProgressFn | None,
+        content: LayerContent,
     ) -> Snapshot:
         parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         new_layer = None
         if not layer_plan.empty or head is None:
-
-            def on_bytes(done: int) -> None:
-                if progress:
-                    progress(f"{done} bytes archived", float(done))
-
-            new_layer = write_layer(
-                self.store, upper, layer_plan, level=self.settings.zstd_level, on_bytes=on_bytes
-            )
+            new_layer = write_layer_from(self.store, layer_plan, content, level=self.settings.zstd_level)
             layers.append(
                 Descriptor(
                     new_layer.descriptor.media_type,
@@ -256,11 +289,6 @@ class SnapshotService:
         tag = snapshot_tag(snapshot.id)
         if await self.docker.image_exists(tag):
             return tag
-        if not await self.docker.image_exists(snapshot.base_image):
-            raise NotFound(
-                f"Snapshot {snapshot.id} builds on the image {snapshot.base_image}, which Docker no longer has. "
-                f"Rebuild or pull it (spinup image build for the default image), then retry."
-            )
         try:
             manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
             config_descriptor = Descriptor.from_json(manifest["config"])
@@ -271,12 +299,20 @@ class SnapshotService:
                 check_members(members, f"layer {layer.digest[:19]} of {snapshot.id}")
         except StoreError as exc:
             raise SpinupError(str(exc)) from exc
-        base = await self.prepare_base(snapshot.base_image)
+        # The snapshot builds on the exact base image it was taken on (by id, not by tag).
+        base_id = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "base.id", "")
+        if not base_id or not await self.docker.image_exists(base_id):
+            raise NotFound(
+                f"Snapshot {snapshot.id} builds on the image {base_id[:19]} (tagged {snapshot.base_image} when the "
+                f"snapshot was taken), which Docker no longer has. Load that image again (docker load), or fork "
+                f"a newer snapshot taken on the current base image."
+            )
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         image = SaveImage(
             tag=tag,
             config=config,
             config_digest=config_descriptor.digest,
-            base_diff_ids=list(base.get("RootFS", {}).get("Layers", [])),
+            base_diff_ids=diff_ids[: len(diff_ids) - len(layers)],
             layers=layers,
         )
         if progress:
@@ -339,7 +375,12 @@ class SnapshotService:
         """The head's listing with the machine's unsnapshotted changes applied."""
         head = self.get(agent.head_snapshot) if agent.head_snapshot else None
         tree = await self.tree(head) if head is not None else {}
-        upper = self._upper_dir(machine)
+        upper = self._readable_upper(machine)
+        if upper is None:
+            raise SpinupError(
+                "Diffing against the live machine needs its overlay upper directory (a local overlay2 daemon, "
+                "Spinup running as root). Take a snapshot and diff two snapshots instead."
+            )
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
         current = await asyncio.to_thread(scan, upper)
         changes = plan(previous, current)
@@ -348,13 +389,7 @@ class SnapshotService:
             for existing in [p for p in tree if p.startswith(root + "/") or (itself and p == root)]:
                 del tree[existing]
         for path in changes.archive:
-            entry = current.entries[path]
-            link = os.readlink(upper / path) if entry.kind == "symlink" else ""
-            kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
-            tree["/" + path] = Meta(
-                kind, entry.size if kind == "file" else 0, entry.mode & 0o7777, entry.uid, entry.gid,
-                entry.mtime_ns // 1_000_000_000, link,
-            )
+            tree["/" + path] = await asyncio.to_thread(_live_meta, upper, path, current.entries[path])
         return tree
 
     async def diff(self, before: dict[str, Meta], after: dict[str, Meta]) -> Diff:

@@ -143,7 +143,7 @@ class LayerResult:
     uncompressed_size: int
 
 
-class _LayerSink:
+class LayerSink:
     """Hashes the uncompressed tar (diff id) and compresses it into a blob writer."""
 
     def __init__(self, store: Store, level: int, threads: int) -> None:
@@ -181,8 +181,25 @@ def write_layer(
     threads: int = -1,
     on_bytes: Callable[[int], None] | None = None,
 ) -> LayerResult:
-    """Stream the planned layer into the store as a zstd blob (blocking; run it in a thread)."""
-    sink = _LayerSink(store, level, threads)
+    """Stream the planned layer from an upper directory into the store (blocking; run it in a thread)."""
+    return write_layer_from(
+        store, layer, lambda sink: run_gnu_tar(upper, layer.archive, sink, on_bytes), level=level, threads=threads
+    )
+
+
+def write_layer_from(
+    store: Store,
+    layer: LayerPlan,
+    content: Callable[[LayerSink], None],
+    *,
+    level: int = 3,
+    threads: int = -1,
+) -> LayerResult:
+    """Write a layer: the plan's whiteout and opaque entries, then the tar ``content`` writes to the sink.
+
+    ``content`` must write a complete tar (ending with its end-of-archive blocks).
+    """
+    sink = LayerSink(store, level, threads)
     try:
         now = int(time.time())
         head = bytearray()
@@ -192,7 +209,7 @@ def write_layer(
             head += _marker(f"{path}/{OPAQUE_MARKER}", now)
         if head:
             sink.write(bytes(head))
-        _run_gnu_tar(upper, layer.archive, sink, on_bytes)
+        content(sink)
         return sink.commit()
     except BaseException:
         sink.blob.abort()
@@ -204,9 +221,7 @@ def _whiteout_name(path: str) -> str:
     return f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
 
 
-def _run_gnu_tar(
-    upper: Path, paths: list[str], sink: _LayerSink, on_bytes: Callable[[int], None] | None
-) -> None:
+def run_gnu_tar(upper: Path, paths: list[str], sink: LayerSink, on_bytes: Callable[[int], None] | None) -> None:
     """Append GNU tar's archive of ``paths`` (its end-of-archive blocks end the layer)."""
     with tempfile.TemporaryFile() as listing:
         listing.write(b"".join(os.fsencode(p) + b"\0" for p in paths))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import tarfile
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ class Meta:
     gid: int
     mtime: int
     link: str
+    sha256: str = ""  # content digest of regular files
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,10 @@ class Diff:
     removed: list[str]
 
 
-def _meta(member: tarfile.TarInfo) -> Meta:
+LayerEntry = tuple[tarfile.TarInfo, str]  # a header and, for regular files, the content's sha256
+
+
+def _meta(member: tarfile.TarInfo, digest: str = "") -> Meta:
     if member.isdir():
         kind = "directory"
     elif member.issym():
@@ -44,13 +49,13 @@ def _meta(member: tarfile.TarInfo) -> Meta:
         kind = "file"
     else:
         kind = "other"
-    return Meta(kind, member.size, member.mode, member.uid, member.gid, int(member.mtime), member.linkname)
+    return Meta(kind, member.size, member.mode, member.uid, member.gid, int(member.mtime), member.linkname, digest)
 
 
-def apply_layer(tree: dict[str, Meta], members: Iterable[tarfile.TarInfo]) -> None:
+def apply_layer(tree: dict[str, Meta], entries: Iterable[LayerEntry]) -> None:
     """Apply one layer's entries (with OCI whiteouts) to a listing, in place."""
     added: set[str] = set()
-    for member in members:
+    for member, digest in entries:
         path = "/" + member.name.strip("/").removeprefix("./")
         parent, name = posixpath.split(path)
         if name == OPAQUE_MARKER:
@@ -68,18 +73,30 @@ def apply_layer(tree: dict[str, Meta], members: Iterable[tarfile.TarInfo]) -> No
             source = tree.get("/" + member.linkname.strip("/"))
             tree[path] = source if source is not None else _meta(member)
         else:
-            tree[path] = _meta(member)
+            tree[path] = _meta(member, digest)
         added.add(path)
 
 
 def layer_members(store: Store, layer: Descriptor) -> list[tarfile.TarInfo]:
     """The tar headers of a layer blob (its digest is checked as it is read)."""
+    return [member for member, _ in layer_entries(store, layer, with_digests=False)]
+
+
+def layer_entries(store: Store, layer: Descriptor, with_digests: bool = True) -> list[LayerEntry]:
+    """The tar headers of a layer blob with each regular file's content digest (if asked)."""
+    entries: list[LayerEntry] = []
     with store.open_blob(layer) as blob:
         reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)  # type: ignore[arg-type]
         with tarfile.open(fileobj=reader, mode="r|") as tar:
-            members = list(tar)
+            for member in tar:
+                digest = ""
+                if with_digests and member.isreg():
+                    content = tar.extractfile(member)
+                    assert content is not None
+                    digest = hashlib.file_digest(content, "sha256").hexdigest()  # type: ignore[arg-type]
+                entries.append((member, digest))
         blob.read()
-    return members
+    return entries
 
 
 def snapshot_tree(store: Store, manifest_digest: str) -> dict[str, Meta]:
@@ -87,7 +104,7 @@ def snapshot_tree(store: Store, manifest_digest: str) -> dict[str, Meta]:
     manifest = store.get_json(manifest_digest)
     tree: dict[str, Meta] = {}
     for raw in manifest.get("layers", []):
-        apply_layer(tree, layer_members(store, Descriptor.from_json(raw)))
+        apply_layer(tree, layer_entries(store, Descriptor.from_json(raw)))
     return tree
 
 
