@@ -214,9 +214,9 @@ class SnapshotService:
         index_blob.write(current.dumps())
         index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
         base = self._base_info_sync(agent.image)
-        config = self._config(base, layers)
-        config_descriptor = self.store.put_json(config, CONFIG_MEDIA_TYPE)
         snapshot_id = _new_id()
+        config = self._config(base, layers, {"spinup.snapshot": snapshot_id, **self.settings.label_extra})
+        config_descriptor = self.store.put_json(config, CONFIG_MEDIA_TYPE)
         created_at = datetime.now(UTC)
         annotations = {
             ANNOTATION_PREFIX + "snapshot.id": snapshot_id,
@@ -267,8 +267,9 @@ class SnapshotService:
         return self._base_cache[image]
 
     @staticmethod
-    def _config(base: dict[str, Any], layers: list[Descriptor]) -> dict[str, Any]:
-        base_config = base.get("Config") or {}
+    def _config(base: dict[str, Any], layers: list[Descriptor], labels: dict[str, str]) -> dict[str, Any]:
+        base_config = dict(base.get("Config") or {})
+        base_config["Labels"] = {**(base_config.get("Labels") or {}), **labels}
         keep = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
         diff_ids = list(base.get("RootFS", {}).get("Layers", []))
         diff_ids += [(d.annotations or {})[DIFF_ID] for d in layers]

@@ -49,6 +49,9 @@ def _docker_and_cleanup() -> Iterator[None]:
     ids = docker_cli("ps", "-aq", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
     if ids:
         docker_cli("rm", "-f", *ids, check=False)
+    images = docker_cli("images", "-q", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
+    if images:
+        docker_cli("rmi", "-f", *sorted(set(images)), check=False)
 
 
 @pytest.fixture
