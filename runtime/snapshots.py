@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ SNAP_REPO = "spinup/snap"
 ANNOTATION_PREFIX = "dev.spinup."
 ProgressFn = Callable[[str, float | None], None]
 LayerContent = Callable[[LayerSink], None]
+CRASH_ENV = "SPINUP_CRASH_AT"  # a crash-test hook: layer-half-written, before-manifest, before-index, before-head
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,32 @@ def snapshot_tag(snapshot_id: str) -> str:
 
 def _new_id() -> str:
     return "s-" + secrets.token_hex(6)
+
+
+def crash_point(name: str) -> None:
+    """Die with SIGKILL at ``name`` when SPINUP_CRASH_AT says so (crash-safety tests only)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crash_midway(content: LayerContent) -> LayerContent:
+    """Wrap layer content so a crash test can die with the blob half written."""
+    if os.environ.get(CRASH_ENV) != "layer-half-written":
+        return content
+
+    def write(sink: LayerSink) -> None:
+        real = sink.write
+
+        def counting(data: bytes) -> None:
+            real(data)
+            if sink.size > 1024 * 1024:
+                sink.zstd.flush()
+                crash_point("layer-half-written")
+
+        sink.write = counting
+        content(sink)
+
+    return write
 
 
 def _live_meta(upper: Path, path: str, entry: Entry) -> Meta:
@@ -201,7 +229,9 @@ class SnapshotService:
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         new_layer = None
         if not layer_plan.empty or head is None:
-            new_layer = write_layer_from(self.store, layer_plan, content, level=self.settings.zstd_level)
+            new_layer = write_layer_from(
+                self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level
+            )
             layers.append(
                 Descriptor(
                     new_layer.descriptor.media_type,
@@ -210,6 +240,7 @@ class SnapshotService:
                     {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
                 )
             )
+        crash_point("before-manifest")
         index_blob = self.store.writer()
         index_blob.write(current.dumps())
         index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
@@ -236,7 +267,9 @@ class SnapshotService:
             "annotations": annotations,
         }
         manifest_descriptor = self.store.put_json(manifest, MANIFEST_MEDIA_TYPE, {REF_NAME: snapshot_id})
+        crash_point("before-index")
         self.store.add_manifest(manifest_descriptor)
+        crash_point("before-head")
         snapshot = Snapshot(
             id=snapshot_id,
             agent_id=agent.id,
@@ -404,7 +437,7 @@ class SnapshotService:
 
     async def gc(self) -> GcResult:
         """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken)."""
-        return await asyncio.to_thread(gc, self.store)
+        return await asyncio.to_thread(gc, self.store, lambda: {s.id for s in self.db.list_snapshots()})
 
     async def export(self, snapshot: Snapshot, destination: Path) -> int:
         """Write a ``docker save`` archive (base image included) loadable on any Docker host."""

@@ -29,10 +29,10 @@ class BlobMissing(StoreError):
 class BlobCorrupt(StoreError):
     """A blob does not hash to its name."""
 
-    def __init__(self, digest: str, actual: str) -> None:
+    def __init__(self, digest: str, detail: str) -> None:
         super().__init__(
-            f"Blob {digest} is corrupt (its content hashes to {actual}). The snapshot using it cannot be "
-            f"restored; run `spinup snapshot verify` and restore an earlier snapshot."
+            f"Blob {digest} is corrupt ({detail}). The snapshot using it cannot be restored; run "
+            f"`spinup snapshot verify` and restore an earlier snapshot."
         )
         self.digest = digest
 

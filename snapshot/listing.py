@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import zstandard
 
 from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX
+from .errors import BlobCorrupt
 from .store import Descriptor, Store
 
 
@@ -86,15 +87,18 @@ def layer_entries(store: Store, layer: Descriptor, with_digests: bool = True) ->
     """The tar headers of a layer blob with each regular file's content digest (if asked)."""
     entries: list[LayerEntry] = []
     with store.open_blob(layer) as blob:
-        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)  # type: ignore[arg-type]
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            for member in tar:
-                digest = ""
-                if with_digests and member.isreg():
-                    content = tar.extractfile(member)
-                    assert content is not None
-                    digest = hashlib.file_digest(content, "sha256").hexdigest()  # type: ignore[arg-type]
-                entries.append((member, digest))
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    digest = ""
+                    if with_digests and member.isreg():
+                        content = tar.extractfile(member)
+                        assert content is not None
+                        digest = hashlib.file_digest(content, "sha256").hexdigest()  # type: ignore[arg-type]
+                    entries.append((member, digest))
+        except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
+            raise BlobCorrupt(layer.digest, f"it does not decompress to a tar: {exc}") from exc
         blob.read()
     return entries
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import StoreError
@@ -68,6 +68,12 @@ def verify(store: Store, known_manifests: dict[str, str]) -> VerifyReport:
         if snapshot_id not in listed:
             report.problems.append(f"snapshot {snapshot_id}: not listed in index.json (manifest {digest})")
     for snapshot_id, descriptor in sorted(listed.items()):
+        if snapshot_id not in known_manifests:
+            report.garbage.append(
+                f"snapshot {snapshot_id} is listed in index.json but was never recorded (an interrupted "
+                f"snapshot; gc removes it)"
+            )
+            continue
         report.snapshots_checked += 1
         try:
             needed = referenced_blobs(store, descriptor)
@@ -103,11 +109,19 @@ class GcResult:
     temp_files_removed: int
 
 
-def gc(store: Store) -> GcResult:
-    """Remove blobs no listed manifest references, and stale temp files."""
+def gc(store: Store, known_snapshots: Callable[[], set[str]]) -> GcResult:
+    """Remove manifests of interrupted snapshots, blobs nothing references, and temp files.
+
+    ``known_snapshots`` returns the ids the state database records; it is called under the lock.
+    """
     with store_lock(store, exclusive=True):
+        known = known_snapshots()
         referenced: set[str] = set()
         for descriptor in store.manifests():
+            ref = (descriptor.annotations or {}).get(REF_NAME, "")
+            if ref not in known:
+                store.remove_manifest(ref)
+                continue
             referenced.update(referenced_blobs(store, descriptor))
         removed = freed = 0
         for digest in list(store.blob_digests()):

@@ -132,7 +132,7 @@ class VerifiedReader:
         self._checked = True
         actual = "sha256:" + self._hash.hexdigest()
         if actual != self._digest or (self._size is not None and self._read != self._size):
-            raise BlobCorrupt(self._digest, actual)
+            raise BlobCorrupt(self._digest, f"its content hashes to {actual}")
 
     def close(self) -> None:
         self._fh.close()
