@@ -34,6 +34,7 @@ class AgentService:
         self.snapshots = snapshots
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_used: dict[str, float] = {}
+        self._removals: set[asyncio.Task[None]] = set()
 
     async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
         """Create an agent and start its machine. The image must already be in Docker."""
@@ -163,10 +164,12 @@ class AgentService:
                 result = await self._capture(agent, info, f"before restore to {snapshot_id}", progress)
                 saved = result.snapshot.id if result.created else None
             image = await self.snapshots.ensure_image(target, progress)
-            if info is not None:
-                await self.docker.remove(info.id)
+            if info is not None and info.running:
+                await self.docker.pause(info.id)  # the old machine stops changing at once
             self.db.set_head(agent.id, target.id)
             await self._start_from(self.get(name), image, "machine-restored", f"from snapshot {target.id}")
+            if info is not None:
+                self._remove_later(info.id)
             return self.get(name), saved
 
     async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
@@ -247,7 +250,24 @@ class AgentService:
         self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
         self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
 
+    def _remove_later(self, machine_id: str) -> None:
+        """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""
+        task = asyncio.create_task(self.docker.remove(machine_id))
+        self._removals.add(task)
+        task.add_done_callback(self._removal_done)
+
+    def _removal_done(self, task: asyncio.Task[None]) -> None:
+        self._removals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("removing a replaced machine failed: %s", task.exception())
+
+    async def drain(self) -> None:
+        """Wait for background machine removals to finish."""
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+
     async def _remove_machines(self, agent: Agent) -> None:
+        await self.drain()
         ids = set(await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}"))
         if agent.machine_id:
             ids.add(agent.machine_id)

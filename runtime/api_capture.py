@@ -35,16 +35,16 @@ async def changed_paths(docker: DockerBackend, machine_id: str) -> Index:
     """The machine's changes as an index: whiteouts for deletions, 'other' for the rest."""
     raw = await docker.container_changes(machine_id)
     entries: dict[str, Entry] = {}
-    pinned: set[str] = set()
+    parents: set[str] = set()
     for change in raw:
         rel = str(change["Path"]).lstrip("/")
         if not rel:
             continue
+        parents.add(posixpath.dirname(rel))
         if rel in EXCLUDED or any(rel.startswith(e + "/") for e in EXCLUDED):
-            pinned.add(posixpath.dirname(rel))
             continue
         entries[rel] = Entry.whiteout() if change["Kind"] == DELETED else Entry("other")
-    return Index(entries, frozenset(pinned))
+    return Index(entries, frozenset(parents))
 
 
 def plan_from_changes(previous: Index | None, current: Index) -> LayerPlan:

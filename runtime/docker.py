@@ -328,6 +328,8 @@ class DockerBackend:
                 f"containers/{container_id}/archive",
                 method="GET",
                 params={"path": path},
+                # aiohttp asks for gzip by default, which makes the daemon compress what we unpack at once.
+                headers={"Accept-Encoding": "identity"},
                 timeout=aiohttp.ClientTimeout(total=None),
             ) as response:
                 stat = _parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))

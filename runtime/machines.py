@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 from .config import TOOLBOX_MOUNT, Settings
@@ -48,5 +49,5 @@ def machine_config(agent: Agent, settings: Settings, image: str) -> dict[str, An
 
 
 def machine_name(agent: Agent) -> str:
-    """A readable, unique container name."""
-    return f"spinup-{agent.name}-{agent.id[:8]}"
+    """A readable container name, unique even while an agent's old and new machines coexist."""
+    return f"spinup-{agent.name}-{secrets.token_hex(4)}"

@@ -36,7 +36,8 @@ class Runtime:
         self.agents = AgentService(self.settings, self.db, self.docker, self.snapshots)
 
     async def close(self) -> None:
-        """Release the Docker client and the database."""
+        """Finish background removals, then release the Docker client and the database."""
+        await self.agents.drain()
         await self.docker.close()
         self.db.close()
 

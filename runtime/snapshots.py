@@ -124,6 +124,8 @@ class SnapshotService:
         self.docker = docker
         self.store = Store(settings.home / "store")
         self._base_cache: dict[str, dict[str, Any]] = {}
+        # The file index of each agent's latest capture, by its blob digest: saves reloading it.
+        self._index_cache: dict[str, tuple[str, Index]] = {}
 
     # capture
 
@@ -198,8 +200,17 @@ class SnapshotService:
         digest = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "index")
         if not digest:
             return None
-        with self.store.open_blob(digest) as reader:
-            return Index.loads(reader.read())
+        cached = self._index_cache.get(snapshot.agent_id)
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+
+        def load() -> Index:
+            with self.store.open_blob(digest) as reader:
+                return Index.loads(reader.read())
+
+        index = await asyncio.to_thread(load)
+        self._index_cache[snapshot.agent_id] = (digest, index)
+        return index
 
     def _write_snapshot(
         self,
@@ -244,6 +255,7 @@ class SnapshotService:
         index_blob = self.store.writer()
         index_blob.write(current.dumps())
         index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
+        self._index_cache[agent.id] = (index_descriptor.digest, current)
         base = self._base_info_sync(agent.image)
         snapshot_id = _new_id()
         config = self._config(base, layers, {"spinup.snapshot": snapshot_id, **self.settings.label_extra})

@@ -40,15 +40,15 @@ _CHUNK = 1024 * 1024
 def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
     """Record every entry of an upper directory (paths relative, without leading '/')."""
     entries: dict[str, Entry] = {}
-    pinned: set[str] = set()
+    parents: set[str] = set()  # directories with at least one entry (excluded ones count)
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         with os.scandir(upper / rel_dir if rel_dir else upper) as it:
             for dirent in it:
                 rel = f"{rel_dir}/{dirent.name}" if rel_dir else dirent.name
+                parents.add(rel_dir)
                 if rel in excluded:
-                    pinned.add(rel_dir)
                     continue
                 st = dirent.stat(follow_symlinks=False)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
@@ -62,7 +62,7 @@ def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
                         opaque = False
                     stack.append(rel)
                 entries[rel] = Entry.of(st, opaque)
-    return Index(entries, frozenset(pinned))
+    return Index(entries, frozenset(parents))
 
 
 @dataclass
@@ -92,9 +92,7 @@ def plan(previous: Index | None, current: Index) -> LayerPlan:
     prior = previous.entries if previous is not None else {}
     out = LayerPlan()
     changed: set[str] = set()
-    has_children = set(current.pinned)
-    for path in current.entries:
-        has_children.add(os.path.dirname(path))
+    has_children = current.parents
     for path, entry in current.entries.items():
         before = prior.get(path)
         if before is not None and before.same_as(entry):
@@ -228,7 +226,7 @@ def run_gnu_tar(upper: Path, paths: list[str], sink: LayerSink, on_bytes: Callab
         listing.seek(0)
         proc = subprocess.Popen(
             [
-                "tar", "--create", "--file=-", "--numeric-owner", "--format=gnu", "--blocking-factor=1",
+                "tar", "--create", "--file=-", "--numeric-owner", "--format=gnu",
                 "--directory", str(upper), "--no-recursion", "--null", "--files-from=-",
             ],
             stdin=listing,

@@ -70,8 +70,9 @@ class Index:
     """Every entry of an upper directory, by relative path."""
 
     entries: dict[str, Entry]
-    # Directories that hold an excluded mount point (their copy-up is Docker's doing, not the agent's).
-    pinned: frozenset[str] = frozenset()
+    # Directories holding at least one entry of the scan, excluded mount points included (an
+    # overlay copy-up of a directory is caused by its children). Not stored: only a fresh scan has it.
+    parents: frozenset[str] = frozenset()
 
     def dumps(self) -> bytes:
         """Serialized and zstd-compressed."""
