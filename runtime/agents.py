@@ -212,12 +212,13 @@ class AgentService:
         return await self.snapshots.capture(agent, info, label, progress)
 
     async def remove(self, name: str) -> Agent:
-        """Remove the agent: its machine and its record."""
+        """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
         agent = self.get(name)
         async with self._locks[agent.id]:
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id)
         self._locks.pop(agent.id, None)
+        await self.snapshots.prune_orphans(agent.id)
         return agent
 
     async def _require_image(self, image: str) -> None:

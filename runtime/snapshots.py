@@ -395,6 +395,7 @@ class SnapshotService:
                 f"Snapshot {snapshot_id} is the head of agent(s) {', '.join(heads)}; take a newer snapshot or "
                 f"restore another one first."
             )
+
         def unlist() -> None:
             with store_lock(self.store, exclusive=False):
                 self.store.remove_manifest(snapshot_id)
@@ -403,6 +404,18 @@ class SnapshotService:
         self.db.delete_snapshot(snapshot_id)
         await self.docker.remove_image(snapshot_tag(snapshot_id))
         return snapshot
+
+    async def prune_orphans(self, agent_id: str) -> int:
+        """Delete a removed agent's snapshots that nothing builds on (newest first), then collect garbage."""
+        removed = 0
+        for snapshot in reversed(self.db.list_snapshots(agent_id)):
+            if self.db.snapshot_children(snapshot.id) or self.db.agents_with_head(snapshot.id):
+                continue  # a fork builds on it: keep it and, through it, its ancestors
+            await self.delete(snapshot.id)
+            removed += 1
+        if removed:
+            await self.gc()
+        return removed
 
     # inspection and maintenance
 

@@ -229,3 +229,20 @@ async def test_snapshot_tools_save_diff_restore_fork_and_delete(client: Client, 
     assert "parent" in refused or "head" in refused
     assert "snapshot_list" in await fails(client, "snapshot_restore", agent=agent_name, snapshot="s-000000000000")
     await call(client, "agent_remove", agent=fork_name)
+
+
+async def test_removing_an_agent_deletes_its_snapshots_unless_a_fork_builds_on_them(client: Client) -> None:
+    lone, parent, fork = unique_name("lone"), unique_name("parent"), unique_name("fork")
+    for name in (lone, parent):
+        await call(client, "agent_create", name=name)
+        await call(client, "file_write", agent=name, path="/workspace/f", content=name)
+    gone = (await call(client, "snapshot_create", agent=lone))["snapshot"]["id"]
+    kept = (await call(client, "snapshot_create", agent=parent))["snapshot"]["id"]
+    await call(client, "snapshot_fork", snapshot=kept, name=fork)
+    await call(client, "agent_remove", agent=lone)
+    await call(client, "agent_remove", agent=parent)
+    assert "No snapshot" in await fails(client, "snapshot_fork", snapshot=gone, name=unique_name("late"))
+    listed = await call(client, "snapshot_list", agent=fork)
+    assert listed["head"] == kept
+    assert (await call(client, "file_read", agent=fork, path="/workspace/f"))["content"] == parent
+    await call(client, "agent_remove", agent=fork)
