@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -335,8 +335,8 @@ class DockerBackend:
                 stat = _parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
                 yield stat, response.content
 
-    async def put_archive(self, container_id: str, path: str, tar: IO[bytes] | bytes) -> None:
-        """Extract a tar (file object or bytes) into directory ``path`` of the container."""
+    async def put_archive(self, container_id: str, path: str, tar: AsyncIterator[bytes] | bytes) -> None:
+        """Extract a tar (bytes or a stream of chunks) into directory ``path`` of the container."""
         with translate_docker_errors(f"Write into {path}"):
             async with self.client._query(
                 f"containers/{container_id}/archive",

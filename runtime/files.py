@@ -6,19 +6,19 @@ mounted into every machine), so they too work in images without shell tools.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
 import fnmatch
-import io
 import posixpath
 import stat as statmod
 import tarfile
-import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from .config import TOOLBOX_MOUNT
 from .docker import DockerBackend, PathStat
@@ -37,7 +37,8 @@ from .tarstream import with_tar_stream
 FileType = Literal["file", "directory", "symlink", "other"]
 Encoding = Literal["auto", "text", "base64"]
 _CHUNK = 1024 * 1024
-_SPOOL_IN_MEMORY = 8 * 1024 * 1024
+_OFF_LOOP_BYTES = 1024 * 1024
+T = TypeVar("T")
 _MAX_SYMLINK_HOPS = 16
 
 
@@ -196,7 +197,7 @@ class Files:
 
         async with self.docker.get_archive(self.machine_id, real) as (_, content):
             data, returned, eof, size = await with_tar_stream(content, extract)
-        text, used = _encode(data, encoding)
+        text, used = await _off_loop(_encode, data, encoding, size=len(data))
         return FileContent(
             path=path,
             content=text,
@@ -221,8 +222,8 @@ class Files:
         path = normalize_path(path)
         if path == "/":
             raise IsADirectory(path)
-        data = _decode(content, encoding)
         perm = _parse_mode(mode)
+        data = await _off_loop(_decode, content, encoding, size=len(content))
         try:
             current = await self._stat(path)
         except PathNotFound:
@@ -232,16 +233,21 @@ class Files:
         if perm is None:
             perm = current.permissions if current is not None and not current.is_symlink else 0o644
         parent = posixpath.dirname(path)
-        if not await self.exists(parent):
+        try:
+            parent_stat = await self._stat(parent)
+        except PathNotFound:
             if not create_parents:
-                raise PathNotFound(parent)
-        elif not (await self._resolve(parent))[1].is_dir:
-            raise NotADirectory(parent)
+                raise
+        else:
+            if parent_stat.is_symlink:
+                parent_stat = (await self._resolve(parent))[1]
+            if not parent_stat.is_dir:
+                raise NotADirectory(parent)
         member = tarfile.TarInfo(path.lstrip("/"))
         member.size = len(data)
         member.mode = perm
         member.mtime = int(time.time())
-        await self._put(member, io.BytesIO(data))
+        await self._put(member, data)
         return await self.stat(path)
 
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
@@ -259,15 +265,20 @@ class Files:
         member.type = tarfile.DIRTYPE
         member.mode = _parse_mode(mode) or 0o755
         member.mtime = int(time.time())
-        await self._put(member, None)
+        await self._put(member)
         return await self.stat(path)
 
-    async def _put(self, member: tarfile.TarInfo, payload: io.BytesIO | None) -> None:
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-            with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(member, payload)
-            spool.seek(0)
-            await self.docker.put_archive(self.machine_id, "/", spool)
+    async def _put(self, member: tarfile.TarInfo, payload: bytes = b"") -> None:
+        """Extract one entry at '/': the tar is streamed from memory, never copied whole."""
+
+        async def tar_stream() -> AsyncIterator[bytes]:
+            yield member.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+            view = memoryview(payload)
+            for start in range(0, len(view), _CHUNK):
+                yield bytes(view[start : start + _CHUNK])
+            yield b"\0" * (-len(payload) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+        await self.docker.put_archive(self.machine_id, "/", tar_stream())
 
     async def list(
         self, path: str, *, recursive: bool = False, pattern: str | None = None, max_entries: int = 1000
@@ -368,6 +379,13 @@ class Files:
                     f"(the host needs /bin/busybox from Debian's busybox-static; run spinup doctor)."
                 )
             raise SpinupError(f"Cannot {what}: {detail}")
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, size: int) -> T:
+    """Run a CPU-heavy conversion in a thread when the payload is big, so other sessions keep going."""
+    if size > _OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def _skip(fh: IO[bytes], count: int) -> None:
