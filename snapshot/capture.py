@@ -41,27 +41,31 @@ def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
     """Record every entry of an upper directory (paths relative, without leading '/')."""
     entries: dict[str, Entry] = {}
     parents: set[str] = set()  # directories with at least one entry (excluded ones count)
+    whiteout = Entry.whiteout()
+    make = Entry.of
     stack = [""]
     while stack:
         rel_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
         with os.scandir(upper / rel_dir if rel_dir else upper) as it:
             for dirent in it:
-                rel = f"{rel_dir}/{dirent.name}" if rel_dir else dirent.name
                 parents.add(rel_dir)
+                rel = prefix + dirent.name
                 if rel in excluded:
                     continue
                 st = dirent.stat(follow_symlinks=False)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    entries[rel] = Entry.whiteout()
-                    continue
-                opaque = False
-                if stat.S_ISDIR(st.st_mode):
+                mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    stack.append(rel)
                     try:
                         opaque = os.getxattr(dirent.path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
                     except OSError:
                         opaque = False
-                    stack.append(rel)
-                entries[rel] = Entry.of(st, opaque)
+                    entries[rel] = make(st, opaque)
+                elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+                    entries[rel] = whiteout
+                else:
+                    entries[rel] = make(st)
     return Index(entries, frozenset(parents))
 
 
