@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +27,7 @@ from typing import IO, Any
 from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
 from spinup.snapshot.capture import LayerPlan, LayerSink, plan, run_gnu_tar, scan, write_layer_from
 from spinup.snapshot.errors import StoreError
-from spinup.snapshot.index import INDEX_MEDIA_TYPE, Entry, Index
+from spinup.snapshot.index import INDEX_MEDIA_TYPE, MAX_DELTA_DEPTH, Entry, Index
 from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
 from spinup.snapshot.safety import check_members
@@ -204,11 +205,11 @@ class SnapshotService:
         if cached is not None and cached[0] == digest:
             return cached[1]
 
-        def load() -> Index:
-            with self.store.open_blob(digest) as reader:
-                return Index.loads(reader.read())
+        def load(blob_digest: str) -> Index:
+            with self.store.open_blob(blob_digest) as reader:
+                return Index.loads(reader.read(), resolve=load)
 
-        index = await asyncio.to_thread(load)
+        index = await asyncio.to_thread(load, digest)
         self._index_cache[snapshot.agent_id] = (digest, index)
         return index
 
@@ -239,23 +240,31 @@ class SnapshotService:
         parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         new_layer = None
-        if not layer_plan.empty or head is None:
-            new_layer = write_layer_from(
-                self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level
-            )
-            layers.append(
-                Descriptor(
-                    new_layer.descriptor.media_type,
-                    new_layer.descriptor.digest,
-                    new_layer.descriptor.size,
-                    {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
+        # Serialize the file index while tar and zstd (which release the GIL) archive the layer.
+        # A capture of the same machine as the head stores its index as a delta over the head's.
+        cached = self._index_cache.get(agent.id)
+        delta_base = cached if cached is not None and head is not None and head.machine_id == machine.id else None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            index_bytes = pool.submit(current.dumps, delta_base)
+            if not layer_plan.empty or head is None:
+                new_layer = write_layer_from(
+                    self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level
                 )
-            )
+                layers.append(
+                    Descriptor(
+                        new_layer.descriptor.media_type,
+                        new_layer.descriptor.digest,
+                        new_layer.descriptor.size,
+                        {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
+                    )
+                )
+            serialized_index = index_bytes.result()
         crash_point("before-manifest")
         index_blob = self.store.writer()
-        index_blob.write(current.dumps())
+        index_blob.write(serialized_index)
         index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
-        self._index_cache[agent.id] = (index_descriptor.digest, current)
+        stored_depth = 0 if delta_base is None or delta_base[1].depth >= MAX_DELTA_DEPTH else delta_base[1].depth + 1
+        self._index_cache[agent.id] = (index_descriptor.digest, replace(current, depth=stored_depth))
         base = self._base_info_sync(agent.image)
         snapshot_id = _new_id()
         config = self._config(base, layers, {"spinup.snapshot": snapshot_id, **self.settings.label_extra})

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import zstandard
 
@@ -63,13 +64,53 @@ class Index:
     # overlay copy-up of a directory is caused by its children). Not stored: only a fresh scan has it.
     parents: frozenset[str] = frozenset()
 
-    def dumps(self) -> bytes:
-        """Serialized and zstd-compressed."""
-        raw = json.dumps({"version": 1, "entries": self.entries})
-        return zstandard.ZstdCompressor(level=3).compress(raw.encode("utf-8", errors="surrogateescape"))
+    depth: int = 0  # how many deltas sit on top of a full index in its stored form
+
+    def dumps(self, base: tuple[str, Index] | None = None) -> bytes:
+        """Serialized and zstd-compressed: in full, or as a delta over ``base`` (its digest and index).
+
+        A delta holds only entries that changed or appeared, and the paths that went away; a full
+        index is written again once :data:`MAX_DELTA_DEPTH` deltas are stacked.
+        """
+        if base is None or base[1].depth >= MAX_DELTA_DEPTH:
+            body: dict[str, object] = {"version": 1, "entries": self.entries}
+        else:
+            digest, previous = base
+            before = previous.entries
+            body = {
+                "version": 1,
+                "base": digest,
+                "depth": previous.depth + 1,
+                "entries": {p: e for p, e in self.entries.items() if before.get(p) != e},
+                "removed": [p for p in before if p not in self.entries],
+            }
+        raw = json.dumps(body).encode("utf-8", errors="surrogateescape")
+        return zstandard.ZstdCompressor(level=3).compress(raw)
 
     @classmethod
-    def loads(cls, data: bytes) -> Index:
-        raw = json.loads(zstandard.ZstdDecompressor().decompress(data).decode("utf-8", errors="surrogateescape"))
+    def loads(cls, data: bytes, resolve: Callable[[str], Index] | None = None) -> Index:
+        """Parse a stored index; ``resolve`` loads the base of a delta by digest."""
+        raw = parse(data)
         make = Entry._make
-        return cls({p: make(row) for p, row in raw["entries"].items()})
+        changed = {p: make(row) for p, row in raw["entries"].items()}
+        base_digest = raw.get("base")
+        if not base_digest:
+            return cls(changed)
+        if resolve is None:
+            raise ValueError("this index is a delta: a resolver for its base is needed")
+        entries = dict(resolve(base_digest).entries)
+        for path in raw.get("removed", []):
+            entries.pop(path, None)
+        entries.update(changed)
+        return cls(entries, depth=int(raw.get("depth", 1)))
+
+
+def parse(data: bytes) -> dict[str, Any]:
+    """The JSON body of a stored index blob."""
+    body: dict[str, Any] = json.loads(
+        zstandard.ZstdDecompressor().decompress(data).decode("utf-8", errors="surrogateescape")
+    )
+    return body
+
+
+MAX_DELTA_DEPTH = 16

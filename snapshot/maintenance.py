@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import StoreError
+from .index import parse
 from .store import REF_NAME, Descriptor, Store
 
 INDEX_ANNOTATION = "dev.spinup.index"
@@ -51,8 +52,10 @@ def referenced_blobs(store: Store, manifest: Descriptor) -> list[str]:
     digests = [manifest.digest, raw["config"]["digest"]]
     digests += [layer["digest"] for layer in raw.get("layers", [])]
     index_digest = raw.get("annotations", {}).get(INDEX_ANNOTATION)
-    if index_digest:
+    while index_digest:  # a delta index needs the chain of indexes below it
         digests.append(index_digest)
+        with store.open_blob(index_digest) as reader:
+            index_digest = parse(reader.read()).get("base")
     return digests
 
 
