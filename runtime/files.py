@@ -24,6 +24,7 @@ from .config import TOOLBOX_MOUNT
 from .docker import DockerBackend, PathStat
 from .errors import (
     DirectoryNotEmpty,
+    DockerFailure,
     InvalidInput,
     IsADirectory,
     NotADirectory,
@@ -136,6 +137,14 @@ class Files:
             return await self.docker.path_stat(self.machine_id, path)
         except NotFound as exc:
             raise PathNotFound(path) from exc
+        except DockerFailure as exc:
+            # Docker answers 500 with no detail when a path goes through a file (ENOTDIR).
+            parent = posixpath.dirname(path)
+            if exc.status != 500 or parent == path:
+                raise
+            if not (await self._stat(parent)).is_dir:
+                raise NotADirectory(parent) from exc
+            raise
 
     async def _resolve(self, path: str) -> tuple[str, PathStat]:
         """Follow symlinks to the final path and its stat."""
