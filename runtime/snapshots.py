@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
-from spinup.snapshot.capture import LayerPlan, LayerSink, plan, run_gnu_tar, scan, write_layer_from
+from spinup.snapshot.capture import ByteSink, LayerPlan, plan, run_gnu_tar, scan, write_layer_from
 from spinup.snapshot.errors import StoreError
 from spinup.snapshot.index import INDEX_MEDIA_TYPE, MAX_DELTA_DEPTH, Entry, Index
 from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SNAP_REPO = "spinup/snap"
 ANNOTATION_PREFIX = "dev.spinup."
 ProgressFn = Callable[[str, float | None], None]
-LayerContent = Callable[[LayerSink], None]
+LayerContent = Callable[[ByteSink], None]
 CRASH_ENV = "SPINUP_CRASH_AT"  # a crash-test hook: layer-half-written, before-manifest, before-index, before-head
 
 
@@ -78,19 +78,20 @@ def _crash_midway(content: LayerContent) -> LayerContent:
     if os.environ.get(CRASH_ENV) != "layer-half-written":
         return content
 
-    def write(sink: LayerSink) -> None:
-        real = sink.write
+    class Dying:
+        def __init__(self, sink: ByteSink) -> None:
+            self.sink = sink
 
-        def counting(data: bytes) -> None:
-            real(data)
-            if sink.size > 1024 * 1024:
-                sink.zstd.flush()
+        @property
+        def size(self) -> int:
+            return self.sink.size
+
+        def write(self, data: bytes) -> None:
+            self.sink.write(data)
+            if self.sink.size > 1024 * 1024:
                 crash_point("layer-half-written")
 
-        sink.write = counting
-        content(sink)
-
-    return write
+    return lambda sink: content(Dying(sink))
 
 
 def _live_meta(upper: Path, path: str, entry: Entry) -> Meta:
@@ -180,7 +181,7 @@ class SnapshotService:
 
     @staticmethod
     def _spool_content(spool: IO[bytes]) -> LayerContent:
-        def copy(sink: LayerSink) -> None:
+        def copy(sink: ByteSink) -> None:
             while chunk := spool.read(1024 * 1024):
                 sink.write(chunk)
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import zstandard
 
@@ -145,6 +146,15 @@ class LayerResult:
     uncompressed_size: int
 
 
+class ByteSink(Protocol):
+    """Where layer content goes: bytes in order, with a running count."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
 class LayerSink:
     """Hashes the uncompressed tar (diff id) and compresses it into a blob writer."""
 
@@ -192,7 +202,7 @@ def write_layer(
 def write_layer_from(
     store: Store,
     layer: LayerPlan,
-    content: Callable[[LayerSink], None],
+    content: Callable[[ByteSink], None],
     *,
     level: int = 3,
     threads: int = -1,
@@ -223,7 +233,7 @@ def _whiteout_name(path: str) -> str:
     return f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
 
 
-def run_gnu_tar(upper: Path, paths: list[str], sink: LayerSink, on_bytes: Callable[[int], None] | None) -> None:
+def run_gnu_tar(upper: Path, paths: list[str], sink: ByteSink, on_bytes: Callable[[int], None] | None) -> None:
     """Append GNU tar's archive of ``paths`` (its end-of-archive blocks end the layer)."""
     with tempfile.TemporaryFile() as listing:
         listing.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
