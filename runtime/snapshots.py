@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -241,25 +240,22 @@ class SnapshotService:
         parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         new_layer = None
-        # Serialize the file index while tar and zstd (which release the GIL) archive the layer.
+        if not layer_plan.empty or head is None:
+            new_layer = write_layer_from(
+                self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level
+            )
+            layers.append(
+                Descriptor(
+                    new_layer.descriptor.media_type,
+                    new_layer.descriptor.digest,
+                    new_layer.descriptor.size,
+                    {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
+                )
+            )
         # A capture of the same machine as the head stores its index as a delta over the head's.
         cached = self._index_cache.get(agent.id)
         delta_base = cached if cached is not None and head is not None and head.machine_id == machine.id else None
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            index_bytes = pool.submit(current.dumps, delta_base)
-            if not layer_plan.empty or head is None:
-                new_layer = write_layer_from(
-                    self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level
-                )
-                layers.append(
-                    Descriptor(
-                        new_layer.descriptor.media_type,
-                        new_layer.descriptor.digest,
-                        new_layer.descriptor.size,
-                        {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
-                    )
-                )
-            serialized_index = index_bytes.result()
+        serialized_index = current.dumps(delta_base)
         crash_point("before-manifest")
         index_blob = self.store.writer()
         index_blob.write(serialized_index)
