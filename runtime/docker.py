@@ -157,11 +157,15 @@ class DockerBackend:
 
     async def load_image(self, tar_stream: AsyncIterator[bytes]) -> None:
         """Load a ``docker save``-format tar stream into the daemon."""
-        with translate_docker_errors("Load image"):
+        await self._post_tar("images/load", {"quiet": "1"}, tar_stream, "Load image")
+
+    async def _post_tar(self, path: str, params: dict[str, Any], tar_stream: AsyncIterator[bytes], what: str) -> None:
+        """Stream a tar body to the daemon and fail on any error line of its JSON progress answer."""
+        with translate_docker_errors(what):
             async with self.client._query(
-                "images/load",
+                path,
                 method="POST",
-                params={"quiet": "1"},
+                params=params,
                 data=tar_stream,
                 headers={"Content-Type": "application/x-tar"},
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -169,7 +173,7 @@ class DockerBackend:
                 body = await response.text()
         for line in body.splitlines():
             if '"error"' in line:
-                raise DockerFailure(f"Image load failed: {json.loads(line).get('error')}")
+                raise DockerFailure(f"{what} failed: {json.loads(line).get('error')}")
 
     async def save_image(self, ref: str, destination: Path) -> int:
         """Stream ``docker save`` of an image to a file (atomically); returns the bytes written."""
@@ -199,19 +203,7 @@ class DockerBackend:
         params: dict[str, Any] = {"fromSrc": "-", "repo": repo, "tag": tag}
         if changes:
             params["changes"] = "\n".join(changes)
-        with translate_docker_errors(f"Import image {ref}"):
-            async with self.client._query(
-                "images/create",
-                method="POST",
-                params=params,
-                data=tar_stream,
-                headers={"Content-Type": "application/x-tar"},
-                timeout=aiohttp.ClientTimeout(total=None),
-            ) as response:
-                body = await response.text()
-        for line in body.splitlines():
-            if '"error"' in line:
-                raise DockerFailure(f"Import of {ref} failed: {json.loads(line).get('error')}")
+        await self._post_tar("images/create", params, tar_stream, f"Import of {ref}")
         info = await self.image_inspect(ref)
         return str(info["Id"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
 from spinup.snapshot.capture import ByteSink, LayerPlan, plan, run_gnu_tar, scan, write_layer_from
@@ -45,6 +46,8 @@ SNAP_REPO = "spinup/snap"
 ANNOTATION_PREFIX = "dev.spinup."
 ProgressFn = Callable[[str, float | None], None]
 LayerContent = Callable[[ByteSink], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 CRASH_ENV = "SPINUP_CRASH_AT"  # a crash-test hook: layer-half-written, before-manifest, before-index, before-head
 
 
@@ -114,6 +117,19 @@ async def _aiter(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
             return
         assert isinstance(chunk, bytes)
         yield chunk
+
+
+def _holding_store_lock(
+    method: Callable[Concatenate[SnapshotService, P], R],
+) -> Callable[Concatenate[SnapshotService, P], R]:
+    """Run a store-writing method under the store lock (shared), so gc never sees half a snapshot."""
+
+    @functools.wraps(method)
+    def locked(self: SnapshotService, *args: P.args, **kwargs: P.kwargs) -> R:
+        with store_lock(self.store, exclusive=False):
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class SnapshotService:
@@ -213,6 +229,7 @@ class SnapshotService:
         self._index_cache[snapshot.agent_id] = (digest, index)
         return index
 
+    @_holding_store_lock
     def _write_snapshot(
         self,
         agent: Agent,
@@ -224,19 +241,6 @@ class SnapshotService:
         content: LayerContent,
     ) -> Snapshot:
         """Blocking: layer blob, index blob, config, manifest, index.json; then the head moves."""
-        with store_lock(self.store, exclusive=False):
-            return self._write_snapshot_locked(agent, machine, head, current, layer_plan, label, content)
-
-    def _write_snapshot_locked(
-        self,
-        agent: Agent,
-        machine: MachineInfo,
-        head: Snapshot | None,
-        current: Index,
-        layer_plan: LayerPlan,
-        label: str,
-        content: LayerContent,
-    ) -> Snapshot:
         parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         new_layer = None

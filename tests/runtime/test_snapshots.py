@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tarfile
+from pathlib import Path
 
 import zstandard
 
@@ -156,3 +157,20 @@ async def test_a_fork_is_independent_of_its_source(runtime: Runtime, agent: str)
     await runtime.exec(fork, "echo forked > /workspace/s")
     assert (await runtime.exec(agent, "cat /workspace/s")).stdout == "shared\n"
     assert (await runtime.exec(fork, "cat /workspace/s")).stdout == "forked\n"
+
+
+async def test_an_exported_snapshot_loads_into_docker_as_a_standalone_image(
+    runtime: Runtime, agent: str, tmp_path: Path
+) -> None:
+    await runtime.exec(agent, "echo exported > /workspace/e.txt")
+    snapshot = (await runtime.agents.snapshot(agent, "to export")).snapshot
+    archive = tmp_path / "snap.tar"
+    size = await runtime.snapshots.export(snapshot, archive)
+    assert size == archive.stat().st_size > 0
+    with tarfile.open(archive) as tar:
+        assert "manifest.json" in tar.getnames()
+    docker_cli("rmi", "-f", f"spinup/snap:{snapshot.id}")
+    docker_cli("load", "-i", str(archive))
+    out = docker_cli("run", "--rm", "--network", "none", "--entrypoint", "cat", f"spinup/snap:{snapshot.id}",
+                     "/workspace/e.txt")
+    assert out.stdout == "exported\n"
