@@ -6,6 +6,7 @@ Raw Docker JSON and ``aiodocker.DockerError`` stop here; callers get typed value
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -24,6 +25,7 @@ from .errors import DockerFailure, DockerUnavailable, NotFound
 MANAGED_LABEL = "spinup.managed"
 AGENT_LABEL = "spinup.agent"
 API_VERSION = "v1.41"
+PAUSED_WAIT = 120.0  # seconds an exec waits for a machine paused by a snapshot
 
 
 @contextmanager
@@ -282,11 +284,26 @@ class DockerBackend:
         user: str,
         stdin: bool,
     ) -> aiodocker.execs.Exec:
-        """Create an exec instance (not started)."""
-        with translate_docker_errors("Start command"):
-            return await self.client.containers.container(container_id).exec(
-                argv, stdin=stdin, stdout=True, stderr=True, tty=False, user=user, environment=env, workdir=workdir
-            )
+        """Create an exec instance (not started).
+
+        A machine paused for a snapshot takes no exec: wait (up to ``PAUSED_WAIT`` seconds) for the
+        snapshot to finish rather than fail a command that arrived at the wrong moment.
+        """
+        container = self.client.containers.container(container_id)
+        deadline = asyncio.get_running_loop().time() + PAUSED_WAIT
+        delay = 0.02
+        while True:
+            try:
+                with translate_docker_errors("Start command"):
+                    return await container.exec(
+                        argv, stdin=stdin, stdout=True, stderr=True, tty=False, user=user, environment=env,
+                        workdir=workdir,
+                    )
+            except DockerFailure as exc:
+                if exc.status != 409 or "paused" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
         """Exec state: ``Running``, ``ExitCode``, ``Pid``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tarfile
 from pathlib import Path
 
@@ -174,3 +175,18 @@ async def test_an_exported_snapshot_loads_into_docker_as_a_standalone_image(
     out = docker_cli("run", "--rm", "--network", "none", "--entrypoint", "cat", f"spinup/snap:{snapshot.id}",
                      "/workspace/e.txt")
     assert out.stdout == "exported\n"
+
+
+async def test_a_command_arriving_during_a_snapshot_waits_for_it(runtime: Runtime, agent: str) -> None:
+    await runtime.exec(agent, "head -c 300000000 /dev/urandom > /workspace/slow.bin")
+    snapshot = asyncio.create_task(runtime.agents.snapshot(agent))
+    machine = runtime.agents.get(agent).machine_id
+    assert machine
+    async with asyncio.timeout(60):
+        while (await runtime.docker.inspect(machine)).paused is False:  # type: ignore[union-attr]
+            assert not snapshot.done(), "the snapshot finished before the machine was seen paused"
+            await asyncio.sleep(0.005)
+    result = await runtime.exec(agent, "echo during")
+    assert result.stdout == "during\n"
+    assert snapshot.done(), "the command ran only once the snapshot had unpaused the machine"
+    assert (await snapshot).created
