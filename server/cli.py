@@ -9,11 +9,17 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from spinup.runtime import Policy, Runtime, Settings, SpinupError
 
 from .auth import BearerAuth, is_loopback
+from .harness import HARNESSES
+from .harness import entry as harness_entry
+from .harness import get as get_harness
+from .harness import render as render_harness
+from .harness import write as write_harness
 from .schemas import AgentInfo, AgentStatusResult
 
 log = logging.getLogger("spinup")
@@ -58,9 +64,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
-    command: list[str] = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command: list[str] = list(args.argv)
     if not command:
         raise SpinupError("No command given. Usage: spinup exec AGENT -- CMD [ARGS...]")
 
@@ -83,8 +87,6 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .schemas import SnapshotInfo
 
     async def work(rt: Runtime) -> int:
@@ -188,6 +190,26 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return asyncio.run(_with_runtime(work))
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.list or not args.harness:
+        for spec in HARNESSES.values():
+            print(f"{spec.name:<12} {spec.title:<16} {spec.path}")
+        return 0
+    spec = get_harness(args.harness)
+    server = harness_entry(args.harness, args.agent, args.http)
+    if not args.write:
+        sys.stdout.write(render_harness(args.harness, {"spinup": server}))
+        if spec.note:
+            print(f"note: {spec.note}", file=sys.stderr)
+        return 0
+    path = Path(args.path or spec.path).expanduser()
+    backup = write_harness(args.harness, server, path)
+    print(f"wrote the spinup server into {path}" + (f" (backup: {backup})" if backup else ""), file=sys.stderr)
+    if spec.note:
+        print(f"note: {spec.note}", file=sys.stderr)
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from spinup.runtime.doctor import diagnose
 
@@ -227,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("--timeout", type=float, default=600.0)
     exe.add_argument("--stdin", action="store_true", help="feed this process's stdin to the command")
     exe.add_argument("--shell", action="store_true", help="run a single argument as a /bin/sh -c string")
-    exe.add_argument("command", nargs=argparse.REMAINDER)
+    exe.add_argument("argv", nargs="*", metavar="CMD", help="the command, after -- (for example: -- ls -la)")
     exe.set_defaults(func=_cmd_exec)
 
     snap = sub.add_parser("snapshot", help="create, list, restore, fork, diff, verify and collect snapshots")
@@ -273,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--tag", default=Settings().default_image)
     image.set_defaults(func=_cmd_image)
 
+    config = sub.add_parser("config", help="print or install the MCP config for a harness (Claude Code, Codex, ...)")
+    config.add_argument("harness", nargs="?", help="one of: " + ", ".join(HARNESSES))
+    config.add_argument("--list", action="store_true", help="list the harnesses")
+    config.add_argument("--agent", help="bind the server to this agent (stdio)")
+    config.add_argument("--http", metavar="URL", help="connect over streamable HTTP to URL (token from SPINUP_TOKEN)")
+    config.add_argument("--write", action="store_true", help="merge into the harness's config file (backed up first)")
+    config.add_argument("--path", help="config file to write (default: the harness's usual file)")
+    config.set_defaults(func=_cmd_config)
+
     sub.add_parser("doctor", help="check Docker, the base image and the state directory").set_defaults(
         func=_cmd_doctor
     )
@@ -281,7 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spinup`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the command of `spinup exec`, options and all.
+    tail: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, tail = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
+    if tail:
+        if getattr(args, "argv", None) is None:
+            build_parser().error("'--' only separates the command of: spinup exec AGENT -- CMD")
+        args.argv = [*args.argv, *tail]
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if args.verbose else logging.WARNING,

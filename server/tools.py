@@ -115,7 +115,9 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
             wrapped = _tool_errors(fn)
             if takes_agent and bound_agent is not None:
                 wrapped = _bind_agent(wrapped, resolve_bound)
-            server.add_tool(wrapped, name=name, description=inspect.getdoc(fn), annotations=annotations)
+            # Docstrings wrap at the line length; a model reads the description as one paragraph.
+            description = " ".join((inspect.getdoc(fn) or "").split())
+            server.add_tool(wrapped, name=name, description=description, annotations=annotations)
             return fn
 
         return decorate

@@ -184,3 +184,27 @@ async def test_the_cli_reports_bad_input_in_words_and_a_non_zero_exit(settings: 
     async with asyncio.timeout(30):
         _, stderr = await proc.communicate()
     assert proc.returncode == 2 and stderr.startswith(b"spinup: error: ")
+
+
+async def test_cli_exec_passes_options_before_the_separator_and_everything_after_it(settings: Settings) -> None:
+    name = unique_name("cli")
+    env = server_env(settings)
+    try:
+        create = await asyncio.create_subprocess_exec(SPINUP, "agent", "create", name, env=env,
+                                                      stdout=asyncio.subprocess.DEVNULL)
+        async with asyncio.timeout(60):
+            assert await create.wait() == 0
+        proc = await asyncio.create_subprocess_exec(
+            SPINUP, "exec", name, "--timeout", "30", "--cwd", "/tmp", "--", "sh", "-c", "pwd; echo $0 -la; exit 3", "x",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, _ = await proc.communicate()
+        assert proc.returncode == 3 and out == b"/tmp\nx -la\n"
+    finally:
+        rm = await asyncio.create_subprocess_exec(
+            SPINUP, "agent", "rm", name, env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        async with asyncio.timeout(60):
+            await rm.wait()
+        remove_leftovers(name)
