@@ -113,6 +113,14 @@ async def test_inspector_lists_tools_and_calls_them_over_stdio(npm_bin: Path, se
         cleanup(name)
 
 
+async def test_the_shipped_inspector_config_is_usable_as_is(npm_bin: Path, settings: Settings) -> None:
+    env = env_for(settings, PATH=f"{Path(SPINUP).parent}:{os.environ['PATH']}")
+    config = ["--config", str(ROOT / "harness-configs" / "inspector.config.json"), "--server", "spinup"]
+    listed = await inspector(npm_bin, env, config, "--method", "tools/list")
+    exec_tool = next(t for t in listed["tools"] if t["name"] == "exec")
+    assert "agent" not in exec_tool["inputSchema"].get("properties", {}), "the shipped stdio entry binds an agent"
+
+
 async def test_claude_code_connects_to_spinup_with_an_isolated_home(
     npm_bin: Path, settings: Settings, tmp_path: Path
 ) -> None:
@@ -171,6 +179,12 @@ async def test_a_file_and_a_package_made_through_one_client_are_seen_through_ano
             notes = await inspector(npm_bin, env, url, "--method", "tools/call", "--tool-name", "file_read",
                                     "--tool-arg", f"agent={name}", "--tool-arg", "path=/workspace/notes.md")
             assert notes["structuredContent"]["content"] == "from the first harness"
+            await inspector(npm_bin, env, url, "--method", "tools/call", "--tool-name", "file_write",
+                            "--tool-arg", f"agent={name}", "--tool-arg", "path=/workspace/reply.md",
+                            "--tool-arg", "content=from the second harness")
+            reply = await inspector(npm_bin, env, url, "--method", "tools/call", "--tool-name", "file_read",
+                                    "--tool-arg", f"agent={name}", "--tool-arg", "path=/workspace/reply.md")
+            assert reply["structuredContent"]["content"] == "from the second harness"
             probe = "command=/home/agent/.venv/bin/python -c 'import hello_spinup; print(hello_spinup.hi())'"
             imported = await inspector(npm_bin, env, url, "--method", "tools/call", "--tool-name", "exec",
                                        "--tool-arg", f"agent={name}", "--tool-arg", probe)
