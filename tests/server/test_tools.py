@@ -203,6 +203,7 @@ async def test_the_guide_is_served_as_instructions_and_as_a_resource(client: Cli
     resource = await client.read_resource("spinup://guide")
     text = resource.contents[0].text  # type: ignore[union-attr]
     assert "exec" in text and "/workspace" in text
+    assert "snapshot_create" in text and "snapshot_restore" in text, "the guide teaches snapshot-before-risk"
 
 
 async def test_snapshot_tools_save_diff_restore_fork_and_delete(client: Client, agent_name: str) -> None:
