@@ -15,11 +15,7 @@ from typing import Any
 from spinup.runtime import Policy, Runtime, Settings, SpinupError
 
 from .auth import BearerAuth, is_loopback
-from .harness import HARNESSES
-from .harness import entry as harness_entry
-from .harness import get as get_harness
-from .harness import render as render_harness
-from .harness import write as write_harness
+from .harness import register_config_command
 from .schemas import AgentInfo, AgentStatusResult
 
 log = logging.getLogger("spinup")
@@ -190,26 +186,6 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return asyncio.run(_with_runtime(work))
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
-    if args.list or not args.harness:
-        for spec in HARNESSES.values():
-            print(f"{spec.name:<12} {spec.title:<16} {spec.path}")
-        return 0
-    spec = get_harness(args.harness)
-    server = harness_entry(args.harness, args.agent, args.http)
-    if not args.write:
-        sys.stdout.write(render_harness(args.harness, {"spinup": server}))
-        if spec.note:
-            print(f"note: {spec.note}", file=sys.stderr)
-        return 0
-    path = Path(args.path or spec.path).expanduser()
-    backup = write_harness(args.harness, server, path)
-    print(f"wrote the spinup server into {path}" + (f" (backup: {backup})" if backup else ""), file=sys.stderr)
-    if spec.note:
-        print(f"note: {spec.note}", file=sys.stderr)
-    return 0
-
-
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from spinup.runtime.doctor import diagnose
 
@@ -295,14 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--tag", default=Settings().default_image)
     image.set_defaults(func=_cmd_image)
 
-    config = sub.add_parser("config", help="print or install the MCP config for a harness (Claude Code, Codex, ...)")
-    config.add_argument("harness", nargs="?", help="one of: " + ", ".join(HARNESSES))
-    config.add_argument("--list", action="store_true", help="list the harnesses")
-    config.add_argument("--agent", help="bind the server to this agent (stdio)")
-    config.add_argument("--http", metavar="URL", help="connect over streamable HTTP to URL (token from SPINUP_TOKEN)")
-    config.add_argument("--write", action="store_true", help="merge into the harness's config file (backed up first)")
-    config.add_argument("--path", help="config file to write (default: the harness's usual file)")
-    config.set_defaults(func=_cmd_config)
+    register_config_command(sub)
 
     sub.add_parser("doctor", help="check Docker, the base image and the state directory").set_defaults(
         func=_cmd_doctor

@@ -159,7 +159,8 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
 
     @tool("agent_remove", DESTRUCTIVE, takes_agent=False)
     async def agent_remove(agent: AgentArg) -> AgentInfo:
-        """Permanently delete an agent and its machine, with every file in it. Cannot be undone."""
+        """Permanently delete an agent, its machine with every file in it, and its snapshots that no fork uses.
+        Cannot be undone. (On a server bound to this agent, the next call starts a new, empty one.)"""
         return AgentInfo.of(await get_runtime().agents.remove(agent))
 
     # exec
@@ -183,8 +184,10 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
         ] = 1024 * 1024,
     ) -> ExecOutput:
         """Run a command in the agent's machine and return exit_code, stdout and stderr. A non-zero exit code is a
-        normal result. Long commands send progress; a command still running at `timeout` is killed (set a
-        larger timeout for builds, or start servers in the background with `nohup ... &`)."""
+        normal result. A string runs under /bin/sh -c; a list runs without a shell. Long commands send progress;
+        a command still running at `timeout` is killed. Your harness may stop waiting sooner (its tool timeout):
+        start long jobs in the background with `nohup cmd > log 2>&1 &` and poll the log. The machine has no
+        network unless its agent was created with network 'host'."""
 
         async def progress(elapsed: float, output_bytes: int) -> None:
             await ctx.report_progress(
@@ -230,7 +233,9 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
         path: PathArg,
         content: Annotated[str, Field(description="The whole new content (text, or base64 if encoding='base64').")],
         encoding: Annotated[Literal["text", "base64"], Field(description="How content is encoded.")] = "text",
-        mode: Annotated[str | None, Field(description="Octal permissions such as '0755'; default keeps/0644.")] = None,
+        mode: Annotated[
+            str | None, Field(description="Octal permissions such as '0755'; default: the old file's, or 0644.")
+        ] = None,
         create_parents: Annotated[bool, Field(description="Create missing parent directories.")] = True,
     ) -> FileEntry:
         """Create or overwrite a file in the agent's machine with the given content."""
