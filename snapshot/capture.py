@@ -92,9 +92,9 @@ class LayerPlan:
 def plan(previous: Index | None, current: Index) -> LayerPlan:
     """Compare indexes of the same upper directory; ``previous`` None means capture everything.
 
-    A directory is archived when it is new or changed and empty in the upper directory (an
-    overlay copy-up of a parent always has a child there), when it becomes opaque, or as the
-    parent of something archived.
+    A directory is archived when its metadata changed since the previous index, when it is new
+    and empty in the upper directory (an overlay copy-up of a parent always has a child there),
+    when it becomes opaque, or as the parent of something archived.
     """
     prior = previous.entries if previous is not None else {}
     out = LayerPlan()
@@ -111,7 +111,9 @@ def plan(previous: Index | None, current: Index) -> LayerPlan:
         elif entry.opaque and not (before is not None and before.opaque and before.ino == entry.ino):
             out.opaque.append(path)
             changed.add(path)
-        elif path not in has_children:
+        elif before is not None or path not in has_children:
+            # A directory seen before whose metadata moved (chmod, chown, touch) goes in; one new to the
+            # index goes in only if empty, since a copied-up parent always has a child in the upper dir.
             changed.add(path)
     for path in prior:
         if path not in current.entries and _parent_survives(path, current):

@@ -17,7 +17,7 @@ def _normal(name: str) -> str:
 def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> None:
     """Raise :class:`UnsafeLayer` for the first dangerous entry.
 
-    Refused: absolute names, names with '..', device nodes and FIFOs, hard links that leave the
+    Refused: absolute names, names with '..', device nodes (FIFOs are fine), hard links that leave the
     layer root, and any entry whose path goes through a symlink the same layer created (the
     classic "symlink, then write through it" escape).
     """
@@ -26,8 +26,8 @@ def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> N
         raw = member.name
         if raw.startswith("/") or any(part == ".." for part in raw.split("/")):
             raise UnsafeLayer(f"{layer}: entry {raw!r} escapes the layer root (absolute path or '..').")
-        if member.ischr() or member.isblk() or member.isfifo():
-            raise UnsafeLayer(f"{layer}: entry {raw!r} is a device node or FIFO; layers may not create them.")
+        if member.ischr() or member.isblk():
+            raise UnsafeLayer(f"{layer}: entry {raw!r} is a device node; layers may not create devices.")
         name = _normal(raw)
         base = posixpath.basename(name)
         if base.startswith(WHITEOUT_PREFIX) and base != OPAQUE_MARKER and member.size:

@@ -46,7 +46,6 @@ def _members(raw: bytes) -> list[tarfile.TarInfo]:
         ([_entry("/etc/passwd", data=b"x")], "escapes"),
         ([_entry("dev/evil", tarfile.CHRTYPE)], "device"),
         ([_entry("dev/disk", tarfile.BLKTYPE)], "device"),
-        ([_entry("tmp/pipe", tarfile.FIFOTYPE)], "FIFO"),
         ([_entry("workspace/out", tarfile.SYMTYPE, "/etc"), _entry("workspace/out/passwd", data=b"x")], "symlink"),
         ([_entry("a", tarfile.SYMTYPE, "../../.."), _entry("a/b/c", data=b"x")], "symlink"),
         ([_entry("workspace/h", tarfile.LNKTYPE, "../../etc/shadow")], "outside"),
@@ -68,6 +67,7 @@ def test_an_ordinary_layer_passes() -> None:
                 _entry("workspace/hard", tarfile.LNKTYPE, "workspace/a.txt"),
                 _entry("etc/.wh.motd"),
                 _entry("usr/share/doc/.wh..wh..opq"),
+                _entry("workspace/pipe", tarfile.FIFOTYPE),
             )
         )
     )
