@@ -67,6 +67,8 @@ def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
                     entries[rel] = make(st, opaque)
                 elif stat.S_ISCHR(mode) and st.st_rdev == 0:
                     entries[rel] = whiteout
+                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                    continue  # device nodes are the machine's, made by Docker; layers never carry them
                 else:
                     entries[rel] = make(st)
     return Index(entries, frozenset(parents))

@@ -122,7 +122,7 @@ class VerifiedReader:
         data = self._fh.read(n)
         self._hash.update(data)
         self._read += len(data)
-        if not data or n < 0:
+        if n < 0 or (n != 0 and not data):  # the end of the blob: verify it
             self._check()
         return data
 
