@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 from aiodocker.stream import Stream
 
 from .config import TOOLBOX_MOUNT
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, int], Awaitable[None]]
 EXEC_MARKER = "SPINUP_EXEC_ID"
 PROGRESS_INTERVAL = 2.0
-# Docker reports these (on stdout) when the command cannot be started at all.
-_START_FAILURES = ("OCI runtime exec failed", "executable file not found", "no such file or directory")
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ async def run_command(
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-    exit_code = None if timed_out else await _exit_code(docker, execution.id)
+    exit_code, pid = (None, 0) if timed_out else await _exit_status(docker, execution.id)
     stderr_text = err.text()
     if timed_out:
         stderr_text += (
@@ -121,8 +120,8 @@ async def run_command(
             + f"[spinup: command timed out after {timeout:g}s and was killed with its process group; "
             f"raise timeout or run it in the background]"
         )
-    elif exit_code in (126, 127) and not err.total and any(s in out.text() for s in _START_FAILURES):
-        # Docker writes start failures (missing binary or cwd) to stdout; move them where they belong.
+    elif exit_code in (126, 127) and pid == 0 and not err.total:
+        # The process never started (no pid): Docker wrote why (missing binary or cwd) to stdout.
         stderr_text, out = f"spinup: the command could not start: {out.text().strip()}", BoundedOutput(output_cap)
     return ExecResult(
         exit_code=exit_code,
@@ -138,7 +137,11 @@ async def run_command(
 
 
 async def _pump(stream: Stream, stdin: bytes | None, out: BoundedOutput, err: BoundedOutput) -> None:
-    writer = asyncio.create_task(_feed_stdin(stream, stdin)) if stdin is not None else None
+    helpers = (
+        [asyncio.create_task(_feed_stdin(stream, stdin)), asyncio.create_task(_drop_unread_stdin_at_eof(stream))]
+        if stdin is not None
+        else []
+    )
     try:
         while True:
             message = await stream.read_out()
@@ -146,11 +149,16 @@ async def _pump(stream: Stream, stdin: bytes | None, out: BoundedOutput, err: Bo
                 break
             (err if message.stream == 2 else out).write(message.data)
     finally:
-        if writer is not None:
-            if not writer.done():
-                writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await writer
+        for task in helpers:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, aiohttp.ClientConnectionError):
+                await task
+
+
+def _transport(stream: Stream) -> asyncio.Transport | None:
+    response = stream._resp
+    return response.connection.transport if response and response.connection else None
 
 
 async def _feed_stdin(stream: Stream, data: bytes) -> None:
@@ -158,10 +166,34 @@ async def _feed_stdin(stream: Stream, data: bytes) -> None:
     for start in range(0, len(view), 64 * 1024):
         await stream.write_in(bytes(view[start : start + 64 * 1024]))
     # Half-close so the command sees end of input; aiodocker only offers a full close.
-    response = stream._resp
-    transport = response.connection.transport if response and response.connection else None
+    transport = _transport(stream)
     if transport is not None and transport.can_write_eof():
         transport.write_eof()
+
+
+async def _drop_unread_stdin_at_eof(stream: Stream) -> None:
+    """Once Docker has ended the stream, drop the stdin the command never read.
+
+    aiohttp reports the end of the output only after the transport has sent everything written to
+    it, which never happens when the command exits without reading all its input: without this the
+    read would wait until the daemon gives up on the connection (minutes).
+    """
+    response = stream._resp
+    connection = response.connection if response else None
+    if connection is None or connection.transport is None or connection.protocol is None:
+        return
+    transport, protocol = connection.transport, connection.protocol
+    if not transport.is_closing():
+        ended = asyncio.Event()
+        eof_received = protocol.eof_received
+
+        def on_eof() -> None:
+            ended.set()
+            eof_received()
+
+        protocol.eof_received = on_eof  # type: ignore[method-assign]
+        await ended.wait()
+    transport.abort()
 
 
 async def _tick(on_progress: ProgressCallback, started: float, out: BoundedOutput, err: BoundedOutput) -> None:
@@ -174,14 +206,15 @@ async def _tick(on_progress: ProgressCallback, started: float, out: BoundedOutpu
             return
 
 
-async def _exit_code(docker: DockerBackend, exec_id: str) -> int | None:
+async def _exit_status(docker: DockerBackend, exec_id: str) -> tuple[int | None, int]:
+    """The exit code (None if the command still runs) and the pid (0 if it never started)."""
     for _ in range(50):
         info = await docker.exec_inspect(exec_id)
         if not info.get("Running"):
             code = info.get("ExitCode")
-            return None if code is None else int(code)
+            return (None if code is None else int(code)), int(info.get("Pid") or 0)
         await asyncio.sleep(0.02)
-    return None
+    return None, int(info.get("Pid") or 0)
 
 
 async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: str) -> None:

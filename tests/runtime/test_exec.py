@@ -33,6 +33,14 @@ async def test_stdin_is_delivered_whole_and_then_closed(runtime: Runtime, agent:
     assert (await runtime.exec(agent, "wc -l", stdin=b"")).stdout.strip() == "0"
 
 
+async def test_a_command_that_leaves_its_input_unread_still_returns_at_once(runtime: Runtime, agent: str) -> None:
+    payload = b"y" * 5_000_000
+    ignored = await runtime.exec(agent, "true", stdin=payload, timeout=30)
+    assert (ignored.exit_code, ignored.timed_out) == (0, False)
+    partial = await runtime.exec(agent, "head -c 10", stdin=payload, timeout=30)
+    assert (partial.exit_code, partial.stdout, partial.timed_out) == (0, "y" * 10, False)
+
+
 async def test_a_timeout_kills_the_whole_process_group_and_says_so(runtime: Runtime, agent: str) -> None:
     result = await runtime.exec(agent, "sleep 300 & sleep 301 & wait", timeout=1)
     assert result.timed_out and result.exit_code is None
