@@ -14,7 +14,7 @@ from typing import Any
 
 from spinup.runtime import Policy, Runtime, Settings, SpinupError
 
-from .auth import BearerAuth, is_loopback
+from .auth import BearerAuth, is_loopback, rebinding_protection, url_host
 from .harness import register_config_command
 from .schemas import AgentInfo, AgentStatusResult
 
@@ -161,11 +161,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
     server = build_server(settings, agent=args.agent)
-    app: Any = server.streamable_http_app(host=args.host)
+    app: Any = server.streamable_http_app(host=args.host, transport_security=rebinding_protection(args.host))
     if token:
         app = BearerAuth(app, token)
     print(
-        f"spinup: serving MCP at http://{args.host}:{args.port}/mcp"
+        f"spinup: serving MCP at http://{url_host(args.host)}:{args.port}/mcp"
         + (" (bearer token required)" if token else ""),
         file=sys.stderr,
     )
