@@ -16,7 +16,7 @@ import stat as statmod
 import tarfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, TypeVar
 
@@ -128,9 +128,21 @@ class Files:
         self.machine_id = machine_id
 
     async def stat(self, path: str) -> FileInfo:
-        """Stat a path (a symlink is reported as itself)."""
+        """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
         path = normalize_path(path)
-        return _info_from_stat(path, await self._stat(path))
+        info = _info_from_stat(path, await self._stat(path))
+        if info.type == "symlink":
+            # Docker's stat gives the fully resolved target; a link's own text is in its tar entry.
+            info = replace(info, link_target=await self._link_text(path) or info.link_target)
+        return info
+
+    async def _link_text(self, path: str) -> str | None:
+        def linkname(tar: tarfile.TarFile) -> str | None:
+            member = tar.next()
+            return member.linkname if member is not None and member.issym() else None
+
+        async with self.docker.get_archive(self.machine_id, path) as (_, content):
+            return await with_tar_stream(content, linkname)
 
     async def _stat(self, path: str) -> PathStat:
         try:
@@ -227,21 +239,26 @@ class Files:
         mode: str | int | None = None,
         create_parents: bool = True,
     ) -> FileInfo:
-        """Create or replace a file. Missing parent directories are created (0755) unless told not to."""
+        """Create or replace a file. Missing parent directories are created (0755) unless told not to.
+
+        A symlink is written through (like reads, and like ``>`` in a shell): the link stays, its
+        target gets the content, and the returned info is the target's.
+        """
         path = normalize_path(path)
         if path == "/":
             raise IsADirectory(path)
         perm = _parse_mode(mode)
         data = await _off_loop(_decode, content, encoding, size=len(content))
         try:
-            current = await self._stat(path)
-        except PathNotFound:
-            current = None
+            target, current = await self._resolve(path)
+        except PathNotFound as exc:
+            # A new file, or a link to a missing file: create it where the link points.
+            target, current = exc.path, None
         if current is not None and current.is_dir:
             raise IsADirectory(path)
         if perm is None:
-            perm = current.permissions if current is not None and not current.is_symlink else 0o644
-        parent = posixpath.dirname(path)
+            perm = current.permissions if current is not None else 0o644
+        parent = posixpath.dirname(target)
         try:
             parent_stat = await self._stat(parent)
         except PathNotFound:
@@ -252,12 +269,12 @@ class Files:
                 parent_stat = (await self._resolve(parent))[1]
             if not parent_stat.is_dir:
                 raise NotADirectory(parent)
-        member = tarfile.TarInfo(path.lstrip("/"))
+        member = tarfile.TarInfo(target.lstrip("/"))
         member.size = len(data)
         member.mode = perm
         member.mtime = int(time.time())
         await self._put(member, data)
-        return await self.stat(path)
+        return await self.stat(target)
 
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
         """Create a directory and any missing parents; an existing directory is fine."""
@@ -267,12 +284,18 @@ class Files:
         except PathNotFound:
             current = None
         if current is not None:
+            if current.is_symlink:
+                try:
+                    current = (await self._resolve(path))[1]
+                except PathNotFound as exc:
+                    raise NotADirectory(path) from exc
             if current.is_dir:
                 return _info_from_stat(path, current)
             raise NotADirectory(path)
+        perm = _parse_mode(mode)
         member = tarfile.TarInfo(path.lstrip("/"))
         member.type = tarfile.DIRTYPE
-        member.mode = _parse_mode(mode) or 0o755
+        member.mode = 0o755 if perm is None else perm
         member.mtime = int(time.time())
         await self._put(member)
         return await self.stat(path)
@@ -306,8 +329,11 @@ class Files:
 
         def collect(tar: tarfile.TarFile) -> tuple[list[FileInfo], bool]:
             entries: list[FileInfo] = []
+            sizes: dict[str, int] = {}  # Docker sends a file's second hard link with size 0
             root: str | None = None
             for member in tar:
+                if member.isfile():
+                    sizes[member.name] = member.size
                 name = member.name.rstrip("/")
                 if root is None:
                     root = name  # the first member is the directory itself
@@ -324,7 +350,7 @@ class Files:
                     FileInfo(
                         path=posixpath.join(path, rel),
                         type=_type_of_tar(member),
-                        size=member.size,
+                        size=sizes.get(member.linkname, 0) if member.islnk() else member.size,
                         mode=f"{statmod.S_IMODE(member.mode):04o}",
                         mtime=_iso(member.mtime),
                         link_target=(member.linkname or None) if member.issym() else None,
@@ -348,8 +374,12 @@ class Files:
                 raise InvalidInput(
                     f"{destination} already exists. Pass overwrite=true to replace it, or choose another path."
                 )
-            if (await self._stat(destination)).is_dir:
+            replaced = await self._stat(destination)
+            if replaced.is_dir:
                 raise IsADirectory(destination)
+            if replaced.is_symlink:
+                # mv would move into the directory a link points to; the link itself is what goes.
+                await self._toolbox(["rm", "-f", "--", destination], f"replace {destination}")
         parent = posixpath.dirname(destination)
         if not await self.exists(parent):
             await self.mkdir(parent)

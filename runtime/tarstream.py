@@ -50,4 +50,21 @@ async def with_tar_stream(content: aiohttp.StreamReader, work: Callable[[tarfile
         with tarfile.open(fileobj=raw, mode="r|") as tar:
             return work(tar)
 
-    return await asyncio.to_thread(run)
+    try:
+        return await asyncio.to_thread(run)
+    finally:
+        if not content.at_eof():
+            _abandon(content)
+
+
+def _abandon(content: aiohttp.StreamReader) -> None:
+    """Close the connection under a body we stopped reading (a range, a cut listing, an error).
+
+    Docker holds the container's lock until it has sent the whole archive: a body left open
+    blocks every later call on that machine (stat, exec, even removal) until it is closed.
+    aiohttp's reader offers no close of its own, so the transport under it is aborted.
+    """
+    protocol = getattr(content, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is not None:
+        transport.abort()
