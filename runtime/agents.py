@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import tarfile
 import time
 from collections import defaultdict
 
-from .config import Settings
+from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, DockerBackend, MachineInfo
-from .errors import AgentExists, DockerFailure, ImageNotFound, InvalidInput
+from .errors import AgentExists, DockerFailure, ImageNotFound, InvalidInput, SpinupError
+from .exec import run_command
 from .machines import machine_config, machine_name
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
+from .policy import AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, is_root
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
@@ -40,8 +43,10 @@ class AgentService:
         """Create an agent and start its machine. The image must already be in Docker."""
         validate_agent_name(name)
         image = image or self.settings.default_image
+        policy = policy or Policy()
+        check_fits_host(policy, await self.docker.cpu_count())
         await self._require_image(image)
-        agent = self.db.create_agent(name, image, policy or Policy())
+        agent = self.db.create_agent(name, image, policy)
         try:
             return await self.wake(name)
         except BaseException:
@@ -172,6 +177,54 @@ class AgentService:
                 self._remove_later(info.id)
             return self.get(name), saved
 
+    async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
+        """Give the agent a new policy. Its machine is rebuilt under it from a snapshot of its state.
+
+        A running agent runs again at once; a stopped or hibernated one gets the new machine on its
+        next wake. Leaving root hands /workspace and the agent's home to the agent user first.
+        """
+        agent = self.get(name)
+        check_fits_host(policy, await self.docker.cpu_count())
+        if policy == agent.policy:
+            return agent
+        async with self._locks[agent.id]:
+            info = await self.machine(agent)
+            if info is not None:
+                if is_root(agent.policy) and not is_root(policy):
+                    await self._hand_over_to_agent_user(info)
+                await self._capture(agent, info, "before policy change", progress)
+                if info.running:
+                    await self.docker.pause(info.id)  # the old machine stops changing at once
+                self._remove_later(info.id)
+                self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
+            self.db.set_policy(agent.id, policy)
+            if info is not None and info.running:
+                await self._create_machine(self.get(name), recreated=True)
+            return self.get(name)
+
+    async def _hand_over_to_agent_user(self, info: MachineInfo) -> None:
+        """Give the agent user what a root policy left in its workspace and home."""
+        if not info.running:
+            await self.docker.start(info.id)
+        result = await run_command(
+            self.docker,
+            info.id,
+            [
+                TOOLBOX_MOUNT,
+                "sh",
+                "-c",
+                f'mkdir -p {WORKSPACE} {AGENT_HOME} && chown -R {AGENT_UID}:{AGENT_UID} "$@"',
+                "chown",
+                WORKSPACE,
+                AGENT_HOME,
+            ],
+            user="0:0",
+            timeout=300,
+            output_cap=8192,
+        )
+        if result.exit_code != 0:
+            raise SpinupError(f"Could not give {WORKSPACE} and {AGENT_HOME} to the agent user: {result.stderr.strip()}")
+
     async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
         """Create a new agent whose machine starts from ``snapshot_id``."""
         validate_agent_name(name)
@@ -234,9 +287,9 @@ class AgentService:
             return
         await self._require_image(agent.image)
         kind = "machine-recreated" if recreated else "machine-created"
-        await self._start_from(agent, agent.image, kind, f"from base image {agent.image}")
+        await self._start_from(agent, agent.image, kind, f"from base image {agent.image}", prepare=True)
 
-    async def _start_from(self, agent: Agent, image: str, kind: str, detail: str) -> None:
+    async def _start_from(self, agent: Agent, image: str, kind: str, detail: str, prepare: bool = False) -> None:
         config = machine_config(agent, self.settings, image)
         name = machine_name(agent)
         try:
@@ -247,6 +300,8 @@ class AgentService:
             # A leftover container holds the name (for example after a lost record): replace it.
             await self.docker.remove(name)
             machine_id = await self.docker.create_container(config, name=name)
+        if prepare and not is_root(agent.policy):
+            await self.docker.put_archive(machine_id, "/", _agent_directories())
         await self.docker.start(machine_id)
         self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
         self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
@@ -274,3 +329,17 @@ class AgentService:
             ids.add(agent.machine_id)
         for machine_id in ids:
             await self.docker.remove(machine_id)
+
+
+def _agent_directories() -> bytes:
+    """A tar making /workspace and the agent's home, owned by the agent user (for any base image)."""
+    blocks = []
+    for path in (WORKSPACE, "/home", AGENT_HOME):
+        member = tarfile.TarInfo(path.lstrip("/"))
+        member.type = tarfile.DIRTYPE
+        member.mode = 0o755
+        member.mtime = int(time.time())
+        if path != "/home":
+            member.uid = member.gid = AGENT_UID
+        blocks.append(member.tobuf(format=tarfile.PAX_FORMAT))
+    return b"".join(blocks) + b"\0" * (2 * tarfile.BLOCKSIZE)

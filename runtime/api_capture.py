@@ -72,7 +72,7 @@ def _has_listed_ancestor(path: str, index: Index, kind: str) -> bool:
     return False
 
 
-async def spool_tar(docker: DockerBackend, machine_id: str, paths: list[str]) -> IO[bytes]:
+async def spool_tar(docker: DockerBackend, machine_id: str, paths: list[str], user: str) -> IO[bytes]:
     """Archive ``paths`` inside the machine with the toolbox tar; returns a rewound temp file."""
     spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller, who closes it
     try:
@@ -86,7 +86,7 @@ async def spool_tar(docker: DockerBackend, machine_id: str, paths: list[str]) ->
             size += len(path) + 1
         for number, group in enumerate(groups):
             last = number == len(groups) - 1
-            await _tar_group(docker, machine_id, group, spool, keep_end=last)
+            await _tar_group(docker, machine_id, group, spool, keep_end=last, user=user)
         spool.seek(0)
         return spool
     except BaseException:
@@ -94,9 +94,13 @@ async def spool_tar(docker: DockerBackend, machine_id: str, paths: list[str]) ->
         raise
 
 
-async def _tar_group(docker: DockerBackend, machine_id: str, group: list[str], out: IO[bytes], keep_end: bool) -> None:
+async def _tar_group(
+    docker: DockerBackend, machine_id: str, group: list[str], out: IO[bytes], keep_end: bool, user: str
+) -> None:
     argv = [TOOLBOX_MOUNT, "tar", "-c", "-f", "-", "-C", "/", "--no-recursion", "--numeric-owner", "--", *group]
-    execution = await docker.exec_create(machine_id, argv, env={}, workdir="/", user="0", stdin=False)
+    # As the policy's user: a non-root machine's root has no capabilities (cannot read the agent's
+    # private files), and everything such an agent changed is its own.
+    execution = await docker.exec_create(machine_id, argv, env={}, workdir="/", user=user, stdin=False)
     errors = bytearray()
     held = b""
     async with execution.start(detach=False) as stream:

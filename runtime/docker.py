@@ -237,6 +237,18 @@ class DockerBackend:
             upper_dir=(raw.get("GraphDriver") or {}).get("Data", {}).get("UpperDir"),
         )
 
+    async def writable_size(self, container_id: str) -> int:
+        """Bytes in the container's writable layer, as Docker measures them (walks the layer: slow)."""
+        with translate_docker_errors(f"Measure machine {container_id[:12]}"):
+            raw = await self.client._query_json(f"containers/{container_id}/json", method="GET", params={"size": "1"})
+        return int(raw.get("SizeRw") or 0)
+
+    async def cpu_count(self) -> int:
+        """CPUs the daemon's host has."""
+        with translate_docker_errors("Ask Docker about its host"):
+            info = await self.client.system.info()
+        return int(info.get("NCPU") or os.cpu_count() or 1)
+
     async def container_changes(self, container_id: str) -> list[dict[str, Any]]:
         """Paths the container added (1), modified (0) or deleted (2) relative to its image."""
         with translate_docker_errors(f"List changes of machine {container_id[:12]}"):
@@ -296,7 +308,13 @@ class DockerBackend:
             try:
                 with translate_docker_errors("Start command"):
                     return await container.exec(
-                        argv, stdin=stdin, stdout=True, stderr=True, tty=False, user=user, environment=env,
+                        argv,
+                        stdin=stdin,
+                        stdout=True,
+                        stderr=True,
+                        tty=False,
+                        user=user,
+                        environment=env,
                         workdir=workdir,
                     )
             except DockerFailure as exc:
@@ -356,4 +374,3 @@ class DockerBackend:
                 timeout=aiohttp.ClientTimeout(total=None),
             ) as response:
                 await response.read()
-

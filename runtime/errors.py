@@ -14,6 +14,8 @@ reader is usually a model deciding its next call. The hierarchy::
     │   ├── IsADirectory       a file operation was given a directory
     │   ├── NotADirectory      a directory operation was given a file
     │   └── DirectoryNotEmpty  delete of a non-empty directory without recursive
+    ├── PermissionDenied       the agent's user may not do this to that path
+    ├── LimitReached           a policy limit (the disk quota) refuses the operation
     ├── DockerUnavailable      the daemon cannot be reached
     └── DockerFailure          the daemon refused an operation for another reason
 
@@ -57,9 +59,7 @@ class PathNotFound(NotFound):
     """A path does not exist inside the machine."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(
-            f"No such file or directory: {path}. Check the path with file_list on its parent directory."
-        )
+        super().__init__(f"No such file or directory: {path}. Check the path with file_list on its parent directory.")
         self.path = path
 
 
@@ -112,6 +112,21 @@ class DirectoryNotEmpty(Conflict):
     def __init__(self, path: str) -> None:
         super().__init__(f"{path} is a non-empty directory. Pass recursive=true to delete it and its contents.")
         self.path = path
+
+
+class PermissionDenied(SpinupError):
+    """The agent's user lacks the permission an operation needs."""
+
+    def __init__(self, path: str, action: str, user: str) -> None:
+        super().__init__(
+            f"Permission denied: the agent runs as '{user}', which may not {action} {path}. Work under "
+            f"/workspace or /home/agent, or give the agent root (CLI: spinup agent policy NAME --user root)."
+        )
+        self.path = path
+
+
+class LimitReached(SpinupError):
+    """A policy limit refuses the operation until the agent is back under it."""
 
 
 class DockerUnavailable(SpinupError):

@@ -40,6 +40,7 @@ class ExecResult:
     stderr_dropped: int
     timed_out: bool
     duration_s: float
+    limit: str | None = None  # "memory" or "pids" when that limit hit the command
 
     @property
     def truncated(self) -> bool:
@@ -53,7 +54,7 @@ def build_argv(command: str | list[str]) -> list[str]:
             raise InvalidInput("The command is empty. Pass a shell string like 'ls -la' or an argv list.")
         return ["/bin/sh", "-c", command]
     if not command or not all(isinstance(part, str) for part in command) or not command[0]:
-        raise InvalidInput("The argv list must be non-empty strings, for example [\"python3\", \"-V\"].")
+        raise InvalidInput('The argv list must be non-empty strings, for example ["python3", "-V"].')
     return list(command)
 
 
@@ -94,9 +95,7 @@ async def run_command(
     env[EXEC_MARKER] = marker
     out, err = BoundedOutput(output_cap), BoundedOutput(output_cap)
     started = time.monotonic()
-    execution = await docker.exec_create(
-        machine_id, argv, env=env, workdir=cwd, user=user, stdin=stdin is not None
-    )
+    execution = await docker.exec_create(machine_id, argv, env=env, workdir=cwd, user=user, stdin=stdin is not None)
     timed_out = False
     ticker = asyncio.create_task(_tick(on_progress, started, out, err)) if on_progress else None
     try:
@@ -106,7 +105,7 @@ async def run_command(
                     await _pump(stream, stdin, out, err)
             except TimeoutError:
                 timed_out = True
-                await _kill(docker, machine_id, execution.id, marker)
+                await _kill(docker, machine_id, execution.id, marker, user)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -217,7 +216,7 @@ async def _exit_status(docker: DockerBackend, exec_id: str) -> tuple[int | None,
     return None, int(info.get("Pid") or 0)
 
 
-async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: str) -> None:
+async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: str, user: str) -> None:
     """Kill the exec's process group from the host when the daemon is local, then sweep the
     machine for any process still carrying the exec marker (daemons that left the group)."""
     info = await docker.exec_inspect(exec_id)
@@ -230,14 +229,14 @@ async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: st
         except PermissionError:
             log.warning("not allowed to kill process group %d; sweeping inside the machine", pid)
     sweep = (
-        'for p in /proc/[0-9]*; do '
+        "for p in /proc/[0-9]*; do "
         f'if {TOOLBOX_MOUNT} tr "\\0" "\\n" < "$p/environ" 2>/dev/null '
         f'| {TOOLBOX_MOUNT} grep -qx "{EXEC_MARKER}={marker}"; '
         f'then {TOOLBOX_MOUNT} kill -9 "${{p#/proc/}}" 2>/dev/null; fi; done; true'
     )
     try:
         sweeper = await docker.exec_create(
-            machine_id, [TOOLBOX_MOUNT, "sh", "-c", sweep], env={}, workdir="/", user="0", stdin=False
+            machine_id, [TOOLBOX_MOUNT, "sh", "-c", sweep], env={}, workdir="/", user=user, stdin=False
         )
         async with sweeper.start(detach=False) as stream:
             async with asyncio.timeout(10):

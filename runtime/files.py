@@ -15,7 +15,7 @@ import posixpath
 import stat as statmod
 import tarfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, TypeVar
@@ -30,6 +30,7 @@ from .errors import (
     NotADirectory,
     NotFound,
     PathNotFound,
+    PermissionDenied,
     SpinupError,
 )
 from .exec import run_command
@@ -120,12 +121,69 @@ def _info_from_stat(path: str, st: PathStat) -> FileInfo:
     )
 
 
-class Files:
-    """File operations on one machine."""
+# Exit 0 when the user may do the action to $2 (run as that user by the toolbox's sh). For a path
+# that does not exist yet, "write" asks whether its nearest existing ancestor takes new entries.
+_ACCESS_SCRIPT = r"""
+case "$1" in
+  read) test -r "$2" ;;
+  list) test -r "$2" && test -x "$2" ;;
+  write)
+    p="$2"
+    while [ ! -e "$p" ] && [ ! -L "$p" ]; do p=$(/.spinup/busybox dirname "$p"); done
+    if [ -d "$p" ]; then test -w "$p" && test -x "$p"; else test -w "$p"; fi ;;
+esac
+"""
+_ACCESS_WORDS = {"read": "read", "list": "list", "write": "write to"}
 
-    def __init__(self, docker: DockerBackend, machine_id: str) -> None:
+
+class Files:
+    """File operations on one machine, acting as the agent's user.
+
+    New files and directories belong to ``owner`` (uid, gid). When ``check_access`` is set
+    (a non-root agent) every operation first asks the machine whether ``user`` may do it, so
+    the archive API, which acts as root, never lets the agent past its own permissions.
+    """
+
+    def __init__(
+        self,
+        docker: DockerBackend,
+        machine_id: str,
+        *,
+        user: str = "0:0",
+        owner: tuple[int, int] = (0, 0),
+        check_access: bool = False,
+        user_name: str = "root",
+        write_guard: Callable[[], Awaitable[None]] | None = None,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
         self.docker = docker
         self.machine_id = machine_id
+        self.user = user
+        self.owner = owner
+        self.check_access = check_access
+        self.user_name = user_name
+        self._write_guard = write_guard
+        self._on_written = on_written
+
+    async def _require(self, path: str, action: Literal["read", "list", "write"]) -> None:
+        """Raise :class:`PermissionDenied` unless the agent's user may ``action`` ``path``."""
+        if not self.check_access:
+            return
+        result = await run_command(
+            self.docker,
+            self.machine_id,
+            [TOOLBOX_MOUNT, "sh", "-c", _ACCESS_SCRIPT, "access", action, path],
+            cwd="/",
+            user=self.user,
+            timeout=60,
+            output_cap=4096,
+        )
+        if result.exit_code != 0:
+            if "could not start" in result.stderr:
+                raise SpinupError(
+                    f"Cannot check access to {path}: this machine has no Spinup toolbox at {TOOLBOX_MOUNT}."
+                )
+            raise PermissionDenied(path, _ACCESS_WORDS[action], self.user_name)
 
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
@@ -196,6 +254,7 @@ class Files:
         real, st = await self._resolve(path)
         if st.is_dir:
             raise IsADirectory(path)
+        await self._require(real, "read")
 
         def extract(tar: tarfile.TarFile) -> tuple[bytes, int, bool, int]:
             member = tar.next()
@@ -259,21 +318,22 @@ class Files:
         if perm is None:
             perm = current.permissions if current is not None else 0o644
         parent = posixpath.dirname(target)
+        missing: builtins.list[str] = []
         try:
             parent_stat = await self._stat(parent)
         except PathNotFound:
             if not create_parents:
                 raise
+            missing = await self._missing_ancestors(parent)
         else:
             if parent_stat.is_symlink:
                 parent_stat = (await self._resolve(parent))[1]
             if not parent_stat.is_dir:
                 raise NotADirectory(parent)
-        member = tarfile.TarInfo(target.lstrip("/"))
+        await self._require(target, "write")
+        member = self._member(target, tarfile.REGTYPE, perm)
         member.size = len(data)
-        member.mode = perm
-        member.mtime = int(time.time())
-        await self._put(member, data)
+        await self._put([*(self._member(d, tarfile.DIRTYPE, 0o755) for d in missing), member], data)
         return await self.stat(target)
 
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
@@ -293,24 +353,59 @@ class Files:
                 return _info_from_stat(path, current)
             raise NotADirectory(path)
         perm = _parse_mode(mode)
-        member = tarfile.TarInfo(path.lstrip("/"))
-        member.type = tarfile.DIRTYPE
-        member.mode = 0o755 if perm is None else perm
-        member.mtime = int(time.time())
-        await self._put(member)
+        await self._require(path, "write")
+        missing = await self._missing_ancestors(posixpath.dirname(path))
+        members = [self._member(d, tarfile.DIRTYPE, 0o755) for d in missing]
+        await self._put([*members, self._member(path, tarfile.DIRTYPE, 0o755 if perm is None else perm)])
         return await self.stat(path)
 
-    async def _put(self, member: tarfile.TarInfo, payload: bytes = b"") -> None:
-        """Extract one entry at '/': the tar is streamed from memory, never copied whole."""
+    def _member(self, path: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+        """A tar entry for ``path`` owned by the agent's user."""
+        member = tarfile.TarInfo(path.lstrip("/"))
+        member.type = kind
+        member.mode = mode
+        member.mtime = int(time.time())
+        member.uid, member.gid = self.owner
+        return member
+
+    async def _missing_ancestors(self, directory: str) -> builtins.list[str]:
+        """``directory`` and its ancestors that do not exist yet, outermost first.
+
+        They go into the tar explicitly, owned by the agent: Docker would make them root's.
+        """
+        missing: builtins.list[str] = []
+        while directory != "/":
+            try:
+                st = await self._stat(directory)
+            except PathNotFound:
+                missing.append(directory)
+                directory = posixpath.dirname(directory)
+                continue
+            if st.is_symlink:
+                st = (await self._resolve(directory))[1]
+            if not st.is_dir:
+                raise NotADirectory(directory)
+            break
+        return missing[::-1]
+
+    async def _put(self, members: builtins.list[tarfile.TarInfo], payload: bytes = b"") -> None:
+        """Extract entries at '/' (the last may carry ``payload``): streamed from memory, never copied whole."""
 
         async def tar_stream() -> AsyncIterator[bytes]:
-            yield member.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+            for member in members:
+                yield member.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
             view = memoryview(payload)
             for start in range(0, len(view), _CHUNK):
                 yield bytes(view[start : start + _CHUNK])
             yield b"\0" * (-len(payload) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
-        await self.docker.put_archive(self.machine_id, "/", tar_stream())
+        if self._write_guard is not None:
+            await self._write_guard()
+        try:
+            await self.docker.put_archive(self.machine_id, "/", tar_stream())
+        finally:
+            if self._on_written is not None:
+                self._on_written()
 
     async def list(
         self, path: str, *, recursive: bool = False, pattern: str | None = None, max_entries: int = 1000
@@ -326,6 +421,7 @@ class Files:
         real, st = await self._resolve(path)
         if not st.is_dir:
             raise NotADirectory(path)
+        await self._require(real, "list")
 
         def collect(tar: tarfile.TarFile) -> tuple[list[FileInfo], bool]:
             entries: list[FileInfo] = []
@@ -408,14 +504,21 @@ class Files:
 
     async def _toolbox(self, argv: builtins.list[str], what: str) -> None:
         result = await run_command(
-            self.docker, self.machine_id, [TOOLBOX_MOUNT, *argv], cwd="/", user="0", timeout=120, output_cap=8192
+            self.docker, self.machine_id, [TOOLBOX_MOUNT, *argv], cwd="/", user=self.user, timeout=120, output_cap=8192
         )
+        if self._on_written is not None:
+            self._on_written()
         if result.exit_code != 0:
             detail = (result.stderr or result.stdout).strip()
             if "could not start" in detail:
                 raise SpinupError(
                     f"Cannot {what}: this machine has no Spinup toolbox at {TOOLBOX_MOUNT} "
                     f"(the host needs /bin/busybox from Debian's busybox-static; run spinup doctor)."
+                )
+            if "permission denied" in detail.lower():
+                raise SpinupError(
+                    f"Cannot {what}: {detail}. The agent runs as '{self.user_name}'; work under /workspace or "
+                    f"/home/agent, or give the agent root (CLI: spinup agent policy NAME --user root)."
                 )
             raise SpinupError(f"Cannot {what}: {detail}")
 

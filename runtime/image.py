@@ -22,13 +22,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from .config import DEFAULT_IMAGE
 from .docker import DockerBackend, translate_docker_errors
 from .errors import DockerFailure, InvalidInput, NotFound, SpinupError
+from .policy import AGENT_UID, AGENT_USER, WORKSPACE
 
 log = logging.getLogger(__name__)
 
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "git", "ca-certificates", "tar", "nodejs", "npm")
-AGENT_USER = "agent"
-AGENT_UID = 1000
-WORKSPACE = "/workspace"
 IMAGE_CHANGES = ['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8", f"WORKDIR {WORKSPACE}"]
 
 _CHUNK = 1 << 20

@@ -10,8 +10,7 @@ from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, MANAGED_LABEL
 from .errors import SpinupError
 from .models import Agent
-
-WORKSPACE = "/workspace"
+from .policy import WORKSPACE, exec_user, host_config, user_env
 
 
 def machine_labels(agent: Agent, settings: Settings) -> dict[str, str]:
@@ -23,7 +22,8 @@ def machine_config(agent: Agent, settings: Settings, image: str) -> dict[str, An
     """The Docker create config for ``agent``'s machine from ``image``.
 
     The machine's main process is the toolbox's ``sleep`` under Docker's init (tini), so it
-    needs nothing from the image, reaps zombies, and stops at once.
+    needs nothing from the image, reaps zombies, and stops at once. The agent's policy sets the
+    user, capabilities, limits and network; the only bind mount is the read-only toolbox.
     """
     if not os.path.exists(settings.toolbox_host_path):
         raise SpinupError(
@@ -38,12 +38,13 @@ def machine_config(agent: Agent, settings: Settings, image: str) -> dict[str, An
         "Hostname": agent.name,
         "WorkingDir": WORKSPACE,
         "Labels": machine_labels(agent, settings),
-        "Env": [f"SPINUP_AGENT={agent.name}"],
+        "User": exec_user(agent.policy),
+        "Env": [f"SPINUP_AGENT={agent.name}", *user_env(agent.policy)],
         "HostConfig": {
             "Init": True,
-            "NetworkMode": agent.policy.network,
             "Binds": binds,
             "RestartPolicy": {"Name": "no"},
+            **host_config(agent.policy),
         },
     }
 

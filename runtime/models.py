@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import InvalidInput
 
@@ -34,14 +34,97 @@ class AgentState(StrEnum):
     HIBERNATED = "hibernated"  # snapshotted and machine removed; the next wake rebuilds it
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a Docker-style size string: ``512m``, ``2g``, ``1.5GiB`` (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like '512m' or '2g'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(f"{value!r} is not a size: use bytes or a string like '512m', '2g' (binary units)")
+
+
+def format_size(size: int) -> str:
+    """A size in the largest binary unit that shows it exactly to one decimal: ``2g``, ``1.5m``, ``1000``."""
+    for unit in ("t", "g", "m", "k"):
+        factor = _SIZE_UNITS[unit]
+        if size >= factor and (size * 10) % factor == 0:
+            text = f"{size / factor:.1f}".removesuffix(".0")
+            return f"{text}{unit}"
+    return str(size)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
 class Policy(BaseModel):
-    """Isolation an agent runs under. Safe by default."""
+    """Isolation an agent runs under. Safe by default: no network, non-root, no capabilities, limits on."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # A later "allowlist" mode (named hosts only) slots in here beside none and host.
     network: Literal["none", "host"] = Field(
         default="none", description="'none' (default, no network) or 'host' (weaker: shares the host network)."
     )
+    user: Literal["agent", "root"] = Field(
+        default="agent",
+        description="Who commands and file tools act as: 'agent' (uid 1000, default) or 'root' (needed by apt; "
+        "gets a small capability set, still no new privileges).",
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, le=1024, description="CPU cores the machine may use (fractional); null = all host cores."
+    )
+    memory: Size = Field(
+        default=4 * GiB, ge=16 * MiB, description="Hard memory limit in bytes or '512m'/'4g'; swap is off."
+    )
+    pids: int = Field(default=1024, ge=16, le=1 << 22, description="Most processes and threads at once.")
+    disk: Size | None = Field(
+        default=20 * GiB, ge=MiB, description="Quota on what the machine writes (its writable layer); null = none."
+    )
+    nofile: int = Field(default=8192, ge=64, le=1 << 20, description="Open files per process (ulimit -n).")
+
+    def updated(self, **changes: object) -> Policy:
+        """This policy with ``changes`` applied (None values are ignored); raises :class:`InvalidInput`.
+
+        ``cpus="all"`` lifts the CPU limit and ``disk="none"`` the disk quota.
+        """
+        values = self.model_dump()
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if (key, value) in {("cpus", "all"), ("disk", "none")}:
+                value = None
+            values[key] = value
+        try:
+            return Policy.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidInput(f"Invalid policy: {problems}.") from exc
+
+    def describe(self) -> str:
+        """One line for status output and events."""
+        parts = [
+            f"network={self.network}",
+            f"user={self.user}",
+            f"cpus={self.cpus if self.cpus is not None else 'all'}",
+            f"memory={format_size(self.memory)}",
+            f"pids={self.pids}",
+            f"disk={format_size(self.disk) if self.disk is not None else 'unlimited'}",
+            f"nofile={self.nofile}",
+        ]
+        return " ".join(parts)
 
 
 class Agent(BaseModel):
@@ -57,6 +140,16 @@ class Agent(BaseModel):
     machine_id: str | None
     state: AgentState
     head_snapshot: str | None = None
+
+
+class SecretBinding(BaseModel):
+    """A credential given to an agent: as an environment variable, a file under /run/spinup/secrets, or both."""
+
+    model_config = ConfigDict(frozen=True)
+
+    secret: str
+    env: str | None = None
+    file: str | None = None
 
 
 class Event(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spinup.snapshot.listing import Meta
 
@@ -11,7 +11,10 @@ from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
 from .files import Files
-from .models import Agent, Event
+from .limits import LimitCounters, LimitWatch
+from .models import Agent, Event, format_size
+from .policy import exec_user, is_root, owner
+from .quota import DiskQuota
 from .snapshots import SnapshotService
 from .state import StateDB
 
@@ -23,6 +26,7 @@ class AgentStatus:
     agent: Agent
     machine: MachineInfo | None
     events: list[Event]
+    disk_used: int | None = None  # bytes the machine's writable layer uses, when measured
 
 
 class Runtime:
@@ -34,17 +38,22 @@ class Runtime:
         self.db = StateDB(self.settings.db_path)
         self.snapshots = SnapshotService(self.settings, self.db, self.docker)
         self.agents = AgentService(self.settings, self.db, self.docker, self.snapshots)
+        self.quota = DiskQuota(self.docker)
+        self.limits = LimitWatch()
 
     async def close(self) -> None:
         """Finish background removals, then release the Docker client and the database."""
         await self.agents.drain()
+        await self.quota.drain()
         await self.docker.close()
         self.db.close()
 
     async def status(self, name: str) -> AgentStatus:
         """The agent, its machine (without waking it) and its recent events."""
         agent = self.agents.get(name)
-        return AgentStatus(agent, await self.agents.machine(agent), self.agents.events(agent))
+        machine = await self.agents.machine(agent)
+        used = await self.quota.measure(machine.id) if machine is not None else None
+        return AgentStatus(agent, machine, self.agents.events(agent), used)
 
     async def exec(
         self,
@@ -58,26 +67,57 @@ class Runtime:
         output_cap: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> ExecResult:
-        """Wake the agent and run a command in its machine."""
+        """Wake the agent and run a command in its machine as the policy's user.
+
+        When the memory or pids limit hit the command, its stderr ends with a note that says so
+        and ``limit`` names it.
+        """
         agent = await self.agents.wake(name)
         assert agent.machine_id is not None
-        return await run_command(
-            self.docker,
-            agent.machine_id,
-            command,
-            cwd=cwd,
-            env=env,
-            stdin=stdin,
-            timeout=timeout if timeout is not None else self.settings.exec_timeout,
-            output_cap=output_cap if output_cap is not None else self.settings.output_cap,
-            on_progress=on_progress,
-        )
+        await self.quota.check(agent)
+        before = await self._counters(agent.machine_id)
+        try:
+            result = await run_command(
+                self.docker,
+                agent.machine_id,
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=stdin,
+                timeout=timeout if timeout is not None else self.settings.exec_timeout,
+                output_cap=output_cap if output_cap is not None else self.settings.output_cap,
+                user=exec_user(agent.policy),
+                on_progress=on_progress,
+            )
+        finally:
+            self.quota.changed(agent)
+        after = await self._counters(agent.machine_id)
+        return _note_limits(result, agent, before, after)
+
+    async def _counters(self, machine_id: str) -> LimitCounters | None:
+        if not self.docker.is_local:
+            return None
+        counters = self.limits.counters(machine_id, 0)
+        if counters is None:
+            info = await self.docker.inspect(machine_id)
+            counters = self.limits.counters(machine_id, info.pid) if info is not None else None
+        return counters
 
     async def files(self, name: str) -> Files:
         """Wake the agent and return file operations on its machine."""
         agent = await self.agents.wake(name)
         assert agent.machine_id is not None
-        return Files(self.docker, agent.machine_id)
+        root = is_root(agent.policy)
+        return Files(
+            self.docker,
+            agent.machine_id,
+            user=exec_user(agent.policy),
+            owner=owner(agent.policy),
+            check_access=not root,
+            user_name="root" if root else "agent",
+            write_guard=lambda: self.quota.check(agent),
+            on_written=lambda: self.quota.changed(agent),
+        )
 
     async def snapshot_diff_inputs(
         self, name: str, source: str | None, target: str | None
@@ -94,3 +134,30 @@ class Runtime:
         assert machine is not None
         # The live machine is its head's listing plus the unsnapshotted changes.
         return source, await self.snapshots.live_tree(agent, machine), "live machine"
+
+
+def _note_limits(
+    result: ExecResult, agent: Agent, before: LimitCounters | None, after: LimitCounters | None
+) -> ExecResult:
+    """Say in words which limit hit the command, judging by the kernel's counters."""
+    if before is None or after is None:
+        return result
+    notes: list[str] = []
+    limit = None
+    if after.oom_kills > before.oom_kills:
+        limit = "memory"
+        notes.append(
+            f"[spinup: the memory limit ({format_size(agent.policy.memory)}) was hit: the kernel killed a process "
+            f"of this machine for using too much memory. Use less, or raise it: spinup agent policy "
+            f"{agent.name} --memory <size>]"
+        )
+    if after.pids_refused > before.pids_refused:
+        limit = limit or "pids"
+        notes.append(
+            f"[spinup: the pids limit ({agent.policy.pids} processes and threads) was hit: new processes could not "
+            f"be created. Raise it with: spinup agent policy {agent.name} --pids <n>]"
+        )
+    if not notes:
+        return result
+    stderr = result.stderr + ("\n" if result.stderr else "") + "\n".join(notes)
+    return replace(result, stderr=stderr, limit=limit)

@@ -38,6 +38,7 @@ from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .errors import Conflict, InvalidInput, NotFound, SpinupError
 from .models import Agent, Snapshot
+from .policy import exec_user
 from .state import StateDB
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,9 @@ class SnapshotService:
             if upper is not None:
                 content = self._upper_content(upper, layer_plan, progress)
             else:
-                spool = await api_capture.spool_tar(self.docker, machine.id, layer_plan.archive)
+                spool = await api_capture.spool_tar(
+                    self.docker, machine.id, layer_plan.archive, exec_user(agent.policy)
+                )
                 content = self._spool_content(spool)
             snapshot = await asyncio.to_thread(
                 self._write_snapshot, agent, machine, head, current, layer_plan, label, content
@@ -245,9 +248,7 @@ class SnapshotService:
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         new_layer = None
         if not layer_plan.empty or head is None:
-            new_layer = write_layer_from(
-                self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level
-            )
+            new_layer = write_layer_from(self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level)
             layers.append(
                 Descriptor(
                     new_layer.descriptor.media_type,

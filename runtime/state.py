@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import AgentExists, AgentNotFound
-from .models import Agent, AgentState, Event, Policy, Snapshot
+from .models import Agent, AgentState, Event, Policy, SecretBinding, Snapshot
 
 # Each entry moves the schema from version i to i+1. Never edit one that has shipped: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -51,6 +51,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX snapshots_by_agent ON snapshots (agent_id, created_at);
     CREATE INDEX snapshots_by_parent ON snapshots (parent_id);
+    """,
+    # Agents made before policies had a user ran their commands as root: they keep doing so.
+    """
+    UPDATE agents SET policy = json_set(policy, '$.user', 'root') WHERE json_extract(policy, '$.user') IS NULL;
+    CREATE TABLE secret_bindings (
+        agent_id  TEXT NOT NULL,
+        secret    TEXT NOT NULL,
+        env       TEXT,
+        file      TEXT,
+        PRIMARY KEY (agent_id, secret)
+    );
     """,
 )
 
@@ -135,7 +146,7 @@ class StateDB:
                         agent.state.value,
                     ),
                 )
-                self._insert_event(conn, agent.id, "created", f"image={image} network={policy.network}")
+                self._insert_event(conn, agent.id, "created", f"image={image} {policy.describe()}")
         except sqlite3.IntegrityError as exc:
             raise AgentExists(name) from exc
         return agent
@@ -169,6 +180,13 @@ class StateDB:
         with self._tx() as conn:
             conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
+            conn.execute("DELETE FROM secret_bindings WHERE agent_id = ?", (agent_id,))
+
+    def set_policy(self, agent_id: str, policy: Policy) -> None:
+        """Replace the agent's policy."""
+        with self._tx() as conn:
+            conn.execute("UPDATE agents SET policy = ? WHERE id = ?", (policy.model_dump_json(), agent_id))
+            self._insert_event(conn, agent_id, "policy-changed", policy.describe())
 
     def set_head(self, agent_id: str, snapshot_id: str | None) -> None:
         """Move the agent's head snapshot."""
@@ -185,16 +203,26 @@ class StateDB:
                 "base_image, layers, layer_size, layer_uncompressed, paths_changed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    snapshot.id, snapshot.agent_id, snapshot.parent_id, snapshot.label,
-                    snapshot.created_at.isoformat(), snapshot.manifest_digest, snapshot.machine_id,
-                    snapshot.base_image, snapshot.layers, snapshot.layer_size, snapshot.layer_uncompressed,
+                    snapshot.id,
+                    snapshot.agent_id,
+                    snapshot.parent_id,
+                    snapshot.label,
+                    snapshot.created_at.isoformat(),
+                    snapshot.manifest_digest,
+                    snapshot.machine_id,
+                    snapshot.base_image,
+                    snapshot.layers,
+                    snapshot.layer_size,
+                    snapshot.layer_uncompressed,
                     snapshot.paths_changed,
                 ),
             )
             if move_head:
                 conn.execute("UPDATE agents SET head_snapshot = ? WHERE id = ?", (snapshot.id, snapshot.agent_id))
             self._insert_event(
-                conn, snapshot.agent_id, "snapshot-created",
+                conn,
+                snapshot.agent_id,
+                "snapshot-created",
                 f"{snapshot.id} label={snapshot.label!r} paths={snapshot.paths_changed} bytes={snapshot.layer_size}",
             )
 
@@ -231,6 +259,36 @@ class StateDB:
     @staticmethod
     def _snapshot(row: sqlite3.Row) -> Snapshot:
         return Snapshot(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row
+
+    # credential bindings (names and where they go; values live in the encrypted credential store)
+
+    def bind_secret(self, agent_id: str, binding: SecretBinding) -> None:
+        """Bind a credential to an agent (replacing an earlier binding of the same credential)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO secret_bindings (agent_id, secret, env, file) VALUES (?, ?, ?, ?)",
+                (agent_id, binding.secret, binding.env, binding.file),
+            )
+            where = ", ".join(
+                part for part in (f"env {binding.env}" if binding.env else "", binding.file or "") if part
+            )
+            self._insert_event(conn, agent_id, "secret-bound", f"{binding.secret} -> {where}")
+
+    def unbind_secret(self, agent_id: str, secret: str) -> bool:
+        """Remove a binding; returns whether there was one."""
+        with self._tx() as conn:
+            gone = conn.execute(
+                "DELETE FROM secret_bindings WHERE agent_id = ? AND secret = ?", (agent_id, secret)
+            ).rowcount
+            if gone:
+                self._insert_event(conn, agent_id, "secret-unbound", secret)
+        return bool(gone)
+
+    def secret_bindings(self, agent_id: str | None = None) -> list[tuple[str, SecretBinding]]:
+        """(agent id, binding) pairs, of one agent when ``agent_id`` is given."""
+        query = "SELECT * FROM secret_bindings" + (" WHERE agent_id = ?" if agent_id else "") + " ORDER BY secret"
+        rows = self._conn.execute(query, (agent_id,) if agent_id else ()).fetchall()
+        return [(r["agent_id"], SecretBinding(secret=r["secret"], env=r["env"], file=r["file"])) for r in rows]
 
     # events
 

@@ -36,16 +36,22 @@ async def _with_runtime(work: Callable[[Runtime], Awaitable[int]]) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     async def work(rt: Runtime) -> int:
         if args.agent_command == "create":
-            agent = await rt.agents.create(args.name, args.image, Policy(network=args.network))
+            agent = await rt.agents.create(args.name, args.image, Policy().updated(**_policy_changes(args)))
             _print_json(AgentInfo.of(agent).model_dump())
+        elif args.agent_command == "policy":
+            agent = rt.agents.get(args.name)
+            changes = _policy_changes(args)
+            if any(value is not None for value in changes.values()):
+                agent = await rt.agents.set_policy(args.name, agent.policy.updated(**changes))
+            _print_json(agent.policy.model_dump())
         elif args.agent_command == "list":
             agents = rt.agents.list()
             if args.json:
                 _print_json([AgentInfo.of(a).model_dump() for a in agents])
             else:
-                print(f"{'NAME':<24} {'STATE':<9} {'NETWORK':<8} IMAGE")
+                print(f"{'NAME':<24} {'STATE':<10} {'NETWORK':<8} {'USER':<6} IMAGE")
                 for a in agents:
-                    print(f"{a.name:<24} {a.state.value:<9} {a.policy.network:<8} {a.image}")
+                    print(f"{a.name:<24} {a.state.value:<10} {a.policy.network:<8} {a.policy.user:<6} {a.image}")
         elif args.agent_command == "show":
             _print_json(AgentStatusResult.of(await rt.status(args.name)).model_dump())
         elif args.agent_command == "stop":
@@ -57,6 +63,24 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_runtime(work))
+
+
+POLICY_OPTIONS = ("network", "user", "cpus", "memory", "pids", "disk", "nofile")
+
+
+def _policy_changes(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in POLICY_OPTIONS}
+
+
+def _add_policy_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("policy (defaults: README, 'Isolation policy')")
+    group.add_argument("--network", choices=["none", "host"], help="'none' (default) or 'host' (weaker)")
+    group.add_argument("--user", choices=["agent", "root"], help="who commands run as (default agent, uid 1000)")
+    group.add_argument("--cpus", help="CPU cores, fractional, or 'all' (default all)")
+    group.add_argument("--memory", help="memory limit such as 512m or 4g (default 4g, no swap)")
+    group.add_argument("--pids", type=int, help="most processes and threads (default 1024)")
+    group.add_argument("--disk", help="quota on what the machine writes, such as 10g, or 'none' (default 20g)")
+    group.add_argument("--nofile", type=int, help="open files per process (default 8192)")
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
@@ -92,22 +116,29 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
                 args.agent, args.label, lambda message, _: print(message, file=sys.stderr, flush=True)
             )
             verb = "created" if result.created else "unchanged; head is"
-            print(f"{verb} {result.snapshot.id} ({result.snapshot.layer_size} bytes, {result.duration_s}s)",
-                  file=sys.stderr)
+            print(
+                f"{verb} {result.snapshot.id} ({result.snapshot.layer_size} bytes, {result.duration_s}s)",
+                file=sys.stderr,
+            )
             _print_json(SnapshotInfo.of(result.snapshot).model_dump())
         elif command == "list":
             agent = rt.agents.get(args.agent) if args.agent else None
             print(f"{'ID':<16} {'AGENT':<18} {'CREATED':<26} {'LAYERS':>6} {'BYTES':>12}  LABEL")
             names = {a.id: a.name for a in rt.agents.list()}
             for s in rt.snapshots.list(agent):
-                print(f"{s.id:<16} {names.get(s.agent_id, s.agent_id):<18} {s.created_at.isoformat()[:25]:<26} "
-                      f"{s.layers:>6} {s.layer_size:>12}  {s.label}")
+                print(
+                    f"{s.id:<16} {names.get(s.agent_id, s.agent_id):<18} {s.created_at.isoformat()[:25]:<26} "
+                    f"{s.layers:>6} {s.layer_size:>12}  {s.label}"
+                )
         elif command == "show":
             _print_json(SnapshotInfo.of(rt.snapshots.get(args.snapshot)).model_dump())
         elif command == "restore":
             agent, saved = await rt.agents.restore(args.agent, args.snapshot)
-            print(f"restored {args.agent} to {args.snapshot}"
-                  + (f"; its previous work is saved as {saved}" if saved else ""), file=sys.stderr)
+            print(
+                f"restored {args.agent} to {args.snapshot}"
+                + (f"; its previous work is saved as {saved}" if saved else ""),
+                file=sys.stderr,
+            )
         elif command == "fork":
             _print_json(AgentInfo.of(await rt.agents.fork(args.snapshot, args.name)).model_dump())
         elif command == "diff":
@@ -126,13 +157,19 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
                 print(f"PROBLEM {line}")
             for line in report.garbage:
                 print(f"garbage {line}")
-            print(f"checked {report.blobs_checked} blobs, {report.snapshots_checked} snapshots: "
-                  + ("ok" if report.ok else f"{len(report.problems)} problems"), file=sys.stderr)
+            print(
+                f"checked {report.blobs_checked} blobs, {report.snapshots_checked} snapshots: "
+                + ("ok" if report.ok else f"{len(report.problems)} problems"),
+                file=sys.stderr,
+            )
             return 0 if report.ok else 1
         elif command == "gc":
             gc = await rt.snapshots.gc()
-            print(f"removed {gc.blobs_removed} blobs ({gc.bytes_freed} bytes) and {gc.temp_files_removed} "
-                  f"temporary files", file=sys.stderr)
+            print(
+                f"removed {gc.blobs_removed} blobs ({gc.bytes_freed} bytes) and {gc.temp_files_removed} "
+                f"temporary files",
+                file=sys.stderr,
+            )
         elif command == "export":
             size = await rt.snapshots.export(rt.snapshots.get(args.snapshot), Path(args.output))
             print(f"wrote {args.output} ({size} bytes); load it with: docker load -i {args.output}", file=sys.stderr)
@@ -208,7 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = agent_sub.add_parser("create", help="create an agent and start its machine")
     create.add_argument("name")
     create.add_argument("--image", help="base image (default spinup/base:bookworm)")
-    create.add_argument("--network", choices=["none", "host"], default="none", help="network policy")
+    _add_policy_options(create)
+    policy = agent_sub.add_parser(
+        "policy", help="show an agent's policy, or change it (the machine is rebuilt, its state kept)"
+    )
+    policy.add_argument("name")
+    _add_policy_options(policy)
     listing = agent_sub.add_parser("list", help="list agents")
     listing.add_argument("--json", action="store_true")
     agent_sub.add_parser("show", help="show an agent, its machine and events").add_argument("name")
@@ -273,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_config_command(sub)
 
-    sub.add_parser("doctor", help="check Docker, the base image and the state directory").set_defaults(
-        func=_cmd_doctor
-    )
+    sub.add_parser("doctor", help="check Docker, the base image and the state directory").set_defaults(func=_cmd_doctor)
     return parser
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo
+from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo, Policy
 from spinup.runtime.models import Snapshot
 
 
@@ -17,6 +17,7 @@ class AgentInfo(BaseModel):
     id: str
     image: str = Field(description="Base image the agent's machine is made from.")
     network: str = Field(description="Network policy: 'none' or 'host'.")
+    policy: Policy = Field(description="Isolation: network, user (agent or root), cpus, memory, pids, disk, nofile.")
     state: str = Field(description="created, running, stopped, hibernated or missing (rebuilt on next use).")
     head_snapshot: str | None = Field(
         default=None, description="The latest snapshot; a lost machine comes back from it."
@@ -31,6 +32,7 @@ class AgentInfo(BaseModel):
             id=agent.id,
             image=agent.image,
             network=agent.policy.network,
+            policy=agent.policy,
             state=agent.state.value,
             machine_id=agent.machine_id[:12] if agent.machine_id else None,
             created_at=agent.created_at.isoformat(),
@@ -57,6 +59,8 @@ class AgentStatusResult(BaseModel):
 
     agent: AgentInfo
     machine_status: str = Field(description="Docker's state of the machine (running, exited, ...) or 'absent'.")
+    policy: str = Field(description="The policy in one line, e.g. 'network=none user=agent ... memory=4g'.")
+    disk_used: int | None = Field(description="Bytes the machine has written (its writable layer); null if absent.")
     events: list[EventInfo]
 
     @classmethod
@@ -65,6 +69,8 @@ class AgentStatusResult(BaseModel):
         return cls(
             agent=AgentInfo.of(status.agent),
             machine_status=machine.status if machine else "absent",
+            policy=status.agent.policy.describe(),
+            disk_used=status.disk_used,
             events=[EventInfo(at=e.at.isoformat(), kind=e.kind, detail=e.detail) for e in status.events],
         )
 
@@ -76,6 +82,9 @@ class ExecOutput(BaseModel):
     stdout: str
     stderr: str
     timed_out: bool
+    limit: str | None = Field(
+        default=None, description="'memory' or 'pids' when that policy limit hit the command (stderr says more)."
+    )
     duration_s: float
     stdout_truncated: bool = Field(description="True when stdout exceeded the cap; its middle was dropped.")
     stderr_truncated: bool
@@ -89,6 +98,7 @@ class ExecOutput(BaseModel):
             stdout=result.stdout,
             stderr=result.stderr,
             timed_out=result.timed_out,
+            limit=result.limit,
             duration_s=result.duration_s,
             stdout_truncated=result.stdout_dropped > 0,
             stderr_truncated=result.stderr_dropped > 0,

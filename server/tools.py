@@ -74,9 +74,9 @@ def _bind_agent(fn: Callable[..., Awaitable[R]], resolve: Callable[[], Awaitable
     wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[p for p in signature.parameters.values() if p.name != "agent"]
     )
-    wrapper.__annotations__ = {
-        p.name: p.annotation for p in signature.parameters.values() if p.name != "agent"
-    } | {"return": signature.return_annotation}
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values() if p.name != "agent"} | {
+        "return": signature.return_annotation
+    }
     return wrapper
 
 
@@ -93,9 +93,7 @@ def progress_reporter(ctx: Context, interval: float = 0.5) -> Callable[[str, flo
         last[0] = now
         count[0] += 1
         progress = amount if amount is not None else float(count[0])
-        loop.call_soon_threadsafe(
-            lambda: loop.create_task(ctx.report_progress(progress, None, message))
-        )
+        loop.call_soon_threadsafe(lambda: loop.create_task(ctx.report_progress(progress, None, message)))
 
     return report
 
@@ -131,10 +129,22 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
         network: Annotated[
             Literal["none", "host"], Field(description="'none' (default, isolated) or 'host' (shares host network).")
         ] = "none",
+        user: Annotated[
+            Literal["agent", "root"],
+            Field(description="'agent' (default: uid 1000, no capabilities) or 'root' (needed for apt)."),
+        ] = "agent",
+        cpus: Annotated[float | None, Field(description="CPU cores (fractional); default all.")] = None,
+        memory: Annotated[str | None, Field(description="Memory limit such as '512m' or '8g'; default 4g.")] = None,
+        pids: Annotated[int | None, Field(description="Most processes and threads; default 1024.")] = None,
+        disk: Annotated[
+            str | None, Field(description="Quota on what the machine writes, e.g. '10g'; default 20g.")
+        ] = None,
     ) -> AgentInfo:
         """Create a new agent: a named, durable computer (a Debian machine with python3, pip, git, node, npm by
-        default) that keeps its files and installed packages across sessions. Fails if the name is taken."""
-        return AgentInfo.of(await get_runtime().agents.create(name, image, Policy(network=network)))
+        default) that keeps its files and installed packages across sessions. Fails if the name is taken. It runs
+        with no network, as a non-root user, with resource limits, unless the arguments say otherwise."""
+        policy = Policy().updated(network=network, user=user, cpus=cpus, memory=memory, pids=pids, disk=disk)
+        return AgentInfo.of(await get_runtime().agents.create(name, image, policy))
 
     @tool("agent_list", READ_ONLY, takes_agent=False)
     async def agent_list() -> AgentList:
@@ -342,9 +352,7 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
     async def snapshot_diff(
         agent: AgentArg,
         source: Annotated[str | None, Field(description="Snapshot to compare from; default the agent's head.")] = None,
-        target: Annotated[
-            str | None, Field(description="Snapshot to compare to; default the live machine.")
-        ] = None,
+        target: Annotated[str | None, Field(description="Snapshot to compare to; default the live machine.")] = None,
     ) -> DiffResult:
         """List files added, changed and removed between two snapshots, or between a snapshot and the live
         machine (by default: what changed since the last snapshot)."""

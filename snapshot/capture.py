@@ -32,8 +32,9 @@ import zstandard
 from .index import Entry, Index
 from .store import LAYER_MEDIA_TYPE, Descriptor, Store
 
-# Mount points Docker creates inside the upper directory; they are not the agent's data.
-EXCLUDED = frozenset({".spinup", "usr/sbin/docker-init", "sbin/docker-init"})
+# Mount points Docker creates inside the upper directory (the toolbox, the credentials tmpfs at
+# /run/spinup/secrets, docker-init); they are not the agent's data.
+EXCLUDED = frozenset({".spinup", "run/spinup", "usr/sbin/docker-init", "sbin/docker-init"})
 OPAQUE_XATTR = "trusted.overlay.opaque"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

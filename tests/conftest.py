@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 from mcp import Client
 
-from spinup.runtime import Runtime, Settings
+from spinup.runtime import Policy, Runtime, Settings
 from spinup.server.app import build_server
 
 T = TypeVar("T")
@@ -77,6 +77,14 @@ async def agent(runtime: Runtime) -> str:
     """The name of a fresh, running agent."""
     name = unique_name()
     await runtime.agents.create(name)
+    return name
+
+
+@pytest.fixture
+async def root_agent(runtime: Runtime) -> str:
+    """The name of a fresh, running agent whose policy runs commands as root (for tests that touch /etc)."""
+    name = unique_name("r")
+    await runtime.agents.create(name, policy=Policy(user="root"))
     return name
 
 

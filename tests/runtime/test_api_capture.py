@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from conftest import docker_cli
-from spinup.runtime import Runtime, Settings
+from spinup.runtime import Policy, Runtime, Settings
 from spinup.snapshot.listing import Meta, apply_layer, layer_entries
 from spinup.snapshot.store import Descriptor
 
@@ -24,6 +26,12 @@ def _top_layer_files(runtime: Runtime, manifest_digest: str) -> dict[str, Meta]:
     tree: dict[str, Meta] = {}
     apply_layer(tree, layer_entries(runtime.snapshots.store, Descriptor.from_json(manifest["layers"][-1])))
     return {path: meta for path, meta in tree.items() if meta.type != "directory"}
+
+
+@pytest.fixture
+async def agent(root_agent: str) -> str:
+    """The changes touch /etc, /usr and ownership: the agent runs as root."""
+    return root_agent
 
 
 async def test_api_capture_archives_the_same_files_as_the_fast_path(runtime: Runtime, agent: str) -> None:
@@ -45,7 +53,7 @@ async def test_api_capture_archives_the_same_files_as_the_fast_path(runtime: Run
 async def test_an_api_captured_snapshot_rehydrates_with_deletions_applied(settings: Settings) -> None:
     runtime = Runtime(replace(settings, capture_mode="api"))
     try:
-        await runtime.agents.create("api-only")
+        await runtime.agents.create("api-only", policy=Policy(user="root"))
         assert (await runtime.exec("api-only", CHANGES)).exit_code == 0
         first = (await runtime.agents.snapshot("api-only")).snapshot
         await runtime.exec("api-only", "rm '/workspace/d/a b.txt' /workspace/hard && echo v2 > /workspace/v2")
@@ -61,7 +69,16 @@ async def test_an_api_captured_snapshot_rehydrates_with_deletions_applied(settin
             "stat -c %a /workspace/empty",
         )
         assert listing.stdout.splitlines() == [
-            "abs", "d", "empty", "emptydir", "v2", "ünï cödé", "--", "new", "motd-gone", "4755",
+            "abs",
+            "d",
+            "empty",
+            "emptydir",
+            "v2",
+            "ünï cödé",
+            "--",
+            "new",
+            "motd-gone",
+            "4755",
         ]
     finally:
         for agent in runtime.agents.list():

@@ -131,9 +131,13 @@ async def test_listing_is_flat_or_recursive_with_types_sizes_and_link_targets(
     runtime: Runtime, agent: str, files: Files
 ) -> None:
     async with asyncio.timeout(LIMIT):
-        await sh(runtime, agent, "mkdir -p /workspace/l/sub/deeper && printf 12345 > /workspace/l/a.py && "
-                                 "printf x > /workspace/l/sub/b.py && printf yy > /workspace/l/sub/deeper/c.txt && "
-                                 "ln -s a.py /workspace/l/link")
+        await sh(
+            runtime,
+            agent,
+            "mkdir -p /workspace/l/sub/deeper && printf 12345 > /workspace/l/a.py && "
+            "printf x > /workspace/l/sub/b.py && printf yy > /workspace/l/sub/deeper/c.txt && "
+            "ln -s a.py /workspace/l/link",
+        )
         flat, flat_cut = await files.list("/workspace/l")
         deep, deep_cut = await files.list("/workspace/l", recursive=True)
     assert not flat_cut and not deep_cut
@@ -160,8 +164,12 @@ async def test_patterns_match_names_or_relative_paths_and_max_entries_cuts(
     runtime: Runtime, agent: str, files: Files
 ) -> None:
     async with asyncio.timeout(LIMIT):
-        await sh(runtime, agent, "mkdir -p /workspace/p/sub && touch /workspace/p/a.py /workspace/p/b.txt "
-                                 "/workspace/p/sub/c.py /workspace/p/sub/d.txt")
+        await sh(
+            runtime,
+            agent,
+            "mkdir -p /workspace/p/sub && touch /workspace/p/a.py /workspace/p/b.txt "
+            "/workspace/p/sub/c.py /workspace/p/sub/d.txt",
+        )
         by_name, _ = await files.list("/workspace/p", recursive=True, pattern="*.py")
         flat_by_name, _ = await files.list("/workspace/p", pattern="*.py")
         by_path, _ = await files.list("/workspace/p", recursive=True, pattern="sub/*.txt")
@@ -179,8 +187,9 @@ async def test_patterns_match_names_or_relative_paths_and_max_entries_cuts(
 async def test_a_hard_linked_file_is_listed_with_its_real_size(runtime: Runtime, agent: str, files: Files) -> None:
     # Regression: Docker sends the second name of a hard-linked file as a link entry of size 0.
     async with asyncio.timeout(LIMIT):
-        await sh(runtime, agent, "mkdir /workspace/h && printf hello > /workspace/h/a && "
-                                 "ln /workspace/h/a /workspace/h/b")
+        await sh(
+            runtime, agent, "mkdir /workspace/h && printf hello > /workspace/h/a && ln /workspace/h/a /workspace/h/b"
+        )
         entries, _ = await files.list("/workspace/h")
     assert [(e.path, e.type, e.size) for e in entries] == [
         ("/workspace/h/a", "file", 5),
@@ -192,8 +201,12 @@ async def test_stat_reports_files_directories_and_symlinks_as_themselves(
     runtime: Runtime, agent: str, files: Files
 ) -> None:
     async with asyncio.timeout(LIMIT):
-        await sh(runtime, agent, "mkdir -p /workspace/s/d && printf abc > /workspace/s/f && chmod 640 /workspace/s/f "
-                                 "&& ln -s f /workspace/s/link")
+        await sh(
+            runtime,
+            agent,
+            "mkdir -p /workspace/s/d && printf abc > /workspace/s/f && chmod 640 /workspace/s/f "
+            "&& ln -s f /workspace/s/link",
+        )
         file = await files.stat("/workspace/s/f")
         directory = await files.stat("/workspace/s/d")
         link = await files.stat("/workspace/s/link")
@@ -250,8 +263,9 @@ async def test_mkdir_mode_zero_is_kept_and_a_link_to_a_directory_counts_as_one(
     # Regressions: mode 0 became 0755; mkdir on a symlink to a directory said "not a directory".
     async with asyncio.timeout(LIMIT):
         closed = await files.mkdir("/workspace/closed", mode="0000")
-        await sh(runtime, agent, "mkdir /workspace/real && ln -s real /workspace/alias && "
-                                 "ln -s gone /workspace/dangling")
+        await sh(
+            runtime, agent, "mkdir /workspace/real && ln -s real /workspace/alias && ln -s gone /workspace/dangling"
+        )
         alias = await files.mkdir("/workspace/alias")
         with pytest.raises(NotADirectory):
             await files.mkdir("/workspace/dangling")
@@ -318,16 +332,24 @@ async def test_delete_removes_files_and_directories_and_refuses_what_it_should(f
             await files.delete("/", recursive=True)
         with pytest.raises(PathNotFound):
             await files.delete("/workspace/d")
-    assert (deleted.path, deleted.type, emptied.type, tree.type) == ("/workspace/d/file.txt", "file", "directory",
-                                                                     "directory")
+    assert (deleted.path, deleted.type, emptied.type, tree.type) == (
+        "/workspace/d/file.txt",
+        "file",
+        "directory",
+        "directory",
+    )
     assert kept, "a refused delete removes nothing"
 
 
 async def test_a_symlink_is_read_and_written_through(runtime: Runtime, agent: str, files: Files) -> None:
     async with asyncio.timeout(LIMIT):
-        await sh(runtime, agent, "mkdir /workspace/y && echo original > /workspace/y/real && "
-                                 "ln -s real /workspace/y/link && ln -s /workspace/y /workspace/ydir && "
-                                 "ln -s missing /workspace/y/dangling")
+        await sh(
+            runtime,
+            agent,
+            "mkdir /workspace/y && echo original > /workspace/y/real && "
+            "ln -s real /workspace/y/link && ln -s /workspace/y /workspace/ydir && "
+            "ln -s missing /workspace/y/dangling",
+        )
         read = await files.read("/workspace/y/link")
         via_dir = await files.read("/workspace/ydir/real")
         written = await files.write("/workspace/y/link", "changed\n")
@@ -361,8 +383,11 @@ async def test_a_cut_listing_of_a_big_tree_leaves_the_machine_usable(
     runtime: Runtime, agent: str, files: Files
 ) -> None:
     async with asyncio.timeout(LIMIT):
-        await sh(runtime, agent, "mkdir /workspace/big && for i in 1 2 3; do head -c 10000000 /dev/zero > "
-                                 "/workspace/big/$i.bin; done")
+        await sh(
+            runtime,
+            agent,
+            "mkdir /workspace/big && for i in 1 2 3; do head -c 10000000 /dev/zero > /workspace/big/$i.bin; done",
+        )
         first, cut = await files.list("/workspace/big", max_entries=1)
         info = await files.stat("/workspace/big/3.bin")
         after = await runtime.exec(agent, "echo alive")
@@ -371,9 +396,7 @@ async def test_a_cut_listing_of_a_big_tree_leaves_the_machine_usable(
 
 
 @pytest.mark.slow
-async def test_a_100_mb_file_made_in_the_machine_reads_back_exactly(
-    runtime: Runtime, agent: str, files: Files
-) -> None:
+async def test_a_100_mb_file_made_in_the_machine_reads_back_exactly(runtime: Runtime, agent: str, files: Files) -> None:
     async with asyncio.timeout(300):
         await sh(runtime, agent, f"head -c {BIG} /dev/urandom > /workspace/big.bin")
         inside = (await sh(runtime, agent, "sha256sum /workspace/big.bin")).split()[0]
@@ -436,27 +459,27 @@ async def test_files_work_in_an_image_without_any_tools(runtime: Runtime, noshel
         await runtime.agents.create(name, image=noshell_image)
         files = await runtime.files(name)
         motd = await files.read("/etc/motd")
-        await files.write("/data/notes/a.txt", "in a bare image")
-        made = await files.mkdir("/data/empty")
-        listing, _ = await files.list("/data", recursive=True)
-        stat = await files.stat("/data/notes/a.txt")
-        moved = await files.move("/data/notes/a.txt", "/data/b.txt")
-        read = await files.read("/data/b.txt")
-        deleted = await files.delete("/data/b.txt")
-        await files.delete("/data", recursive=True)
-        gone = not await files.exists("/data")
+        await files.write("/workspace/data/notes/a.txt", "in a bare image")
+        made = await files.mkdir("/workspace/data/empty")
+        listing, _ = await files.list("/workspace/data", recursive=True)
+        stat = await files.stat("/workspace/data/notes/a.txt")
+        moved = await files.move("/workspace/data/notes/a.txt", "/workspace/data/b.txt")
+        read = await files.read("/workspace/data/b.txt")
+        deleted = await files.delete("/workspace/data/b.txt")
+        await files.delete("/workspace/data", recursive=True)
+        gone = not await files.exists("/workspace/data")
         no_shell = await runtime.exec(name, "echo hi")
         no_sh = await runtime.exec(name, ["/bin/sh", "-c", "true"])
         still = await files.read("/etc/motd")
     assert motd.content == "hello\n" and still.content == "hello\n"
     assert made.type == "directory"
     assert [(e.path, e.type) for e in listing] == [
-        ("/data/empty", "directory"),
-        ("/data/notes", "directory"),
-        ("/data/notes/a.txt", "file"),
+        ("/workspace/data/empty", "directory"),
+        ("/workspace/data/notes", "directory"),
+        ("/workspace/data/notes/a.txt", "file"),
     ]
     assert (stat.type, stat.size) == ("file", len("in a bare image"))
-    assert moved.path == "/data/b.txt" and read.content == "in a bare image"
+    assert moved.path == "/workspace/data/b.txt" and read.content == "in a bare image"
     assert deleted.type == "file" and gone
     for result in (no_shell, no_sh):
         assert result.exit_code in (126, 127) and "could not start" in result.stderr

@@ -28,7 +28,7 @@ import hashlib, os, stat, sys
 roots = sys.argv[1:] or ["/"]
 root_dev = os.lstat("/").st_dev
 skip = {"/proc", "/sys", "/dev"}
-per_container = {"/", "/.dockerenv", "/.spinup", "/etc", "/etc/mtab", "/usr/sbin"}
+per_container = {"/", "/.dockerenv", "/.spinup", "/etc", "/etc/mtab", "/usr/sbin", "/run", "/run/spinup"}
 first_link = {}
 rows = []
 
@@ -99,6 +99,12 @@ rm {LONG_BASE_FILE}
 rm -rf /usr/share/doc/tar && echo 'a file now' > /usr/share/doc/tar
 rm -rf /usr/share/doc/gzip && mkdir /usr/share/doc/gzip && echo fresh > /usr/share/doc/gzip/only-this
 """
+
+
+@pytest.fixture
+async def agent(root_agent: str) -> str:
+    """These trees change base-image files (/etc, /usr), chown and mknod: the agent runs as root."""
+    return root_agent
 
 
 @pytest.fixture(autouse=True)

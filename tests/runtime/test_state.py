@@ -9,7 +9,7 @@ import pytest
 
 from spinup.runtime.errors import AgentExists, AgentNotFound
 from spinup.runtime.models import AgentState, Policy
-from spinup.runtime.state import SCHEMA_VERSION, StateDB
+from spinup.runtime.state import MIGRATIONS, SCHEMA_VERSION, StateDB
 
 
 def test_a_new_database_is_migrated_to_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
@@ -78,5 +78,27 @@ def test_machine_state_and_events_are_recorded_and_deleted_with_the_agent(tmp_pa
         with pytest.raises(AgentNotFound):
             db.get_agent("ev")
         assert db.events(agent.id) == []
+    finally:
+        db.close()
+
+
+def test_agents_from_before_policies_had_a_user_keep_running_as_root(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    for statement in ";".join(MIGRATIONS[:2]).split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO agents (id, name, image, policy, created_at, machine_id, state) "
+        "VALUES ('old1', 'old', 'img', '{\"network\": \"host\"}', '2026-01-01T00:00:00+00:00', NULL, 'stopped')"
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    db = StateDB(path)
+    try:
+        old = db.get_agent("old")
+        assert old.policy.user == "root" and old.policy.network == "host"
+        assert db.create_agent("new", "img", Policy()).policy.user == "agent"
     finally:
         db.close()

@@ -130,8 +130,13 @@ async def test_file_tools_round_trip(client: Client, agent_name: str) -> None:
     assert (read["content"], read["encoding"], read["eof"]) == ("x = 1\n", "text", True)
     raw = bytes(range(256))
     await call(
-        client, "file_write", agent=agent_name, path="/workspace/b.bin",
-        content=base64.b64encode(raw).decode(), encoding="base64", mode="0600",
+        client,
+        "file_write",
+        agent=agent_name,
+        path="/workspace/b.bin",
+        content=base64.b64encode(raw).decode(),
+        encoding="base64",
+        mode="0600",
     )
     binary = await call(client, "file_read", agent=agent_name, path="/workspace/b.bin")
     assert binary["encoding"] == "base64" and base64.b64decode(binary["content"]) == raw
@@ -172,7 +177,9 @@ async def test_file_errors_say_what_to_do(client: Client, agent_name: str) -> No
     assert "file_list" in await fails(client, "file_read", agent=agent_name, path="/workspace/missing.txt")
     assert "is a directory" in await fails(client, "file_read", agent=agent_name, path="/workspace")
     assert "absolute" in await fails(client, "file_read", agent=agent_name, path="workspace/x")
-    assert "recursive" in await fails(client, "file_delete", agent=agent_name, path="/etc")
+    await call(client, "file_write", agent=agent_name, path="/workspace/full/x", content="x")
+    assert "recursive" in await fails(client, "file_delete", agent=agent_name, path="/workspace/full")
+    assert "root" in await fails(client, "file_write", agent=agent_name, path="/etc/x", content="x")
     assert "already exists" in await fails(client, "agent_create", name=agent_name)
     assert (await call(client, "exec", agent=agent_name, command="true"))["exit_code"] == 0
 

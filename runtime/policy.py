@@ -1,0 +1,87 @@
+"""What a policy means for Docker: the user, capabilities, limits and mounts of a machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvalidInput
+from .models import Policy
+
+AGENT_USER = "agent"
+AGENT_UID = 1000
+AGENT_HOME = f"/home/{AGENT_USER}"
+WORKSPACE = "/workspace"
+SECRETS_DIR = "/run/spinup/secrets"
+
+# A root policy gets Docker's default capability set minus NET_RAW (no raw sockets): enough for
+# apt and dpkg (chown, setuid to _apt, device-less installs), nothing that reaches the host.
+ROOT_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "SETFCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "MKNOD",
+    "AUDIT_WRITE",
+)
+
+
+def is_root(policy: Policy) -> bool:
+    """Whether commands and file tools act as root under ``policy``."""
+    return policy.user == "root"
+
+
+def owner(policy: Policy) -> tuple[int, int]:
+    """The uid and gid that commands run as and that file tools give new files."""
+    return (0, 0) if is_root(policy) else (AGENT_UID, AGENT_UID)
+
+
+def exec_user(policy: Policy) -> str:
+    """Docker's ``User`` for the machine and its execs."""
+    uid, gid = owner(policy)
+    return f"{uid}:{gid}"
+
+
+def user_env(policy: Policy) -> list[str]:
+    """The login environment of the policy's user (set on the machine, so every exec has it)."""
+    if is_root(policy):
+        return ["HOME=/root", "USER=root", "LOGNAME=root"]
+    return [f"HOME={AGENT_HOME}", f"USER={AGENT_USER}", f"LOGNAME={AGENT_USER}"]
+
+
+def host_config(policy: Policy) -> dict[str, Any]:
+    """The HostConfig entries ``policy`` sets: network, capabilities, limits, the secrets tmpfs."""
+    uid, gid = owner(policy)
+    config: dict[str, Any] = {
+        "NetworkMode": policy.network,
+        "CapDrop": ["ALL"],
+        "CapAdd": list(ROOT_CAPABILITIES) if is_root(policy) else [],
+        # Docker's default seccomp profile stays on (nothing here turns it off).
+        "SecurityOpt": ["no-new-privileges"],
+        "Memory": policy.memory,
+        "MemorySwap": policy.memory,  # equal to Memory: no swap
+        "PidsLimit": policy.pids,
+        "Ulimits": [{"Name": "nofile", "Soft": policy.nofile, "Hard": policy.nofile}],
+        # Bound credential files live here: in memory, never in the writable layer or a snapshot.
+        "Tmpfs": {SECRETS_DIR: f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={uid},gid={gid}"},
+    }
+    if policy.cpus is not None:
+        config["NanoCpus"] = int(policy.cpus * 1_000_000_000)
+    return config
+
+
+def check_fits_host(policy: Policy, host_cpus: int) -> None:
+    """Refuse a policy the host cannot give (Docker would refuse the machine)."""
+    if policy.cpus is not None and policy.cpus > host_cpus:
+        raise InvalidInput(
+            f"The policy asks for {policy.cpus:g} CPUs but this host has {host_cpus}: "
+            f"use cpus <= {host_cpus}, or leave cpus unset for all of them."
+        )
+    if policy.cpus is not None and policy.cpus < 0.01:
+        raise InvalidInput("cpus must be at least 0.01.")

@@ -1,0 +1,94 @@
+"""The disk quota on a machine's writable layer, where the storage driver cannot enforce one.
+
+overlay2 on ext4 (the common case) has no per-container size limit, so the writable layer is
+measured instead: after every command or file write a measurement runs in the background (the
+overlay upper directory walked from the host, or Docker's ``SizeRw`` for a remote daemon). While
+the last measurement is over the quota, commands and file writes through Spinup are refused with
+a message that says how to get back under it; a refusal always re-measures first, so deleting
+files unblocks the agent at once. A command can overshoot the quota; the next one is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .docker import DockerBackend
+from .errors import LimitReached
+from .limits import directory_usage
+from .models import Agent, format_size
+
+log = logging.getLogger(__name__)
+
+
+class DiskQuota:
+    """Measures machines' writable layers and refuses writes past an agent's ``disk`` policy."""
+
+    def __init__(self, docker: DockerBackend) -> None:
+        self.docker = docker
+        self._used: dict[str, int] = {}
+        self._upper: dict[str, str | None] = {}
+        self._pending: dict[str, asyncio.Task[int]] = {}
+
+    async def measure(self, machine_id: str) -> int:
+        """Bytes the machine's writable layer uses now."""
+        if machine_id not in self._upper:
+            info = await self.docker.inspect(machine_id)
+            upper = info.upper_dir if info is not None else None
+            self._upper[machine_id] = upper if upper and self.docker.is_local else None
+        upper = self._upper[machine_id]
+        if upper is not None:
+            try:
+                used = await asyncio.to_thread(directory_usage, upper)
+            except OSError:
+                used = await self.docker.writable_size(machine_id)
+        else:
+            used = await self.docker.writable_size(machine_id)
+        self._used[machine_id] = used
+        return used
+
+    def used(self, machine_id: str) -> int | None:
+        """The last measurement, if any."""
+        return self._used.get(machine_id)
+
+    def changed(self, agent: Agent) -> None:
+        """The machine may have written: measure it again in the background."""
+        machine_id = agent.machine_id
+        if agent.policy.disk is None or machine_id is None or machine_id in self._pending:
+            return
+        task = asyncio.create_task(self.measure(machine_id))
+        self._pending[machine_id] = task
+        task.add_done_callback(lambda done: self._measured(machine_id, done))
+
+    def _measured(self, machine_id: str, task: asyncio.Task[int]) -> None:
+        self._pending.pop(machine_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("measuring the disk use of machine %s failed: %s", machine_id[:12], task.exception())
+
+    async def check(self, agent: Agent) -> None:
+        """Raise :class:`LimitReached` when the agent's machine is over its disk quota."""
+        quota, machine_id = agent.policy.disk, agent.machine_id
+        if quota is None or machine_id is None:
+            return
+        last = self._used.get(machine_id)
+        if last is None or last < quota:
+            return
+        pending = self._pending.get(machine_id)
+        used = await pending if pending is not None else await self.measure(machine_id)
+        if used >= quota:
+            raise LimitReached(
+                f"Agent '{agent.name}' is over its disk quota: its machine has written {format_size(used)} of "
+                f"{format_size(quota)}. Commands and file writes are refused until it is under: delete files "
+                f"with file_delete (for example caches or build output), or raise the quota "
+                f"(CLI: spinup agent policy {agent.name} --disk <size>)."
+            )
+
+    def forget(self, machine_id: str) -> None:
+        """Drop what is known of a removed machine."""
+        self._used.pop(machine_id, None)
+        self._upper.pop(machine_id, None)
+
+    async def drain(self) -> None:
+        """Wait for measurements in flight."""
+        if self._pending:
+            await asyncio.gather(*self._pending.values(), return_exceptions=True)
