@@ -1,17 +1,19 @@
 """The disk quota on a machine's writable layer, where the storage driver cannot enforce one.
 
 overlay2 on ext4 (the common case) has no per-container size limit, so the writable layer is
-measured instead: after every command or file write a measurement runs in the background (the
-overlay upper directory walked from the host, or Docker's ``SizeRw`` for a remote daemon). While
-the last measurement is over the quota, commands and file writes through Spinup are refused with
-a message that says how to get back under it; a refusal always re-measures first, so deleting
-files unblocks the agent at once. A command can overshoot the quota; the next one is refused.
+measured instead: after commands and file writes a measurement runs in the background, at most
+every ``MEASURE_INTERVAL`` seconds per machine (the overlay upper directory walked from the host,
+or Docker's ``SizeRw`` for a remote daemon). While the last measurement is over the quota,
+commands and file writes through Spinup are refused with a message that says how to get back
+under it; a refusal re-measures first, so deleting files unblocks the agent at once. A command
+can overshoot the quota, and so can others within the interval; after that they are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from .docker import DockerBackend
 from .errors import LimitReached
@@ -19,6 +21,8 @@ from .limits import directory_usage
 from .models import Agent, format_size
 
 log = logging.getLogger(__name__)
+
+MEASURE_INTERVAL = 2.0  # at most one background measurement per machine this often
 
 
 class DiskQuota:
@@ -29,6 +33,7 @@ class DiskQuota:
         self._used: dict[str, int] = {}
         self._upper: dict[str, str | None] = {}
         self._pending: dict[str, asyncio.Task[int]] = {}
+        self._measured_at: dict[str, float] = {}
 
     async def measure(self, machine_id: str) -> int:
         """Bytes the machine's writable layer uses now."""
@@ -45,6 +50,7 @@ class DiskQuota:
         else:
             used = await self.docker.writable_size(machine_id)
         self._used[machine_id] = used
+        self._measured_at[machine_id] = time.monotonic()
         return used
 
     def used(self, machine_id: str) -> int | None:
@@ -56,9 +62,15 @@ class DiskQuota:
         machine_id = agent.machine_id
         if agent.policy.disk is None or machine_id is None or machine_id in self._pending:
             return
-        task = asyncio.create_task(self.measure(machine_id))
+        wait = self._measured_at.get(machine_id, 0.0) + MEASURE_INTERVAL - time.monotonic()
+        task = asyncio.create_task(self._measure_after(machine_id, max(wait, 0.0)))
         self._pending[machine_id] = task
         task.add_done_callback(lambda done: self._measured(machine_id, done))
+
+    async def _measure_after(self, machine_id: str, delay: float) -> int:
+        if delay:
+            await asyncio.sleep(delay)  # a burst of commands is measured once, after it
+        return await self.measure(machine_id)
 
     def _measured(self, machine_id: str, task: asyncio.Task[int]) -> None:
         self._pending.pop(machine_id, None)
@@ -73,8 +85,7 @@ class DiskQuota:
         last = self._used.get(machine_id)
         if last is None or last < quota:
             return
-        pending = self._pending.get(machine_id)
-        used = await pending if pending is not None else await self.measure(machine_id)
+        used = await self.measure(machine_id)
         if used >= quota:
             raise LimitReached(
                 f"Agent '{agent.name}' is over its disk quota: its machine has written {format_size(used)} of "
@@ -87,8 +98,11 @@ class DiskQuota:
         """Drop what is known of a removed machine."""
         self._used.pop(machine_id, None)
         self._upper.pop(machine_id, None)
+        self._measured_at.pop(machine_id, None)
 
     async def drain(self) -> None:
-        """Wait for measurements in flight."""
+        """Stop measurements still waiting their turn."""
+        for task in list(self._pending.values()):
+            task.cancel()
         if self._pending:
             await asyncio.gather(*self._pending.values(), return_exceptions=True)

@@ -210,6 +210,15 @@ async def test_the_disk_quota_refuses_writes_until_the_agent_is_under_it(runtime
         await files.write("/workspace/more", "x")
     await files.delete("/workspace/big")
     assert (await runtime.exec(name, "echo back")).stdout == "back\n"
+    # Without asking for status: the background measurement after the command finds it over.
+    await runtime.exec(name, "head -c 30000000 /dev/zero > /workspace/big-again")
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await runtime.exec(name, "true")
+            except LimitReached:
+                break
+            await asyncio.sleep(0.25)
 
 
 async def test_policies_the_host_cannot_give_are_refused(runtime: Runtime) -> None:

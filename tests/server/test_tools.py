@@ -89,6 +89,20 @@ async def test_agent_tools_create_list_status_stop_and_remove(client: Client) ->
     assert name not in [a["name"] for a in (await call(client, "agent_list"))["agents"]]
 
 
+async def test_agent_create_takes_a_policy_and_status_shows_it(client: Client) -> None:
+    name = unique_name("pol")
+    created = await call(client, "agent_create", name=name, memory="256m", pids=128, cpus=0.5)
+    assert created["policy"]["memory"] == 256 << 20 and created["policy"]["user"] == "agent"
+    status = await call(client, "agent_status", agent=name)
+    assert "memory=256m" in status["policy"] and "pids=128" in status["policy"] and "user=agent" in status["policy"]
+    assert status["disk_used"] >= 0
+    whoami = await call(client, "exec", agent=name, command="id -u")
+    assert whoami["stdout"] == "1000\n" and whoami["limit"] is None
+    assert "Invalid policy" in await fails(client, "agent_create", name=unique_name("pol"), memory="lots")
+    assert "CPUs" in await fails(client, "agent_create", name=unique_name("pol"), cpus=512)
+    await call(client, "agent_remove", agent=name)
+
+
 async def test_exec_returns_exit_code_and_separate_streams(client: Client, agent_name: str) -> None:
     out = await call(client, "exec", agent=agent_name, command="echo out; echo err >&2; exit 7")
     assert (out["exit_code"], out["stdout"], out["stderr"], out["timed_out"]) == (7, "out\n", "err\n", False)
