@@ -39,6 +39,18 @@ class Settings:
     # Hibernate agents unused for this many seconds (snapshot, then remove the machine). 0 = never.
     idle_timeout: float = field(default_factory=lambda: float(os.environ.get("SPINUP_IDLE_TIMEOUT", "0") or 0))
     label_extra: dict[str, str] = field(default_factory=dict)
+    # The credential store's key: base64 of 32 bytes. Unset: a 0600 key file in the state directory.
+    master_key: str | None = field(default_factory=lambda: os.environ.get("SPINUP_MASTER_KEY") or None, repr=False)
+
+    @property
+    def credentials_path(self) -> Path:
+        """The encrypted credential store."""
+        return self.home / "credentials.json"
+
+    @property
+    def master_key_path(self) -> Path:
+        """The credential store's key file (when SPINUP_MASTER_KEY is not set)."""
+        return self.home / "master.key"
 
     @property
     def db_path(self) -> Path:

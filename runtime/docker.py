@@ -56,6 +56,7 @@ class MachineInfo:
     image_id: str
     labels: dict[str, str]
     upper_dir: str | None  # overlay2 upper directory, when the daemon uses overlay2
+    started_at: str = ""  # when the container last started (Docker's RFC 3339 time)
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ class DockerBackend:
             image_id=str(raw.get("Image", "")),
             labels=dict(raw.get("Config", {}).get("Labels") or {}),
             upper_dir=(raw.get("GraphDriver") or {}).get("Data", {}).get("UpperDir"),
+            started_at=str(state.get("StartedAt", "")),
         )
 
     async def writable_size(self, container_id: str) -> int:

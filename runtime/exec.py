@@ -19,6 +19,7 @@ from .config import TOOLBOX_MOUNT
 from .docker import DockerBackend
 from .errors import InvalidInput
 from .output import BoundedOutput
+from .redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,14 @@ async def run_command(
     output_cap: int,
     user: str = "",
     on_progress: ProgressCallback | None = None,
+    redactor: Redactor | None = None,
 ) -> ExecResult:
     """Run ``command`` in the machine and collect its result.
 
     On timeout the command's whole process group (and anything else carrying its exec marker)
-    is killed, and the result says ``timed_out``.
+    is killed, and the result says ``timed_out``. With a ``redactor``, credential values are
+    replaced in both streams as they arrive (also when a value is split across chunks), before
+    the output cap applies.
     """
     env = dict(env or {})
     _validate(cwd, env, timeout, output_cap)
@@ -102,7 +106,7 @@ async def run_command(
         async with execution.start(detach=False) as stream:
             try:
                 async with asyncio.timeout(timeout):
-                    await _pump(stream, stdin, out, err)
+                    await _pump(stream, stdin, out, err, redactor)
             except TimeoutError:
                 timed_out = True
                 await _kill(docker, machine_id, execution.id, marker, user)
@@ -135,18 +139,25 @@ async def run_command(
     )
 
 
-async def _pump(stream: Stream, stdin: bytes | None, out: BoundedOutput, err: BoundedOutput) -> None:
+async def _pump(
+    stream: Stream, stdin: bytes | None, out: BoundedOutput, err: BoundedOutput, redactor: Redactor | None
+) -> None:
     helpers = (
         [asyncio.create_task(_feed_stdin(stream, stdin)), asyncio.create_task(_drop_unread_stdin_at_eof(stream))]
         if stdin is not None
         else []
     )
+    scrub = {1: redactor.stream(), 2: redactor.stream()} if redactor else None
     try:
         while True:
             message = await stream.read_out()
             if message is None:
                 break
-            (err if message.stream == 2 else out).write(message.data)
+            sink = err if message.stream == 2 else out
+            sink.write(scrub[2 if message.stream == 2 else 1].feed(message.data) if scrub else message.data)
+        if scrub:
+            out.write(scrub[1].flush())
+            err.write(scrub[2].flush())
     finally:
         for task in helpers:
             if not task.done():

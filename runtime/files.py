@@ -153,6 +153,7 @@ class Files:
         owner: tuple[int, int] = (0, 0),
         check_access: bool = False,
         user_name: str = "root",
+        redact: Callable[[bytes], bytes] | None = None,
         write_guard: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] | None = None,
     ) -> None:
@@ -163,6 +164,7 @@ class Files:
         self.check_access = check_access
         self.user_name = user_name
         self._write_guard = write_guard
+        self._redact = redact
         self._on_written = on_written
 
     async def _require(self, path: str, action: Literal["read", "list", "write"]) -> None:
@@ -277,6 +279,8 @@ class Files:
 
         async with self.docker.get_archive(self.machine_id, real) as (_, content):
             data, returned, eof, size = await with_tar_stream(content, extract)
+        if self._redact is not None:
+            data = self._redact(data)
         text, used = await _off_loop(_encode, data, encoding, size=len(data))
         return FileContent(
             path=path,

@@ -12,9 +12,11 @@ from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
 from .files import Files
 from .limits import LimitCounters, LimitWatch
+from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, format_size
 from .policy import exec_user, is_root, owner
 from .quota import DiskQuota
+from .secrets import SecretService
 from .snapshots import SnapshotService
 from .state import StateDB
 
@@ -40,11 +42,15 @@ class Runtime:
         self.agents = AgentService(self.settings, self.db, self.docker, self.snapshots)
         self.quota = DiskQuota(self.docker)
         self.limits = LimitWatch()
+        self.secrets = SecretService(self.settings, self.db, self.docker)
+        self.db.redact = self.secrets.redact
+        add_log_redactor(self.secrets.redact)
 
     async def close(self) -> None:
         """Finish background removals, then release the Docker client and the database."""
         await self.agents.drain()
         await self.quota.drain()
+        remove_log_redactor(self.secrets.redact)
         await self.docker.close()
         self.db.close()
 
@@ -75,6 +81,7 @@ class Runtime:
         agent = await self.agents.wake(name)
         assert agent.machine_id is not None
         await self.quota.check(agent)
+        await self.secrets.sync_files(agent, agent.machine_id)
         before = await self._counters(agent.machine_id)
         try:
             result = await run_command(
@@ -82,7 +89,8 @@ class Runtime:
                 agent.machine_id,
                 command,
                 cwd=cwd,
-                env=env,
+                env={**self.secrets.exec_env(agent), **(env or {})},
+                redactor=self.secrets.redactor(),
                 stdin=stdin,
                 timeout=timeout if timeout is not None else self.settings.exec_timeout,
                 output_cap=output_cap if output_cap is not None else self.settings.output_cap,
@@ -115,6 +123,7 @@ class Runtime:
             owner=owner(agent.policy),
             check_access=not root,
             user_name="root" if root else "agent",
+            redact=self.secrets.redactor().redact_bytes,
             write_guard=lambda: self.quota.check(agent),
             on_written=lambda: self.quota.changed(agent),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +84,8 @@ class StateDB:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        # Applied to every event detail before it is stored (the runtime sets credential redaction).
+        self.redact: Callable[[str], str] = lambda text: text
 
     def close(self) -> None:
         """Close the connection."""
@@ -307,11 +309,10 @@ class StateDB:
             for r in reversed(rows)
         ]
 
-    @staticmethod
-    def _insert_event(conn: sqlite3.Connection, agent_id: str, kind: str, detail: str) -> None:
+    def _insert_event(self, conn: sqlite3.Connection, agent_id: str, kind: str, detail: str) -> None:
         conn.execute(
             "INSERT INTO events (agent_id, at, kind, detail) VALUES (?, ?, ?, ?)",
-            (agent_id, _now().isoformat(), kind, detail),
+            (agent_id, _now().isoformat(), kind, self.redact(detail)),
         )
 
     @staticmethod

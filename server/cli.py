@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -13,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from spinup.runtime import Policy, Runtime, Settings, SpinupError
+from spinup.runtime.credentials import CredentialStore, decode_key
+from spinup.runtime.errors import InvalidInput
+from spinup.runtime.redact import Redactor
 
 from .auth import BearerAuth, is_loopback, rebinding_protection, url_host
 from .harness import register_config_command
-from .schemas import AgentInfo, AgentStatusResult
+from .schemas import AgentInfo, AgentStatusResult, SecretEntry
 
 log = logging.getLogger("spinup")
 
@@ -81,6 +85,58 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pids", type=int, help="most processes and threads (default 1024)")
     group.add_argument("--disk", help="quota on what the machine writes, such as 10g, or 'none' (default 20g)")
     group.add_argument("--nofile", type=int, help="open files per process (default 8192)")
+
+
+def _read_secret_value(name: str) -> str:
+    """The value from stdin (one trailing newline dropped) or, on a terminal, a hidden prompt."""
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"Value for {name} (hidden): ")
+        if getpass.getpass("Again: ") != value:
+            raise InvalidInput("The two entries differ; nothing was stored.")
+        return value
+    value = sys.stdin.read()
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _cmd_secret(args: argparse.Namespace) -> int:
+    async def work(rt: Runtime) -> int:
+        secrets = rt.secrets
+        if args.secret_command == "set":
+            info = secrets.set(args.name, _read_secret_value(args.name))
+            print(f"stored {info.name} (fingerprint {info.fingerprint})", file=sys.stderr)
+        elif args.secret_command == "list":
+            items = secrets.list()
+            if args.json:
+                _print_json([SecretEntry.of(i.info, i.bound_to).model_dump() for i in items])
+            else:
+                print(f"{'NAME':<32} {'FINGERPRINT':<12} BOUND TO")
+                for item in items:
+                    print(f"{item.info.name:<32} {item.info.fingerprint:<12} {', '.join(item.bound_to) or '-'}")
+        elif args.secret_command == "rm":
+            secrets.remove(args.name)
+            print(f"removed {args.name} and its bindings", file=sys.stderr)
+        elif args.secret_command == "bind":
+            binding = secrets.bind(rt.agents.get(args.agent), args.name, env=args.env, file=args.file)
+            where = " and ".join(
+                part for part in (f"${binding.env}" if binding.env else "", binding.file or "") if part
+            )
+            print(f"{args.agent} gets {args.name} as {where} (from its next command)", file=sys.stderr)
+        elif args.secret_command == "unbind":
+            secrets.unbind(rt.agents.get(args.agent), args.name)
+            print(f"{args.agent} no longer gets {args.name}", file=sys.stderr)
+        elif args.secret_command == "rotate-key":
+            new_key = None
+            if args.new_key_stdin:
+                new_key = decode_key(sys.stdin.read().strip())
+            secrets.store.rotate_key(new_key)
+            secrets.forget_cache()
+            if secrets.store.key_source == "env":
+                print("re-encrypted; now set SPINUP_MASTER_KEY to the new key", file=sys.stderr)
+            else:
+                print(f"re-encrypted under a new key in {rt.settings.master_key_path}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_runtime(work))
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
@@ -261,6 +317,27 @@ def build_parser() -> argparse.ArgumentParser:
     agent_sub.add_parser("rm", help="remove an agent and its machine").add_argument("name")
     agent.set_defaults(func=_cmd_agent)
 
+    sec = sub.add_parser("secret", help="store credentials (encrypted) and bind them to agents")
+    sec_sub = sec.add_subparsers(dest="secret_command", required=True)
+    sec_sub.add_parser("set", help="store NAME's value, read from stdin or a hidden prompt").add_argument("name")
+    sec_sub.add_parser("list", help="names, fingerprints, bound agents (never values)").add_argument(
+        "--json", action="store_true"
+    )
+    sec_sub.add_parser("rm", help="forget a credential and its bindings").add_argument("name")
+    bind = sec_sub.add_parser("bind", help="give an agent a credential as an env var and/or a file")
+    bind.add_argument("agent")
+    bind.add_argument("name")
+    bind.add_argument("--env", help="environment variable name (default: NAME, unless --file alone is given)")
+    bind.add_argument("--file", help="file under /run/spinup/secrets/ (in memory, never in a snapshot)")
+    unbind = sec_sub.add_parser("unbind", help="take a credential away from an agent")
+    unbind.add_argument("agent")
+    unbind.add_argument("name")
+    rotate = sec_sub.add_parser("rotate-key", help="re-encrypt every credential under a new key")
+    rotate.add_argument(
+        "--new-key-stdin", action="store_true", help="read the new key (base64 of 32 bytes) from stdin"
+    )
+    sec.set_defaults(func=_cmd_secret)
+
     exe = sub.add_parser("exec", help="run a command in an agent's machine: spinup exec AGENT -- CMD...")
     exe.add_argument("agent")
     exe.add_argument("--cwd")
@@ -319,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redacted(text: str) -> str:
+    """``text`` with stored credential values redacted (as is when the store cannot be read)."""
+    settings = Settings()
+    try:
+        values = CredentialStore(settings.credentials_path, settings.master_key_path, settings.master_key).values()
+    except SpinupError:
+        return text
+    return Redactor(values).redact_text(text) if values else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spinup`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -340,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = int(args.func(args))
     except SpinupError as exc:
-        print(f"spinup: error: {exc}", file=sys.stderr)
+        print(f"spinup: error: {_redacted(str(exc))}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo, Policy
+from spinup.runtime.credentials import SecretInfo
 from spinup.runtime.models import Snapshot
 
 
@@ -227,3 +228,29 @@ class DiffResult(BaseModel):
     added: list[str]
     changed: list[str]
     removed: list[str]
+
+
+class SecretEntry(BaseModel):
+    """A stored credential: its name and a short fingerprint, never its value."""
+
+    name: str
+    fingerprint: str = Field(description="8 hex chars that change when the value changes; not derived from it alone.")
+    created_at: str
+    updated_at: str
+    bound_to: list[str] = Field(description="Agents that get this credential (as an env var and/or a file).")
+
+    @classmethod
+    def of(cls, info: SecretInfo, bound_to: list[str]) -> SecretEntry:
+        return cls(
+            name=info.name,
+            fingerprint=info.fingerprint,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            bound_to=bound_to,
+        )
+
+
+class SecretList(BaseModel):
+    """Stored credentials (names and fingerprints only)."""
+
+    secrets: list[SecretEntry]

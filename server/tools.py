@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from spinup.runtime import Policy, Runtime, SpinupError
 
@@ -31,11 +32,14 @@ from .schemas import (
     FileListing,
     FileRead,
     RestoreResult,
+    SecretEntry,
+    SecretList,
     SnapshotCreated,
     SnapshotInfo,
     SnapshotList,
 )
 
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 AgentArg = Annotated[str, Field(description="Name of the agent to act on (see agent_list).")]
 SnapshotArg = Annotated[str, Field(description="Snapshot id such as s-1a2b3c4d5e6f (see snapshot_list).")]
@@ -50,15 +54,26 @@ DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idemp
 EXEC = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
 
 
-def _tool_errors(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Turn runtime errors into tool errors whose text the model can act on."""
+def _tool_errors(fn: Callable[..., Awaitable[R]], redact: Callable[[str], str]) -> Callable[..., Awaitable[R]]:
+    """Turn runtime errors into tool errors whose text the model can act on, credential values redacted.
+
+    An unexpected exception is logged (redacted) and reported as an internal error, never as its raw text.
+    """
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         try:
             return await fn(*args, **kwargs)
         except SpinupError as exc:
-            raise ToolError(str(exc)) from exc
+            raise ToolError(redact(str(exc))) from exc
+        except (ToolError, ValidationError):
+            raise
+        except Exception as exc:
+            log.exception("tool %s failed", fn.__name__)
+            raise ToolError(
+                f"Internal error in {fn.__name__}: {redact(f'{type(exc).__name__}: {exc}')}. The server keeps "
+                f"serving; if it repeats, run: spinup doctor"
+            ) from exc
 
     return wrapper
 
@@ -110,7 +125,7 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
 
     def tool(name: str, annotations: ToolAnnotations, takes_agent: bool = True) -> Callable[[Callable[..., Any]], Any]:
         def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
-            wrapped = _tool_errors(fn)
+            wrapped = _tool_errors(fn, lambda text: get_runtime().secrets.redact(text))
             if takes_agent and bound_agent is not None:
                 wrapped = _bind_agent(wrapped, resolve_bound)
             # Docstrings wrap at the line length; a model reads the description as one paragraph.
@@ -372,3 +387,24 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
     async def snapshot_delete(snapshot: SnapshotArg) -> SnapshotInfo:
         """Delete a snapshot. Refused for a snapshot that another builds on or that is an agent's head."""
         return SnapshotInfo.of(await get_runtime().snapshots.delete(snapshot))
+
+    # credentials
+
+    @tool("secret_set", ADDITIVE, takes_agent=False)
+    async def secret_set(
+        name: Annotated[str, Field(description="Credential name: letters, digits, '_' (e.g. GITHUB_TOKEN).")],
+        value: Annotated[str, Field(description="The secret value (at least 4 characters).")],
+    ) -> SecretEntry:
+        """Store a credential, encrypted at rest. WARNING: the value passes through this conversation (and the
+        model provider's logs); prefer asking the user to run `spinup secret set NAME` in a terminal. Refuses to
+        replace an existing credential (use the CLI for that). The value is never returned by any tool and is
+        redacted as [REDACTED:NAME] from command output, file reads and errors. An operator binds it to an agent
+        with `spinup secret bind AGENT NAME`."""
+        return SecretEntry.of(get_runtime().secrets.set(name, value, overwrite=False), [])
+
+    @tool("secret_list", READ_ONLY, takes_agent=False)
+    async def secret_list() -> SecretList:
+        """List stored credentials: names, fingerprints and the agents each is bound to. Values are never shown.
+        A bound credential is in the agent's commands as an environment variable and/or a file under
+        /run/spinup/secrets/."""
+        return SecretList(secrets=[SecretEntry.of(item.info, item.bound_to) for item in get_runtime().secrets.list()])

@@ -9,7 +9,7 @@ import pytest
 from mcp import Client
 
 from conftest import unique_name
-from spinup.runtime import Settings
+from spinup.runtime import Runtime, Settings
 from spinup.server.app import build_server
 
 EXPECTED_TOOLS = {
@@ -32,6 +32,8 @@ EXPECTED_TOOLS = {
     "snapshot_fork",
     "snapshot_diff",
     "snapshot_delete",
+    "secret_set",
+    "secret_list",
 }
 
 
@@ -268,3 +270,24 @@ async def test_removing_an_agent_deletes_its_snapshots_unless_a_fork_builds_on_t
     assert listed["head"] == kept
     assert (await call(client, "file_read", agent=fork, path="/workspace/f"))["content"] == parent
     await call(client, "agent_remove", agent=fork)
+
+
+async def test_secrets_set_through_mcp_are_listed_bound_used_and_never_shown(
+    client: Client, agent_name: str, settings: Settings
+) -> None:
+    value = "sk-live-0123456789abcdef"
+    created = await call(client, "secret_set", name="API_KEY", value=value)
+    assert created["name"] == "API_KEY" and len(created["fingerprint"]) == 8 and value not in str(created)
+    assert "already exists" in await fails(client, "secret_set", name="API_KEY", value="another-value")
+    assert "GITHUB_TOKEN" in await fails(client, "secret_set", name="bad name", value="whatever")
+    operator = Runtime(settings)
+    try:
+        operator.secrets.bind(operator.agents.get(agent_name), "API_KEY")
+    finally:
+        await operator.close()
+    listed = await call(client, "secret_list")
+    assert listed["secrets"][0]["bound_to"] == [agent_name] and value not in str(listed)
+    used = await call(client, "exec", agent=agent_name, command="printenv API_KEY; echo $API_KEY | rev | rev")
+    assert used["stdout"] == "[REDACTED:API_KEY]\n[REDACTED:API_KEY]\n"
+    error = await fails(client, "file_read", agent=agent_name, path=f"/workspace/{value}")
+    assert value not in error and "[REDACTED:API_KEY]" in error
