@@ -20,7 +20,7 @@ from .errors import AgentExists, DockerFailure, ImageNotFound, InvalidInput, Spi
 from .exec import run_command
 from .machines import machine_config, machine_name
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
-from .policy import AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, is_root
+from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, is_root
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
@@ -38,6 +38,7 @@ class AgentService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
+        self._agent_dirs: dict[str, bool] = {}
 
     async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
         """Create an agent and start its machine. The image must already be in Docker."""
@@ -300,11 +301,18 @@ class AgentService:
             # A leftover container holds the name (for example after a lost record): replace it.
             await self.docker.remove(name)
             machine_id = await self.docker.create_container(config, name=name)
-        if prepare and not is_root(agent.policy):
+        if prepare and not is_root(agent.policy) and not await self._has_agent_dirs(image):
             await self.docker.put_archive(machine_id, "/", _agent_directories())
         await self.docker.start(machine_id)
         self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
         self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
+
+    async def _has_agent_dirs(self, image: str) -> bool:
+        """Whether ``image`` is labelled as having the agent user's directories (cached per image)."""
+        if image not in self._agent_dirs:
+            labels = ((await self.docker.image_inspect(image)).get("Config") or {}).get("Labels") or {}
+            self._agent_dirs[image] = labels.get(AGENT_DIRS_LABEL) == str(AGENT_UID)
+        return self._agent_dirs[image]
 
     def _remove_later(self, machine_id: str) -> None:
         """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""

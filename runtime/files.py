@@ -128,8 +128,9 @@ case "$1" in
   read) test -r "$2" ;;
   list) test -r "$2" && test -x "$2" ;;
   write)
-    p="$2"
-    while [ ! -e "$p" ] && [ ! -L "$p" ]; do p=$(/.spinup/busybox dirname "$p"); done
+    # (busybox resolves a dangling link's relative target from the cwd: start in the link's directory)
+    cd "$(/.spinup/busybox dirname "$2")" 2>/dev/null && p=$(/.spinup/busybox readlink -f "$2") || p="$2"
+    while [ ! -e "$p" ]; do p=$(/.spinup/busybox dirname "$p"); done
     if [ -d "$p" ]; then test -w "$p" && test -x "$p"; else test -w "$p"; fi ;;
 esac
 """
@@ -166,6 +167,25 @@ class Files:
         self._write_guard = write_guard
         self._redact = redact
         self._on_written = on_written
+
+    def _check_soon(self, path: str, action: Literal["read", "list", "write"]) -> asyncio.Task[None] | None:
+        """Start the access check beside the operation's own calls (the shell's tests follow symlinks)."""
+        return asyncio.create_task(self._require(path, action)) if self.check_access else None
+
+    @staticmethod
+    async def _passed(check: asyncio.Task[None] | None) -> None:
+        if check is not None:
+            await check
+
+    @staticmethod
+    def _drop(check: asyncio.Task[None] | None) -> None:
+        """Cancel a check the operation no longer needs (it failed for another reason first)."""
+        if check is None:
+            return
+        if not check.done():
+            check.cancel()
+        elif not check.cancelled():
+            check.exception()  # retrieved: the operation's own error is the one reported
 
     async def _require(self, path: str, action: Literal["read", "list", "write"]) -> None:
         """Raise :class:`PermissionDenied` unless the agent's user may ``action`` ``path``."""
@@ -253,10 +273,33 @@ class Files:
         if encoding == "base64" and unit == "lines":
             unit = "bytes"
         path = normalize_path(path)
+        check = self._check_soon(path, "read")
+        try:
+            data, returned, eof, size = await self._read_range(path, offset, limit, unit)
+            await self._passed(check)
+        finally:
+            self._drop(check)
+        if self._redact is not None:
+            data = self._redact(data)
+        text, used = await _off_loop(_encode, data, encoding, size=len(data))
+        return FileContent(
+            path=path,
+            content=text,
+            encoding=used,
+            size=size,
+            offset=offset,
+            returned=returned,
+            unit=unit,
+            eof=eof,
+        )
+
+    async def _read_range(
+        self, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int]:
+        """The bytes (or lines) asked for, how many, whether the end was reached, the file's size."""
         real, st = await self._resolve(path)
         if st.is_dir:
             raise IsADirectory(path)
-        await self._require(real, "read")
 
         def extract(tar: tarfile.TarFile) -> tuple[bytes, int, bool, int]:
             member = tar.next()
@@ -279,19 +322,7 @@ class Files:
 
         async with self.docker.get_archive(self.machine_id, real) as (_, content):
             data, returned, eof, size = await with_tar_stream(content, extract)
-        if self._redact is not None:
-            data = self._redact(data)
-        text, used = await _off_loop(_encode, data, encoding, size=len(data))
-        return FileContent(
-            path=path,
-            content=text,
-            encoding=used,
-            size=size,
-            offset=offset,
-            returned=returned,
-            unit=unit,
-            eof=eof,
-        )
+        return data, returned, eof, size
 
     async def write(
         self,
@@ -311,6 +342,23 @@ class Files:
         if path == "/":
             raise IsADirectory(path)
         perm = _parse_mode(mode)
+        check = self._check_soon(path, "write")
+        try:
+            target = await self._write(path, content, encoding, perm, create_parents, check)
+        finally:
+            self._drop(check)
+        return await self.stat(target)
+
+    async def _write(
+        self,
+        path: str,
+        content: str,
+        encoding: Literal["text", "base64"],
+        perm: int | None,
+        create_parents: bool,
+        check: asyncio.Task[None] | None,
+    ) -> str:
+        """Write the file once the access check passed; returns the path written (symlinks followed)."""
         data = await _off_loop(_decode, content, encoding, size=len(content))
         try:
             target, current = await self._resolve(path)
@@ -334,11 +382,11 @@ class Files:
                 parent_stat = (await self._resolve(parent))[1]
             if not parent_stat.is_dir:
                 raise NotADirectory(parent)
-        await self._require(target, "write")
+        await self._passed(check)
         member = self._member(target, tarfile.REGTYPE, perm)
         member.size = len(data)
         await self._put([*(self._member(d, tarfile.DIRTYPE, 0o755) for d in missing), member], data)
-        return await self.stat(target)
+        return target
 
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
         """Create a directory and any missing parents; an existing directory is fine."""
@@ -422,10 +470,20 @@ class Files:
         if max_entries < 1:
             raise InvalidInput("max_entries must be >= 1.")
         path = normalize_path(path)
+        check = self._check_soon(path, "list")
+        try:
+            entries, cut = await self._collect(path, recursive, pattern, max_entries)
+            await self._passed(check)
+        finally:
+            self._drop(check)
+        return entries, cut
+
+    async def _collect(
+        self, path: str, recursive: bool, pattern: str | None, max_entries: int
+    ) -> tuple[builtins.list[FileInfo], bool]:
         real, st = await self._resolve(path)
         if not st.is_dir:
             raise NotADirectory(path)
-        await self._require(real, "list")
 
         def collect(tar: tarfile.TarFile) -> tuple[list[FileInfo], bool]:
             entries: list[FileInfo] = []

@@ -22,12 +22,18 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from .config import DEFAULT_IMAGE
 from .docker import DockerBackend, translate_docker_errors
 from .errors import DockerFailure, InvalidInput, NotFound, SpinupError
-from .policy import AGENT_UID, AGENT_USER, WORKSPACE
+from .policy import AGENT_DIRS_LABEL, AGENT_UID, AGENT_USER, WORKSPACE
 
 log = logging.getLogger(__name__)
 
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "git", "ca-certificates", "tar", "nodejs", "npm")
-IMAGE_CHANGES = ['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8", f"WORKDIR {WORKSPACE}"]
+IMAGE_CHANGES = [
+    'CMD ["/bin/bash"]',
+    "ENV LANG=C.UTF-8",
+    f"WORKDIR {WORKSPACE}",
+    # The image already has the agent user's home and workspace: machines need no setup put.
+    f"LABEL {AGENT_DIRS_LABEL}={AGENT_UID}",
+]
 
 _CHUNK = 1 << 20
 _STDERR_TAIL = 30

@@ -12,6 +12,8 @@ AGENT_UID = 1000
 AGENT_HOME = f"/home/{AGENT_USER}"
 WORKSPACE = "/workspace"
 SECRETS_DIR = "/run/spinup/secrets"
+# An image labelled so has /workspace and the agent's home owned by the agent user already.
+AGENT_DIRS_LABEL = "spinup.agent-dirs"
 
 # A root policy gets Docker's default capability set minus NET_RAW (no raw sockets): enough for
 # apt and dpkg (chown, setuid to _apt, device-less installs), nothing that reaches the host.

@@ -75,6 +75,7 @@ def test_base_image_config() -> None:
     assert config["Cmd"] == ["/bin/bash"]
     assert "LANG=C.UTF-8" in (config.get("Env") or []), f"{DEFAULT_IMAGE} predates ENV LANG; rebuild it"
     assert config["WorkingDir"] == "/workspace", f"{DEFAULT_IMAGE} predates WORKDIR; rebuild it"
+    assert (config.get("Labels") or {}).get("spinup.agent-dirs") == "1000", f"{DEFAULT_IMAGE} is old; rebuild it"
 
 
 async def test_build_without_mmdebstrap_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

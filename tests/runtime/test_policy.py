@@ -94,7 +94,13 @@ async def test_file_tools_act_as_the_agent_user(runtime: Runtime, agent: str) ->
         await files.mkdir("/opt/nope")
     with pytest.raises(SpinupError, match="Permission denied"):
         await files.delete("/etc/hostname")
-    assert (await runtime.exec(agent, "test -e /etc/evil || test -e /opt/nope || echo absent")).stdout == "absent\n"
+    await runtime.exec(agent, "ln -s /etc/planted /workspace/to-etc && ln -s ../../etc /workspace/new/etc-dir")
+    with pytest.raises(PermissionDenied):
+        await files.write("/workspace/to-etc", "x")  # a dangling link is checked where it points
+    with pytest.raises(PermissionDenied):
+        await files.write("/workspace/new/etc-dir/planted", "x")
+    absent = await runtime.exec(agent, "test -e /etc/evil || test -e /opt/nope || test -e /etc/planted || echo absent")
+    assert absent.stdout == "absent\n"
     assert (await files.read("/etc/hostname")).content  # world-readable files stay readable
 
 
