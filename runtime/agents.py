@@ -13,6 +13,7 @@ import logging
 import tarfile
 import time
 from collections import defaultdict
+from typing import Any
 
 from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, DockerBackend, MachineInfo
@@ -38,7 +39,7 @@ class AgentService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
-        self._agent_dirs: dict[str, bool] = {}
+        self._image_configs: dict[str, dict[str, Any]] = {}
 
     async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
         """Create an agent and start its machine. The image must already be in Docker."""
@@ -173,6 +174,7 @@ class AgentService:
             if info is not None and info.running:
                 await self.docker.pause(info.id)  # the old machine stops changing at once
             self.db.set_head(agent.id, target.id)
+            self.db.set_packages(agent.id, await self.snapshots.packages(target))
             await self._start_from(self.get(name), image, "machine-restored", f"from snapshot {target.id}")
             if info is not None:
                 self._remove_later(info.id)
@@ -235,6 +237,7 @@ class AgentService:
         agent = self.db.create_agent(name, source.base_image, policy or (parent.policy if parent else Policy()))
         try:
             self.db.set_head(agent.id, source.id)
+            self.db.set_packages(agent.id, await self.snapshots.packages(source))
             async with self._locks[agent.id]:
                 await self._start_from(self.get(name), image, "machine-created", f"forked from snapshot {source.id}")
         except BaseException:
@@ -291,7 +294,8 @@ class AgentService:
         await self._start_from(agent, agent.image, kind, f"from base image {agent.image}", prepare=True)
 
     async def _start_from(self, agent: Agent, image: str, kind: str, detail: str, prepare: bool = False) -> None:
-        config = machine_config(agent, self.settings, image)
+        image_config = await self._image_config(image)
+        config = machine_config(agent, self.settings, image, list(image_config.get("Env") or []))
         name = machine_name(agent)
         try:
             machine_id = await self.docker.create_container(config, name=name)
@@ -301,18 +305,18 @@ class AgentService:
             # A leftover container holds the name (for example after a lost record): replace it.
             await self.docker.remove(name)
             machine_id = await self.docker.create_container(config, name=name)
-        if prepare and not is_root(agent.policy) and not await self._has_agent_dirs(image):
+        has_dirs = (image_config.get("Labels") or {}).get(AGENT_DIRS_LABEL) == str(AGENT_UID)
+        if prepare and not is_root(agent.policy) and not has_dirs:
             await self.docker.put_archive(machine_id, "/", _agent_directories())
         await self.docker.start(machine_id)
         self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
         self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
 
-    async def _has_agent_dirs(self, image: str) -> bool:
-        """Whether ``image`` is labelled as having the agent user's directories (cached per image)."""
-        if image not in self._agent_dirs:
-            labels = ((await self.docker.image_inspect(image)).get("Config") or {}).get("Labels") or {}
-            self._agent_dirs[image] = labels.get(AGENT_DIRS_LABEL) == str(AGENT_UID)
-        return self._agent_dirs[image]
+    async def _image_config(self, image: str) -> dict[str, Any]:
+        """The image's config (env, labels), cached per image."""
+        if image not in self._image_configs:
+            self._image_configs[image] = dict((await self.docker.image_inspect(image)).get("Config") or {})
+        return self._image_configs[image]
 
     def _remove_later(self, machine_id: str) -> None:
         """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""

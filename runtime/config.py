@@ -43,6 +43,17 @@ class Settings:
     master_key: str | None = field(default_factory=lambda: os.environ.get("SPINUP_MASTER_KEY") or None, repr=False)
 
     @property
+    def cache_dir(self) -> Path:
+        """Package download caches shared by agents (pip, npm)."""
+        return self.home / "cache"
+
+    @property
+    def sources_dir(self) -> Path:
+        """Local package sources mounted read-only into machines: ``pip/``, ``npm/``, ``apt/`` below it."""
+        explicit = os.environ.get("SPINUP_SOURCES")
+        return Path(explicit).expanduser() if explicit else self.home / "sources"
+
+    @property
     def credentials_path(self) -> Path:
         """The encrypted credential store."""
         return self.home / "credentials.json"

@@ -94,6 +94,9 @@ class Policy(BaseModel):
         default=20 * GiB, ge=MiB, description="Quota on what the machine writes (its writable layer); null = none."
     )
     nofile: int = Field(default=8192, ge=64, le=1 << 20, description="Open files per process (ulimit -n).")
+    package_cache: bool = Field(
+        default=True, description="Share pip's and npm's download caches with other agents (false: its own)."
+    )
 
     def updated(self, **changes: object) -> Policy:
         """This policy with ``changes`` applied (None values are ignored); raises :class:`InvalidInput`.
@@ -123,6 +126,7 @@ class Policy(BaseModel):
             f"pids={self.pids}",
             f"disk={format_size(self.disk) if self.disk is not None else 'unlimited'}",
             f"nofile={self.nofile}",
+            f"package_cache={'shared' if self.package_cache else 'own'}",
         ]
         return " ".join(parts)
 
@@ -150,6 +154,21 @@ class SecretBinding(BaseModel):
     secret: str
     env: str | None = None
     file: str | None = None
+
+
+PackageManager = Literal["pip", "npm", "apt"]
+
+
+class PackageEntry(BaseModel):
+    """One package the agent asked for: how, what it resolved to, when."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manager: PackageManager
+    name: str
+    spec: str = Field(description="As requested, e.g. 'requests>=2' or 'left-pad@1.3.0'.")
+    version: str = Field(description="The version that was installed.")
+    installed_at: datetime
 
 
 class Event(BaseModel):

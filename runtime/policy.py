@@ -12,6 +12,11 @@ AGENT_UID = 1000
 AGENT_HOME = f"/home/{AGENT_USER}"
 WORKSPACE = "/workspace"
 SECRETS_DIR = "/run/spinup/secrets"
+VENV = f"{AGENT_HOME}/.venv"  # pip installs go here; its bin is first on PATH
+NPM_PREFIX = f"{AGENT_HOME}/.npm-global"  # npm's global prefix
+CACHE_MOUNT = "/var/cache/spinup"  # shared pip and npm download caches
+SOURCES_MOUNT = "/spinup/sources"  # the operator's local package sources, read-only
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An image labelled so has /workspace and the agent's home owned by the agent user already.
 AGENT_DIRS_LABEL = "spinup.agent-dirs"
 
@@ -55,6 +60,15 @@ def user_env(policy: Policy) -> list[str]:
     if is_root(policy):
         return ["HOME=/root", "USER=root", "LOGNAME=root"]
     return [f"HOME={AGENT_HOME}", f"USER={AGENT_USER}", f"LOGNAME={AGENT_USER}"]
+
+
+def package_env(policy: Policy, image_env: list[str]) -> list[str]:
+    """PATH with the agent's venv and npm bin first, npm's prefix, and the shared caches when on."""
+    path = next((entry[5:] for entry in image_env if entry.startswith("PATH=")), DEFAULT_PATH)
+    env = [f"PATH={VENV}/bin:{NPM_PREFIX}/bin:{path}", f"NPM_CONFIG_PREFIX={NPM_PREFIX}"]
+    if policy.package_cache:
+        env += [f"PIP_CACHE_DIR={CACHE_MOUNT}/pip", f"npm_config_cache={CACHE_MOUNT}/npm"]
+    return env
 
 
 def host_config(policy: Policy) -> dict[str, Any]:

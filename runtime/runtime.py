@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from spinup.snapshot.listing import Meta
 
@@ -13,7 +13,8 @@ from .exec import ExecResult, ProgressCallback, run_command
 from .files import Files
 from .limits import LimitCounters, LimitWatch
 from .logredact import add_log_redactor, remove_log_redactor
-from .models import Agent, Event, format_size
+from .models import Agent, Event, PackageEntry, PackageManager, format_size
+from .packages import InstallResult, PackageService
 from .policy import exec_user, is_root, owner
 from .quota import DiskQuota
 from .secrets import SecretService
@@ -29,6 +30,7 @@ class AgentStatus:
     machine: MachineInfo | None
     events: list[Event]
     disk_used: int | None = None  # bytes the machine's writable layer uses, when measured
+    packages: list[PackageEntry] = field(default_factory=list)
 
 
 class Runtime:
@@ -43,6 +45,7 @@ class Runtime:
         self.quota = DiskQuota(self.docker)
         self.limits = LimitWatch()
         self.secrets = SecretService(self.settings, self.db, self.docker)
+        self.packages = PackageService(self.db, self.settings.sources_dir, self._run_package_command)
         self.db.redact = self.secrets.redact
         add_log_redactor(self.secrets.redact)
 
@@ -59,7 +62,7 @@ class Runtime:
         agent = self.agents.get(name)
         machine = await self.agents.machine(agent)
         used = await self.quota.measure(machine.id) if machine is not None else None
-        return AgentStatus(agent, machine, self.agents.events(agent), used)
+        return AgentStatus(agent, machine, self.agents.events(agent), used, self.db.packages(agent.id))
 
     async def exec(
         self,
@@ -101,6 +104,27 @@ class Runtime:
             self.quota.changed(agent)
         after = await self._counters(agent.machine_id)
         return _note_limits(result, agent, before, after)
+
+    async def install_packages(
+        self,
+        name: str,
+        manager: PackageManager,
+        specs: list[str],
+        on_progress: ProgressCallback | None = None,
+    ) -> InstallResult:
+        """Wake the agent and install packages with ``manager`` (pip, npm or apt), recording them."""
+        agent = await self.agents.wake(name)
+        return await self.packages.install(agent, manager, specs, on_progress)
+
+    async def remove_packages(self, name: str, manager: PackageManager, names: list[str]) -> list[PackageEntry]:
+        """Wake the agent, uninstall packages and drop them from its manifest."""
+        agent = await self.agents.wake(name)
+        return await self.packages.remove(agent, manager, names)
+
+    async def _run_package_command(
+        self, name: str, argv: list[str], timeout: float, on_progress: ProgressCallback | None
+    ) -> ExecResult:
+        return await self.exec(name, argv, timeout=timeout, on_progress=on_progress, cwd="/")
 
     async def _counters(self, machine_id: str) -> LimitCounters | None:
         if not self.docker.is_local:

@@ -37,7 +37,7 @@ from . import api_capture
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .errors import Conflict, InvalidInput, NotFound, SpinupError
-from .models import Agent, Snapshot
+from .models import Agent, PackageEntry, Snapshot
 from .policy import exec_user
 from .state import StateDB
 
@@ -280,6 +280,10 @@ class SnapshotService:
             ANNOTATION_PREFIX + "base": agent.image,
             ANNOTATION_PREFIX + "base.id": str(base["Id"]),
             ANNOTATION_PREFIX + "index": index_descriptor.digest,
+            # The package manifest at capture time: a restore or fork gets the agent's manifest from here.
+            ANNOTATION_PREFIX + "packages": json.dumps(
+                [entry.model_dump(mode="json") for entry in self.db.packages(agent.id)], separators=(",", ":")
+            ),
             "org.opencontainers.image.created": created_at.isoformat(),
         }
         manifest = {
@@ -381,6 +385,12 @@ class SnapshotService:
         with self.store.open_blob(descriptor) as reader:
             data: bytes = reader.read()
         return data
+
+    async def packages(self, snapshot: Snapshot) -> builtins.list[PackageEntry]:
+        """The package manifest recorded in the snapshot (empty for snapshots that predate it)."""
+        manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
+        recorded = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "packages")
+        return [PackageEntry.model_validate(item) for item in json.loads(recorded)] if recorded else []
 
     def get(self, snapshot_id: str) -> Snapshot:
         """The snapshot with this id; a clear error if there is none."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import AgentExists, AgentNotFound
-from .models import Agent, AgentState, Event, Policy, SecretBinding, Snapshot
+from .models import Agent, AgentState, Event, PackageEntry, Policy, SecretBinding, Snapshot
 
 # Each entry moves the schema from version i to i+1. Never edit one that has shipped: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -61,6 +61,17 @@ MIGRATIONS: tuple[str, ...] = (
         env       TEXT,
         file      TEXT,
         PRIMARY KEY (agent_id, secret)
+    );
+    """,
+    """
+    CREATE TABLE packages (
+        agent_id      TEXT NOT NULL,
+        manager       TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        spec          TEXT NOT NULL,
+        version       TEXT NOT NULL,
+        installed_at  TEXT NOT NULL,
+        PRIMARY KEY (agent_id, manager, name)
     );
     """,
 )
@@ -183,6 +194,7 @@ class StateDB:
             conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
             conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM secret_bindings WHERE agent_id = ?", (agent_id,))
+            conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
 
     def set_policy(self, agent_id: str, policy: Policy) -> None:
         """Replace the agent's policy."""
@@ -291,6 +303,55 @@ class StateDB:
         query = "SELECT * FROM secret_bindings" + (" WHERE agent_id = ?" if agent_id else "") + " ORDER BY secret"
         rows = self._conn.execute(query, (agent_id,) if agent_id else ()).fetchall()
         return [(r["agent_id"], SecretBinding(secret=r["secret"], env=r["env"], file=r["file"])) for r in rows]
+
+    # package manifest
+
+    def packages(self, agent_id: str) -> list[PackageEntry]:
+        """The agent's package manifest, by manager and name."""
+        rows = self._conn.execute(
+            "SELECT * FROM packages WHERE agent_id = ? ORDER BY manager, name", (agent_id,)
+        ).fetchall()
+        return [
+            PackageEntry(
+                manager=r["manager"],
+                name=r["name"],
+                spec=r["spec"],
+                version=r["version"],
+                installed_at=datetime.fromisoformat(r["installed_at"]),
+            )
+            for r in rows
+        ]
+
+    def record_packages(self, agent_id: str, added: list[PackageEntry], removed: list[tuple[str, str]]) -> None:
+        """Add or update manifest entries and drop (manager, name) pairs, in one transaction."""
+        with self._tx() as conn:
+            for manager, name in removed:
+                conn.execute(
+                    "DELETE FROM packages WHERE agent_id = ? AND manager = ? AND name = ?", (agent_id, manager, name)
+                )
+            for entry in added:
+                conn.execute(
+                    "INSERT OR REPLACE INTO packages (agent_id, manager, name, spec, version, installed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (agent_id, entry.manager, entry.name, entry.spec, entry.version, entry.installed_at.isoformat()),
+                )
+            if added:
+                self._insert_event(
+                    conn, agent_id, "packages-installed", ", ".join(f"{e.manager}:{e.name}=={e.version}" for e in added)
+                )
+            if removed:
+                self._insert_event(conn, agent_id, "packages-removed", ", ".join(f"{m}:{n}" for m, n in removed))
+
+    def set_packages(self, agent_id: str, entries: list[PackageEntry]) -> None:
+        """Replace the agent's whole manifest (after a restore or fork: the snapshot's manifest)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
+            for entry in entries:
+                conn.execute(
+                    "INSERT INTO packages (agent_id, manager, name, spec, version, installed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (agent_id, entry.manager, entry.name, entry.spec, entry.version, entry.installed_at.isoformat()),
+                )
 
     # events
 

@@ -7,8 +7,11 @@ the end, even when tests fail. Docker being unreachable is a failure, never a sk
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import secrets
 import subprocess
+import tarfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -28,8 +31,6 @@ DOCKER_ENV = {"DOCKER_API_VERSION": "1.41"}
 
 def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the docker CLI against the test daemon."""
-    import os
-
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=check, env={**os.environ, **DOCKER_ENV}
     )
@@ -122,3 +123,25 @@ async def client(settings: Settings) -> AsyncIterator[Client]:
     """An MCP client connected in memory to an unbound server."""
     async with held_open(Client(build_server(settings))) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def noshell_image() -> Iterator[str]:
+    """An image holding one file (/etc/motd) and no tools at all."""
+    tag = f"spinup-test/noshell:{RUN_ID}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("etc/motd")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"hello\n"))
+    subprocess.run(
+        ["docker", "import", "-c", f"LABEL {TEST_LABEL}={RUN_ID}", "-", tag],
+        input=buffer.getvalue(),
+        check=True,
+        capture_output=True,
+        env={**os.environ, **DOCKER_ENV},
+    )
+    try:
+        yield tag
+    finally:
+        docker_cli("rmi", "-f", tag, check=False)

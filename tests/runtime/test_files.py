@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import os
-import subprocess
-import tarfile
 import tracemalloc
-from collections.abc import Iterator
 
 import pytest
 
-from conftest import DOCKER_ENV, RUN_ID, TEST_LABEL, docker_cli, unique_name
+from conftest import unique_name
 from spinup.runtime import FileContent, FileInfo, Runtime
 from spinup.runtime.errors import (
     DirectoryNotEmpty,
@@ -429,28 +425,6 @@ async def test_a_100_mb_base64_write_lands_exactly(runtime: Runtime, agent: str,
     assert info.size == BIG
     assert inside == hashlib.sha256(raw).hexdigest()
     assert peak < 3 * BIG, f"peak {peak / BIG:.2f}x the file size"
-
-
-@pytest.fixture(scope="module")
-def noshell_image() -> Iterator[str]:
-    """An image holding one file (/etc/motd) and no tools at all."""
-    tag = f"spinup-test/noshell:{RUN_ID}"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("etc/motd")
-        info.size = 6
-        tar.addfile(info, io.BytesIO(b"hello\n"))
-    subprocess.run(
-        ["docker", "import", "-c", f"LABEL {TEST_LABEL}={RUN_ID}", "-", tag],
-        input=buffer.getvalue(),
-        check=True,
-        capture_output=True,
-        env={**os.environ, **DOCKER_ENV},
-    )
-    try:
-        yield tag
-    finally:
-        docker_cli("rmi", "-f", tag, check=False)
 
 
 async def test_files_work_in_an_image_without_any_tools(runtime: Runtime, noshell_image: str) -> None:

@@ -48,7 +48,12 @@ async def test_the_machine_mounts_only_the_read_only_toolbox_and_the_secrets_tmp
     assert isinstance(host, dict)
     mounts = info["Mounts"]
     assert isinstance(mounts, list)
-    assert [(m["Destination"], m["RW"]) for m in mounts] == [("/.spinup/busybox", False)]
+    assert sorted((m["Destination"], m["RW"]) for m in mounts) == [
+        ("/.spinup/busybox", False),
+        ("/spinup/sources", False),
+        ("/var/cache/spinup/npm", True),
+        ("/var/cache/spinup/pip", True),
+    ]
     assert list(host["Tmpfs"]) == ["/run/spinup/secrets"]
     assert "docker.sock" not in json.dumps(info)
     assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]

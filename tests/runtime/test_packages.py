@@ -1,0 +1,129 @@
+"""Packages against the real daemon, offline: local wheels, npm tarballs and .debs built at test time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from package_sources import make_deb, make_npm_tarball, make_wheel
+
+from conftest import unique_name
+from spinup.runtime import Runtime, Settings
+from spinup.runtime.errors import InvalidInput
+from spinup.runtime.packages import PackageError
+
+IMPORT = [
+    "python",
+    "-c",
+    "import spinup_demo_app, spinup_demo_lib; print(spinup_demo_app.VALUE, spinup_demo_lib.VALUE)",
+]
+
+
+@pytest.fixture
+def sources(settings: Settings) -> Path:
+    """The runtime's local sources, holding two wheels (an app that needs a lib), an npm tarball."""
+    root = settings.sources_dir
+    make_wheel(root / "pip", "spinup-demo-lib", "1.4", value="lib-1.4")
+    make_wheel(root / "pip", "spinup-demo-app", "2.0", requires=("spinup-demo-lib>=1.0",), value="app-2.0")
+    make_npm_tarball(root / "npm", "spinup-demo-npm", "1.2.3", "hello from npm")
+    return root
+
+
+async def test_pip_installs_from_local_sources_report_every_package_and_record_the_request(
+    runtime: Runtime, agent: str, sources: Path
+) -> None:
+    result = await runtime.install_packages(agent, "pip", ["spinup-demo-app"])
+    assert {(p.name, p.version) for p in result.added} == {("spinup-demo-app", "2.0"), ("spinup-demo-lib", "1.4")}
+    assert [(e.manager, e.name, e.spec, e.version) for e in result.manifest] == [
+        ("pip", "spinup-demo-app", "spinup-demo-app", "2.0")
+    ]
+    works = await runtime.exec(agent, IMPORT)
+    assert works.stdout == "app-2.0 lib-1.4\n", works.stderr
+    where = await runtime.exec(agent, "command -v python; id -u")
+    assert where.stdout == "/home/agent/.venv/bin/python\n1000\n"
+    status = await runtime.status(agent)
+    assert [e.name for e in status.packages] == ["spinup-demo-app"]
+    assert runtime.packages.export(runtime.agents.get(agent), "pip") == "spinup-demo-app==2.0\n"
+
+
+async def test_installed_packages_survive_stop_hibernate_restore_and_fork(
+    runtime: Runtime, agent: str, sources: Path
+) -> None:
+    await runtime.install_packages(agent, "pip", ["spinup-demo-app"])
+    await runtime.install_packages(agent, "npm", ["spinup-demo-npm"])
+    check = "spinup-demo-npm && python -c 'import spinup_demo_app; print(spinup_demo_app.VALUE)'"
+    expected = "hello from npm\napp-2.0\n"
+    await runtime.agents.stop(agent)
+    assert (await runtime.exec(agent, check)).stdout == expected
+    await runtime.agents.stop(agent, hibernate=True)
+    assert (await runtime.exec(agent, check)).stdout == expected
+    with_packages = (await runtime.agents.snapshot(agent, "with packages")).snapshot
+    await runtime.remove_packages(agent, "pip", ["spinup-demo-app"])
+    assert [e.name for e in runtime.packages.manifest(runtime.agents.get(agent))] == ["spinup-demo-npm"]
+    gone = await runtime.exec(agent, "python -c 'import spinup_demo_app'")
+    assert gone.exit_code != 0
+    await runtime.agents.restore(agent, with_packages.id)
+    assert (await runtime.exec(agent, check)).stdout == expected
+    assert {e.name for e in runtime.packages.manifest(runtime.agents.get(agent))} == {
+        "spinup-demo-app",
+        "spinup-demo-npm",
+    }
+    fork = unique_name("fork")
+    await runtime.agents.fork(with_packages.id, fork)
+    assert (await runtime.exec(fork, check)).stdout == expected
+    assert len(runtime.packages.manifest(runtime.agents.get(fork))) == 2
+
+
+async def test_npm_installs_a_local_tarball_with_its_bin_on_path(runtime: Runtime, agent: str, sources: Path) -> None:
+    result = await runtime.install_packages(agent, "npm", ["spinup-demo-npm@1.2.3"])
+    assert [(p.name, p.version) for p in result.added] == [("spinup-demo-npm", "1.2.3")]
+    assert (await runtime.exec(agent, "spinup-demo-npm")).stdout == "hello from npm\n"
+    exported = json.loads(runtime.packages.export(runtime.agents.get(agent), "npm"))
+    assert exported["dependencies"] == {"spinup-demo-npm": "1.2.3"}
+    await runtime.remove_packages(agent, "npm", ["spinup-demo-npm"])
+    assert (await runtime.exec(agent, "command -v spinup-demo-npm || echo none")).stdout == "none\n"
+
+
+async def test_apt_needs_root_and_installs_a_local_deb(
+    runtime: Runtime, agent: str, root_agent: str, settings: Settings, tmp_path: Path
+) -> None:
+    make_deb(settings.sources_dir / "apt", "spinup-demo-deb", "1.0", "hello-from-deb", tmp_path / "build")
+    with pytest.raises(PackageError, match="needs root"):
+        await runtime.install_packages(agent, "apt", ["spinup-demo-deb"])
+    result = await runtime.install_packages(root_agent, "apt", ["spinup-demo-deb"])
+    assert ("spinup-demo-deb", "1.0") in {(p.name, p.version) for p in result.added}
+    assert (await runtime.exec(root_agent, "spinup-demo-deb")).stdout == "hello-from-deb\n"
+    assert runtime.packages.export(runtime.agents.get(root_agent), "apt") == "spinup-demo-deb=1.0\n"
+    await runtime.remove_packages(root_agent, "apt", ["spinup-demo-deb"])
+    assert runtime.packages.manifest(runtime.agents.get(root_agent)) == []
+
+
+async def test_failures_say_why_in_the_managers_words_and_leave_the_manifest_alone(
+    runtime: Runtime, agent: str, sources: Path
+) -> None:
+    await runtime.install_packages(agent, "pip", ["spinup-demo-lib"])
+    before = runtime.packages.manifest(runtime.agents.get(agent))
+    with pytest.raises(PackageError) as unknown:
+        await runtime.install_packages(agent, "pip", ["no-such-package-anywhere"])
+    assert "network policy is 'none'" in str(unknown.value) and "No matching distribution" in str(unknown.value)
+    with pytest.raises(PackageError) as conflict:
+        await runtime.install_packages(agent, "pip", ["spinup-demo-app", "spinup-demo-lib<1.0"])
+    assert "manifest was not changed" in str(conflict.value)
+    with pytest.raises(PackageError, match="npm said"):
+        await runtime.install_packages(agent, "npm", ["no-such-npm-package"])
+    for bad in (["--index-url=http://evil"], [], ["a b"]):
+        with pytest.raises(InvalidInput):
+            await runtime.install_packages(agent, "pip", bad)
+    with pytest.raises(InvalidInput, match="pip, npm or apt"):
+        await runtime.install_packages(agent, "cargo", ["x"])  # type: ignore[arg-type]
+    assert runtime.packages.manifest(runtime.agents.get(agent)) == before
+
+
+async def test_a_manager_missing_from_the_image_is_named(runtime: Runtime, noshell_image: str) -> None:
+    name = unique_name("bare")
+    await runtime.agents.create(name, image=noshell_image)
+    with pytest.raises(PackageError, match="not available") as missing:
+        await runtime.install_packages(name, "pip", ["anything"])
+    assert "python3" in str(missing.value)
+    assert runtime.packages.manifest(runtime.agents.get(name)) == []
