@@ -139,6 +139,33 @@ def _cmd_secret(args: argparse.Namespace) -> int:
     return asyncio.run(_with_runtime(work))
 
 
+def _cmd_package(args: argparse.Namespace) -> int:
+    async def work(rt: Runtime) -> int:
+        if args.package_command == "install":
+
+            async def progress(elapsed: float, output_bytes: int) -> None:
+                print(f"spinup: {args.manager} has been installing for {elapsed:.0f}s", file=sys.stderr)
+
+            result = await rt.install_packages(args.agent, args.manager, args.specs, progress)
+            for package in result.added:
+                print(f"added {package.name} {package.version}")
+            if not result.added:
+                print("nothing new: already installed", file=sys.stderr)
+        elif args.package_command == "remove":
+            await rt.remove_packages(args.agent, args.manager, args.names)
+            print(f"removed {', '.join(args.names)}", file=sys.stderr)
+        elif args.package_command == "list":
+            agent = rt.agents.get(args.agent)
+            if args.export:
+                sys.stdout.write(rt.packages.export(agent, args.export))
+            else:
+                for entry in rt.packages.manifest(agent):
+                    print(f"{entry.manager:<4} {entry.name:<32} {entry.version:<16} {entry.spec}")
+        return 0
+
+    return asyncio.run(_with_runtime(work))
+
+
 def _cmd_exec(args: argparse.Namespace) -> int:
     command: list[str] = list(args.argv)
     if not command:
@@ -337,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--new-key-stdin", action="store_true", help="read the new key (base64 of 32 bytes) from stdin"
     )
     sec.set_defaults(func=_cmd_secret)
+
+    pkg = sub.add_parser("package", help="install, remove and list an agent's packages (pip, npm, apt)")
+    pkg_sub = pkg.add_subparsers(dest="package_command", required=True)
+    install = pkg_sub.add_parser("install", help="install packages and record them in the agent's manifest")
+    install.add_argument("agent")
+    install.add_argument("manager", choices=["pip", "npm", "apt"])
+    install.add_argument("specs", nargs="+", metavar="SPEC", help="e.g. requests>=2.31, left-pad@1.3.0, jq")
+    remove = pkg_sub.add_parser("remove", help="uninstall packages and drop them from the manifest")
+    remove.add_argument("agent")
+    remove.add_argument("manager", choices=["pip", "npm", "apt"])
+    remove.add_argument("names", nargs="+", metavar="NAME")
+    plist = pkg_sub.add_parser("list", help="the agent's manifest, or one manager's part as a file")
+    plist.add_argument("agent")
+    plist.add_argument(
+        "--export", choices=["pip", "npm", "apt"], help="print requirements.txt, package.json or an apt list"
+    )
+    pkg.set_defaults(func=_cmd_package)
 
     exe = sub.add_parser("exec", help="run a command in an agent's machine: spinup exec AGENT -- CMD...")
     exe.add_argument("agent")

@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo, Policy
 from spinup.runtime.credentials import SecretInfo
-from spinup.runtime.models import Snapshot
+from spinup.runtime.models import PackageEntry, Snapshot
+from spinup.runtime.packages import InstallResult
 
 
 class AgentInfo(BaseModel):
@@ -62,6 +63,7 @@ class AgentStatusResult(BaseModel):
     machine_status: str = Field(description="Docker's state of the machine (running, exited, ...) or 'absent'.")
     policy: str = Field(description="The policy in one line, e.g. 'network=none user=agent ... memory=4g'.")
     disk_used: int | None = Field(description="Bytes the machine has written (its writable layer); null if absent.")
+    packages: list[str] = Field(description="The package manifest as manager:name==version.")
     events: list[EventInfo]
 
     @classmethod
@@ -72,6 +74,7 @@ class AgentStatusResult(BaseModel):
             machine_status=machine.status if machine else "absent",
             policy=status.agent.policy.describe(),
             disk_used=status.disk_used,
+            packages=[f"{e.manager}:{e.name}=={e.version}" for e in status.packages],
             events=[EventInfo(at=e.at.isoformat(), kind=e.kind, detail=e.detail) for e in status.events],
         )
 
@@ -254,3 +257,59 @@ class SecretList(BaseModel):
     """Stored credentials (names and fingerprints only)."""
 
     secrets: list[SecretEntry]
+
+
+class PackageInfo(BaseModel):
+    """A package in the agent's manifest: what was asked for and what got installed."""
+
+    manager: str
+    name: str
+    spec: str
+    version: str
+    installed_at: str
+
+    @classmethod
+    def of(cls, entry: PackageEntry) -> PackageInfo:
+        return cls(
+            manager=entry.manager,
+            name=entry.name,
+            spec=entry.spec,
+            version=entry.version,
+            installed_at=entry.installed_at.isoformat(),
+        )
+
+
+class AddedPackage(BaseModel):
+    """A package an install added or changed (dependencies included)."""
+
+    name: str
+    version: str
+
+
+class PackageInstallResult(BaseModel):
+    """What an install did and the agent's manifest afterwards."""
+
+    manager: str
+    requested: list[str]
+    added: list[AddedPackage] = Field(description="Every package new or changed, with its resolved version.")
+    manifest: list[PackageInfo]
+    duration_s: float
+
+    @classmethod
+    def of(cls, result: InstallResult) -> PackageInstallResult:
+        return cls(
+            manager=result.manager,
+            requested=result.requested,
+            added=[AddedPackage(name=p.name, version=p.version) for p in result.added],
+            manifest=[PackageInfo.of(e) for e in result.manifest],
+            duration_s=result.duration_s,
+        )
+
+
+class PackageManifest(BaseModel):
+    """The agent's package manifest, and optionally one manager's part of it as a file."""
+
+    packages: list[PackageInfo]
+    export: str | None = Field(
+        default=None, description="requirements.txt (pip), package.json (npm) or 'name=version' lines (apt)."
+    )

@@ -31,6 +31,9 @@ from .schemas import (
     FileEntry,
     FileListing,
     FileRead,
+    PackageInfo,
+    PackageInstallResult,
+    PackageManifest,
     RestoreResult,
     SecretEntry,
     SecretList,
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 AgentArg = Annotated[str, Field(description="Name of the agent to act on (see agent_list).")]
 SnapshotArg = Annotated[str, Field(description="Snapshot id such as s-1a2b3c4d5e6f (see snapshot_list).")]
+ManagerArg = Annotated[
+    Literal["pip", "npm", "apt"],
+    Field(description="pip (the agent's venv, on PATH), npm (global, bins on PATH) or apt (needs a root policy)."),
+]
 PathArg = Annotated[str, Field(description="Absolute path inside the agent's machine, e.g. /workspace/app.py.")]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
@@ -408,3 +415,49 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
         A bound credential is in the agent's commands as an environment variable and/or a file under
         /run/spinup/secrets/."""
         return SecretList(secrets=[SecretEntry.of(item.info, item.bound_to) for item in get_runtime().secrets.list()])
+
+    # packages
+
+    @tool("package_install", EXEC)
+    async def package_install(
+        ctx: Context,
+        agent: AgentArg,
+        manager: ManagerArg,
+        packages: Annotated[
+            list[str], Field(description="Specs such as 'requests>=2.31', 'left-pad@1.3.0' or 'jq'.", min_length=1)
+        ],
+    ) -> PackageInstallResult:
+        """Install packages so they persist and are recorded in the agent's manifest (kept in every snapshot,
+        replayed by a rebuild). Returns every package added with its resolved version. Local sources the operator
+        provides are used first; with network 'none' they are the only ones. Prefer this to `exec pip install`."""
+
+        async def progress(elapsed: float, output_bytes: int) -> None:
+            await ctx.report_progress(elapsed, None, f"{manager} has been installing for {elapsed:.0f}s")
+
+        return PackageInstallResult.of(await get_runtime().install_packages(agent, manager, packages, progress))
+
+    @tool("package_remove", DESTRUCTIVE)
+    async def package_remove(
+        agent: AgentArg,
+        manager: ManagerArg,
+        packages: Annotated[list[str], Field(description="Package names to uninstall.", min_length=1)],
+    ) -> PackageManifest:
+        """Uninstall packages and drop them from the agent's manifest."""
+        removed = await get_runtime().remove_packages(agent, manager, packages)
+        return PackageManifest(packages=[PackageInfo.of(e) for e in removed])
+
+    @tool("package_list", READ_ONLY)
+    async def package_list(
+        agent: AgentArg,
+        export: Annotated[
+            Literal["pip", "npm", "apt"] | None,
+            Field(description="Also render that manager's part as requirements.txt / package.json / an apt list."),
+        ] = None,
+    ) -> PackageManifest:
+        """The agent's package manifest: each requested package, its resolved version and when it was installed."""
+        runtime = get_runtime()
+        record = runtime.agents.get(agent)
+        return PackageManifest(
+            packages=[PackageInfo.of(e) for e in runtime.packages.manifest(record)],
+            export=runtime.packages.export(record, export) if export else None,
+        )

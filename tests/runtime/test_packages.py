@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from package_sources import make_deb, make_npm_tarball, make_wheel
 
 from conftest import unique_name
+from package_sources import make_deb, make_npm_tarball, make_wheel
 from spinup.runtime import Runtime, Settings
 from spinup.runtime.errors import InvalidInput
 from spinup.runtime.packages import PackageError
@@ -127,3 +130,27 @@ async def test_a_manager_missing_from_the_image_is_named(runtime: Runtime, noshe
         await runtime.install_packages(name, "pip", ["anything"])
     assert "python3" in str(missing.value)
     assert runtime.packages.manifest(runtime.agents.get(name)) == []
+
+
+def test_the_cli_installs_lists_exports_and_removes(settings: Settings) -> None:
+    make_wheel(settings.sources_dir / "pip", "spinup-cli-demo", "1.1")
+    env = {**os.environ, "SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41"}
+    name = unique_name("cli")
+
+    def spinup(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "spinup.server", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    try:
+        assert spinup("agent", "create", name).returncode == 0
+        installed = spinup("package", "install", name, "pip", "spinup-cli-demo")
+        assert installed.returncode == 0, installed.stderr
+        assert installed.stdout == "added spinup-cli-demo 1.1\n"
+        assert spinup("package", "list", name, "--export", "pip").stdout == "spinup-cli-demo==1.1\n"
+        refused = spinup("package", "install", name, "apt", "jq")
+        assert refused.returncode == 2 and "needs root" in refused.stderr
+        assert spinup("package", "remove", name, "pip", "spinup-cli-demo").returncode == 0
+        assert spinup("package", "list", name).stdout == ""
+    finally:
+        spinup("agent", "rm", name)

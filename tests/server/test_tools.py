@@ -9,6 +9,7 @@ import pytest
 from mcp import Client
 
 from conftest import unique_name
+from package_sources import make_wheel
 from spinup.runtime import Runtime, Settings
 from spinup.server.app import build_server
 
@@ -34,6 +35,9 @@ EXPECTED_TOOLS = {
     "snapshot_delete",
     "secret_set",
     "secret_list",
+    "package_install",
+    "package_remove",
+    "package_list",
 }
 
 
@@ -291,3 +295,23 @@ async def test_secrets_set_through_mcp_are_listed_bound_used_and_never_shown(
     assert used["stdout"] == "[REDACTED:API_KEY]\n[REDACTED:API_KEY]\n"
     error = await fails(client, "file_read", agent=agent_name, path=f"/workspace/{value}")
     assert value not in error and "[REDACTED:API_KEY]" in error
+
+
+async def test_packages_install_list_export_and_remove_through_mcp(
+    client: Client, agent_name: str, settings: Settings
+) -> None:
+    make_wheel(settings.sources_dir / "pip", "spinup-mcp-demo", "0.3")
+    installed = await call(client, "package_install", agent=agent_name, manager="pip", packages=["spinup-mcp-demo"])
+    assert installed["added"] == [{"name": "spinup-mcp-demo", "version": "0.3"}]
+    listed = await call(client, "package_list", agent=agent_name, export="pip")
+    assert [p["name"] for p in listed["packages"]] == ["spinup-mcp-demo"] and listed[
+        "export"
+    ] == "spinup-mcp-demo==0.3\n"
+    status = await call(client, "agent_status", agent=agent_name)
+    assert status["packages"] == ["pip:spinup-mcp-demo==0.3"]
+    error = await fails(client, "package_install", agent=agent_name, manager="apt", packages=["jq"])
+    assert "needs root" in error
+    missing = await fails(client, "package_install", agent=agent_name, manager="pip", packages=["not-there-at-all"])
+    assert "network policy is 'none'" in missing
+    removed = await call(client, "package_remove", agent=agent_name, manager="pip", packages=["spinup-mcp-demo"])
+    assert removed["packages"] == []
