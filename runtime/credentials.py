@@ -161,14 +161,38 @@ class CredentialStore:
         return document
 
     def _key(self, document: dict[str, Any] | None, *, create: bool) -> bytes:
-        """The key that opens ``document`` (made when there is no store and ``create``)."""
+        """The key that opens ``document`` (made when the store holds nothing and ``create``); the caller holds
+        the store lock, so an interrupted rotation may be finished here."""
+        return self._key_unchecked(document, create=create, locked=True)
+
+    def _opened(self) -> tuple[dict[str, Any] | None, bytes | None]:
+        """The store and its key, for reading without the lock.
+
+        When they disagree a rotation may be between its steps: read both again under the lock.
+        """
+        document = self._load()
+        if document is None or not document["secrets"]:
+            return document, None
+        try:
+            return document, self._key_unchecked(document, create=False, locked=False)
+        except CredentialKeyError:
+            pass
+        with self._locked():
+            document = self._load()
+            if document is None or not document["secrets"]:
+                return document, None
+            return document, self._key_unchecked(document, create=False, locked=True)
+
+    def _key_unchecked(self, document: dict[str, Any] | None, *, create: bool, locked: bool) -> bytes:
+        holds_secrets = document is not None and bool(document["secrets"])
         if self._env_key:
             key = decode_key(self._env_key)
         else:
-            self._finish_rotation(document)
+            if locked:
+                self._finish_rotation(document)
             if self.key_path.exists():
                 key = decode_key(self.key_path.read_text(), str(self.key_path))
-            elif document is not None and document["secrets"]:
+            elif holds_secrets:
                 raise CredentialKeyError(
                     f"The credential store {self.path} exists but its key file {self.key_path} is missing: restore "
                     f"the key file or set SPINUP_MASTER_KEY to the key it was written with."
@@ -178,7 +202,8 @@ class CredentialStore:
                 _write_atomic(self.key_path, base64.urlsafe_b64encode(key) + b"\n")
             else:
                 raise CredentialKeyError(f"There is no key yet ({self.key_path}).")
-        if document is not None and document.get("key_id") not in (None, _key_id(key)):
+        # An empty store opens with any key: the next write records the key's id.
+        if holds_secrets and document is not None and document.get("key_id") not in (None, _key_id(key)):
             raise CredentialKeyError(
                 f"The master key does not open the credential store at {self.path} (key id mismatch): set "
                 f"SPINUP_MASTER_KEY to the key it was written with, or restore {self.key_path}."
@@ -212,20 +237,17 @@ class CredentialStore:
     def get(self, name: str) -> str:
         """The value of ``name``."""
         validate_secret_name(name)
-        document = self._load()
-        if document is None or name not in document["secrets"]:
+        document, key = self._opened()
+        if document is None or key is None or name not in document["secrets"]:
             raise SecretNotFound(name)
-        return self._open(self._key(document, create=False), name, document["secrets"][name])
+        return self._open(key, name, document["secrets"][name])
 
     def values(self, names: Iterable[str] | None = None) -> dict[str, str]:
         """Values of every credential (or of the named ones that exist). No store: {} (no key is made)."""
-        document = self._load()
-        if document is None or not document["secrets"]:
+        document, key = self._opened()
+        if document is None or key is None:
             return {}
         wanted = set(document["secrets"]) if names is None else set(names) & set(document["secrets"])
-        if not wanted:
-            return {}
-        key = self._key(document, create=False)
         return {name: self._open(key, name, document["secrets"][name]) for name in sorted(wanted)}
 
     def list(self) -> list[SecretInfo]:

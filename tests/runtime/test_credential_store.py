@@ -6,6 +6,7 @@ import base64
 import json
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,38 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         worker.join(60)
         assert worker.exitcode == 0
     assert len(_store(tmp_path).values()) == 1 + 3 * 15
+
+
+def test_an_emptied_store_whose_key_file_was_deleted_takes_a_new_key(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.set("TOKEN", VALUE)
+    store.remove("TOKEN")
+    (tmp_path / "master.key").unlink()
+    store.set("TOKEN", "fresh-value")
+    assert _store(tmp_path).get("TOKEN") == "fresh-value"
+
+
+def test_reads_during_rotations_never_fail(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.set("TOKEN", VALUE)
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = _store(tmp_path)
+        while not stop.is_set():
+            try:
+                assert reader.values() == {"TOKEN": VALUE}
+            except BaseException as exc:  # recorded and asserted on below
+                failures.append(exc)
+                return
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for _ in range(40):
+            store.rotate_key()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert failures == []

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import unique_name
 from package_sources import make_deb, make_npm_tarball, make_wheel
-from spinup.runtime import Runtime, Settings
+from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.errors import InvalidInput
 from spinup.runtime.packages import PackageError
 
@@ -154,3 +157,72 @@ def test_the_cli_installs_lists_exports_and_removes(settings: Settings) -> None:
         assert spinup("package", "list", name).stdout == ""
     finally:
         spinup("agent", "rm", name)
+
+
+@pytest.fixture
+def loopback_index(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A PEP 503 index on the host's 127.0.0.1 serving one wheel (cacheable); yields its URL and the request log."""
+    wheel = make_wheel(tmp_path / "files", "spinup-cached-demo", "3.1")
+    requests: list[str] = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            if self.path.rstrip("/") == "/simple/spinup-cached-demo":
+                body = f'<a href="/files/{wheel.name}">{wheel.name}</a>'.encode()
+                self._send(body, "text/html", "no-cache")
+            elif self.path == f"/files/{wheel.name}":
+                self._send(wheel.read_bytes(), "application/octet-stream", "max-age=3600")
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes, kind: str, cache: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", cache)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def _use_index(runtime: Runtime, name: str, url: str) -> None:
+    files = await runtime.files(name)
+    # pip caches plain-HTTP downloads only from trusted hosts
+    await files.write("/home/agent/.config/pip/pip.conf", f"[global]\nindex-url = {url}\ntrusted-host = 127.0.0.1\n")
+
+
+async def test_a_second_agent_installs_from_the_shared_download_cache(
+    runtime: Runtime, settings: Settings, loopback_index: tuple[str, list[str]]
+) -> None:
+    url, requests = loopback_index
+    downloads = [r for r in requests if r.startswith("/files/")]
+    first, second, private = unique_name("c1"), unique_name("c2"), unique_name("c3")
+    await runtime.agents.create(first, policy=Policy(network="host"))
+    await runtime.agents.create(second, policy=Policy(network="host"))
+    await runtime.agents.create(private, policy=Policy(network="host", package_cache=False))
+    for name in (first, second, private):
+        await _use_index(runtime, name, url)
+    await runtime.install_packages(first, "pip", ["spinup-cached-demo"])
+    downloads = [r for r in requests if r.startswith("/files/")]
+    assert len(downloads) == 1
+    cached = [p for p in (settings.cache_dir / "pip").rglob("*") if p.is_file()]
+    assert cached, "the first install filled the shared cache"
+    result = await runtime.install_packages(second, "pip", ["spinup-cached-demo"])
+    assert [(p.name, p.version) for p in result.added] == [("spinup-cached-demo", "3.1")]
+    assert len([r for r in requests if r.startswith("/files/")]) == 1, "the second agent was served by the cache"
+    await runtime.install_packages(private, "pip", ["spinup-cached-demo"])
+    assert len([r for r in requests if r.startswith("/files/")]) == 2, "an agent with its own cache downloads"
+    mounts = await runtime.exec(private, "ls /var/cache/spinup 2>&1 || true")
+    assert "No such file" in mounts.stdout
