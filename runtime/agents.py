@@ -205,6 +205,21 @@ class AgentService:
                 await self._create_machine(self.get(name), recreated=True)
             return self.get(name)
 
+    async def move_to_image(self, name: str, image: str) -> tuple[Agent, MachineInfo | None]:
+        """Give the agent a fresh machine from another base image; the old machine is kept (returned) so its
+        files can be copied over, and the caller removes it with :meth:`discard_machine`."""
+        agent = self.get(name)
+        await self._require_image(image)
+        async with self._locks[agent.id]:
+            old = await self.machine(agent)
+            self.db.set_image(agent.id, image)
+            await self._create_machine(self.get(name), recreated=False)
+            return self.get(name), old
+
+    def discard_machine(self, machine_id: str) -> None:
+        """Remove a machine no agent uses any more (in the background; see :meth:`drain`)."""
+        self._remove_later(machine_id)
+
     async def _hand_over_to_agent_user(self, info: MachineInfo) -> None:
         """Give the agent user what a root policy left in its workspace and home."""
         if not info.running:

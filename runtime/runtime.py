@@ -15,11 +15,22 @@ from .limits import LimitCounters, LimitWatch
 from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, PackageEntry, PackageManager, format_size
 from .packages import InstallResult, PackageService
-from .policy import exec_user, is_root, owner
+from .policy import NPM_PREFIX, VENV, exec_user, is_root, owner
 from .quota import DiskQuota
+from .rebuild import Reinstalled, copy_directories, replay
 from .secrets import SecretService
 from .snapshots import SnapshotService
 from .state import StateDB
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """An agent on its new base image, the snapshot saved before, and how each package fared."""
+
+    agent: Agent
+    saved_snapshot: str
+    snapshot: str
+    packages: list[Reinstalled]
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,34 @@ class Runtime:
         """Wake the agent, uninstall packages and drop them from its manifest."""
         agent = await self.agents.wake(name)
         return await self.packages.remove(agent, manager, names)
+
+    async def rebuild(self, name: str, image: str) -> RebuildResult:
+        """Move the agent to base ``image``: snapshot it, make a new machine, carry /workspace and the home
+        directory over, reinstall its packages from the manifest, snapshot the result."""
+        before = self.agents.get(name)
+        saved = (await self.agents.snapshot(name, f"before rebuild on {image}")).snapshot
+        manifest = self.db.packages(before.id)
+        agent, old = await self.agents.move_to_image(name, image)
+        assert agent.machine_id is not None
+        if old is not None:
+            if old.paused:
+                await self.docker.unpause(old.id)
+            await copy_directories(self.docker, old.id, agent.machine_id)
+            self.agents.discard_machine(old.id)
+        await self.exec(name, ["rm", "-rf", VENV, NPM_PREFIX], cwd="/")
+        self.db.set_packages(agent.id, [])
+
+        async def install(entry: PackageEntry, spec: str) -> str:
+            result = await self.packages.install(self.agents.get(name), entry.manager, [spec])
+            return next(e.version for e in result.manifest if e.manager == entry.manager and e.name == entry.name)
+
+        outcomes = await replay(manifest, install)
+        self.db.set_packages(
+            agent.id,
+            [o.entry.model_copy(update={"version": o.version}) for o in outcomes if o.version is not None],
+        )
+        head = (await self.agents.snapshot(name, f"rebuilt on {image}")).snapshot
+        return RebuildResult(self.agents.get(name), saved.id, head.id, outcomes)
 
     async def _run_package_command(
         self, name: str, argv: list[str], timeout: float, on_progress: ProgressCallback | None

@@ -181,6 +181,15 @@ class StateDB:
         rows = self._conn.execute("SELECT * FROM agents ORDER BY created_at, name").fetchall()
         return [self._agent(row) for row in rows]
 
+    def set_image(self, agent_id: str, image: str) -> None:
+        """Move the agent to another base image; its head snapshot (tied to the old base) is dropped."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE agents SET image = ?, head_snapshot = NULL, machine_id = NULL, state = ? WHERE id = ?",
+                (image, AgentState.MISSING.value, agent_id),
+            )
+            self._insert_event(conn, agent_id, "image-changed", f"base image is now {image}")
+
     def set_machine(self, agent_id: str, machine_id: str | None, state: AgentState) -> None:
         """Record the agent's current machine and its state."""
         with self._tx() as conn:

@@ -61,6 +61,17 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         elif args.agent_command == "stop":
             agent = await rt.agents.stop(args.name, snapshot=not args.no_snapshot, hibernate=args.hibernate)
             _print_json(AgentInfo.of(agent).model_dump())
+        elif args.agent_command == "rebuild":
+            result = await rt.rebuild(args.name, args.image)
+            print(f"rebuilt {args.name} on {args.image}; the old state is snapshot {result.saved_snapshot}")
+            for outcome in result.packages:
+                entry = outcome.entry
+                if outcome.version is None:
+                    reason = (outcome.error.splitlines() or ["no reason given"])[0]
+                    print(f"NOT reinstalled: {entry.manager} {entry.spec} ({reason})")
+                else:
+                    print(f"reinstalled {entry.manager} {entry.name} {outcome.version} (was {entry.version})")
+            return 1 if any(o.version is None for o in result.packages) else 0
         elif args.agent_command == "rm":
             await rt.agents.remove(args.name)
             print(f"removed agent {args.name}", file=sys.stderr)
@@ -341,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name")
     stop.add_argument("--hibernate", action="store_true", help="also remove the machine (rebuilt on next use)")
     stop.add_argument("--no-snapshot", action="store_true", help="stop without taking a snapshot")
+    rebuild = agent_sub.add_parser(
+        "rebuild", help="move an agent to another base image: files carried over, packages reinstalled"
+    )
+    rebuild.add_argument("name")
+    rebuild.add_argument("--image", required=True, help="the new base image")
     agent_sub.add_parser("rm", help="remove an agent and its machine").add_argument("name")
     agent.set_defaults(func=_cmd_agent)
 

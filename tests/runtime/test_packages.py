@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import unique_name
+from conftest import RUN_ID, TEST_LABEL, docker_cli, unique_name
 from package_sources import make_deb, make_npm_tarball, make_wheel
 from spinup.runtime import Policy, Runtime, Settings
+from spinup.runtime.config import DEFAULT_IMAGE
 from spinup.runtime.errors import InvalidInput
 from spinup.runtime.packages import PackageError
 
@@ -226,3 +227,49 @@ async def test_a_second_agent_installs_from_the_shared_download_cache(
     assert len([r for r in requests if r.startswith("/files/")]) == 2, "an agent with its own cache downloads"
     mounts = await runtime.exec(private, "ls /var/cache/spinup 2>&1 || true")
     assert "No such file" in mounts.stdout
+
+
+@pytest.fixture
+def other_base() -> Iterator[str]:
+    """Another base image: the default one plus a marker file, committed under a test tag."""
+    tag = f"spinup-test/other-base:{RUN_ID}"
+    container = f"spinup-test-other-{RUN_ID}"
+    docker_cli(
+        "run", "--name", container, "--network", "none", DEFAULT_IMAGE, "sh", "-c", "echo other > /etc/other-base"
+    )
+    docker_cli("commit", "--change", f"LABEL {TEST_LABEL}={RUN_ID}", container, tag)
+    docker_cli("rm", "-f", container)
+    try:
+        yield tag
+    finally:
+        docker_cli("rmi", "-f", tag, check=False)
+
+
+async def test_rebuild_on_another_base_carries_files_and_reinstalls_the_manifest(
+    runtime: Runtime, agent: str, sources: Path, other_base: str
+) -> None:
+    await runtime.install_packages(agent, "pip", ["spinup-demo-app"])
+    await runtime.install_packages(agent, "npm", ["spinup-demo-npm"])
+    await runtime.exec(agent, "echo mine > /workspace/notes.txt && echo 'alias ll=ls' > ~/.bash_aliases")
+    (sources / "pip" / "spinup_demo_lib-1.4-py3-none-any.whl").unlink()
+    make_wheel(sources / "pip", "spinup-demo-lib", "1.5", value="lib-1.5")  # 1.4 is gone: the app takes 1.5
+    result = await runtime.rebuild(agent, other_base)
+    assert result.agent.image == other_base and result.saved_snapshot != result.snapshot
+    assert {(o.entry.name, o.version) for o in result.packages} == {
+        ("spinup-demo-app", "2.0"),
+        ("spinup-demo-npm", "1.2.3"),
+    }
+    check = await runtime.exec(
+        agent,
+        "cat /etc/other-base /workspace/notes.txt ~/.bash_aliases; spinup-demo-npm; "
+        + " ".join(IMPORT[:2])
+        + f" '{IMPORT[2]}'",
+    )
+    assert check.stdout == "other\nmine\nalias ll=ls\nhello from npm\napp-2.0 lib-1.5\n", check.stderr
+    assert runtime.agents.get(agent).head_snapshot == result.snapshot
+    # What cannot be found on the new base is reported, not fatal.
+    (sources / "npm" / "spinup-demo-npm-1.2.3.tgz").unlink()
+    again = await runtime.rebuild(agent, DEFAULT_IMAGE)
+    failed = [o for o in again.packages if o.version is None]
+    assert [o.entry.name for o in failed] == ["spinup-demo-npm"] and failed[0].error
+    assert [e.name for e in runtime.packages.manifest(runtime.agents.get(agent))] == ["spinup-demo-app"]
