@@ -80,7 +80,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return asyncio.run(_with_runtime(work))
 
 
-POLICY_OPTIONS = ("network", "user", "cpus", "memory", "pids", "disk", "nofile")
+POLICY_OPTIONS = ("network", "user", "cpus", "memory", "pids", "disk", "nofile", "package_cache")
 
 
 def _policy_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,6 +96,11 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pids", type=int, help="most processes and threads (default 1024)")
     group.add_argument("--disk", help="quota on what the machine writes, such as 10g, or 'none' (default 20g)")
     group.add_argument("--nofile", type=int, help="open files per process (default 8192)")
+    group.add_argument(
+        "--package-cache",
+        action=argparse.BooleanOptionalAction,
+        help="share pip's and npm's download caches with other agents (default on)",
+    )
 
 
 def _read_secret_value(name: str) -> str:
