@@ -13,11 +13,13 @@ from .errors import SpinupError
 from .models import Agent
 from .policy import (
     AGENT_UID,
+    APT_ARCHIVES,
     CACHE_MOUNT,
     SOURCES_MOUNT,
     WORKSPACE,
     exec_user,
     host_config,
+    is_root,
     package_env,
     user_env,
 )
@@ -28,8 +30,11 @@ def machine_labels(agent: Agent, settings: Settings) -> dict[str, str]:
     return {MANAGED_LABEL: "1", AGENT_LABEL: agent.id, "spinup.name": agent.name, **settings.label_extra}
 
 
-def _host_dirs(settings: Settings, policy_cache: bool) -> list[str]:
-    """Bind mounts of the shared caches (read-write) and the local sources (read-only), made if missing."""
+def _host_dirs(settings: Settings, policy_cache: bool, root: bool) -> list[str]:
+    """Bind mounts of the shared caches (read-write) and the local sources (read-only), made if missing.
+
+    apt's archives are shared only with root machines (only they run apt); apt locks them itself.
+    """
     binds = []
     settings.sources_dir.mkdir(parents=True, exist_ok=True)
     binds.append(f"{settings.sources_dir}:{SOURCES_MOUNT}:ro")
@@ -41,6 +46,10 @@ def _host_dirs(settings: Settings, policy_cache: bool) -> list[str]:
                 with contextlib.suppress(PermissionError):
                     os.chown(directory, AGENT_UID, AGENT_UID)  # the agent user fills it
             binds.append(f"{directory}:{CACHE_MOUNT}/{manager}")
+        if root:
+            archives = settings.cache_dir / "apt"
+            (archives / "partial").mkdir(parents=True, exist_ok=True)
+            binds.append(f"{archives}:{APT_ARCHIVES}")
     return binds
 
 
@@ -57,7 +66,10 @@ def machine_config(agent: Agent, settings: Settings, image: str, image_env: list
             f"The machine toolbox {settings.toolbox_host_path} is missing on this host. "
             f"Install it with: apt-get install busybox-static (then run: spinup doctor)."
         )
-    binds = [f"{settings.toolbox_host_path}:{TOOLBOX_MOUNT}:ro", *_host_dirs(settings, agent.policy.package_cache)]
+    binds = [
+        f"{settings.toolbox_host_path}:{TOOLBOX_MOUNT}:ro",
+        *_host_dirs(settings, agent.policy.package_cache, is_root(agent.policy)),
+    ]
     return {
         "Image": image,
         "Entrypoint": [TOOLBOX_MOUNT, "sleep", "infinity"],

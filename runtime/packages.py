@@ -181,7 +181,7 @@ class PackageService:
     # commands
 
     def _pip_install(self, agent: Agent, specs: list[str]) -> list[str]:
-        options = ["--find-links", f"{SOURCES_MOUNT}/pip"]
+        options = ["--find-links", f"{SOURCES_MOUNT}/pip"] if (self.sources_dir / "pip").is_dir() else []
         if agent.policy.network == "none":
             options += ["--no-index"]
         report = f"/tmp/.spinup-pip-{secrets.token_hex(4)}.json"

@@ -15,6 +15,7 @@ SECRETS_DIR = "/run/spinup/secrets"
 VENV = f"{AGENT_HOME}/.venv"  # pip installs go here; its bin is first on PATH
 NPM_PREFIX = f"{AGENT_HOME}/.npm-global"  # npm's global prefix
 CACHE_MOUNT = "/var/cache/spinup"  # shared pip and npm download caches
+APT_ARCHIVES = "/var/cache/apt/archives"  # shared with root machines
 SOURCES_MOUNT = "/spinup/sources"  # the operator's local package sources, read-only
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An image labelled so has /workspace and the agent's home owned by the agent user already.

@@ -2,8 +2,9 @@
 
 The old machine is snapshotted first (nothing is lost), a new machine is made from the new base,
 ``/workspace`` and the home directory are copied across (streamed through the archive API), and
-the package manifest is replayed there: each package at the version it had, or as first
-requested when that version is not available. What could not be reinstalled is reported.
+the package manifest is replayed there: each manager's packages in one install at the versions
+they had; if that fails, one by one, each at its version or else as first requested. What could
+not be reinstalled is reported.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from .docker import DockerBackend
 from .errors import SpinupError
-from .models import PackageEntry
+from .models import PackageEntry, PackageManager
 from .policy import NPM_PREFIX, VENV
 
 CARRIED = ("/workspace", "/home/agent")
@@ -49,18 +50,28 @@ async def copy_directories(docker: DockerBackend, source: str, target: str) -> N
 
 
 async def replay(
-    entries: list[PackageEntry], install: Callable[[PackageEntry, str], Awaitable[str]]
+    entries: list[PackageEntry], install: Callable[[PackageManager, list[str]], Awaitable[dict[str, str]]]
 ) -> list[Reinstalled]:
-    """Install each entry (pinned first, then as requested); ``install`` returns the version installed."""
+    """Install the entries, each manager's in one go at their recorded versions; when that fails, one by one
+    (pinned first, then as requested). ``install`` returns the manifest's versions by name afterwards."""
     outcomes = []
-    for entry in entries:
-        error = ""
-        for spec in dict.fromkeys([pinned(entry), entry.spec]):
-            try:
-                outcomes.append(Reinstalled(entry, await install(entry, spec)))
-                break
-            except SpinupError as exc:
-                error = str(exc)
+    for manager in dict.fromkeys(entry.manager for entry in entries):
+        group = [entry for entry in entries if entry.manager == manager]
+        try:
+            versions = await install(manager, [pinned(entry) for entry in group])
+        except SpinupError:
+            pass
         else:
-            outcomes.append(Reinstalled(entry, None, error[-1500:]))
+            outcomes += [Reinstalled(entry, versions.get(entry.name)) for entry in group]
+            continue
+        for entry in group:
+            error = ""
+            for spec in dict.fromkeys([pinned(entry), entry.spec]):
+                try:
+                    outcomes.append(Reinstalled(entry, (await install(manager, [spec])).get(entry.name)))
+                    break
+                except SpinupError as exc:
+                    error = str(exc)
+            else:
+                outcomes.append(Reinstalled(entry, None, error[-1500:]))
     return outcomes

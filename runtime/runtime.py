@@ -148,9 +148,9 @@ class Runtime:
         await self.exec(name, ["rm", "-rf", VENV, NPM_PREFIX], cwd="/")
         self.db.set_packages(agent.id, [])
 
-        async def install(entry: PackageEntry, spec: str) -> str:
-            result = await self.packages.install(self.agents.get(name), entry.manager, [spec])
-            return next(e.version for e in result.manifest if e.manager == entry.manager and e.name == entry.name)
+        async def install(manager: PackageManager, specs: list[str]) -> dict[str, str]:
+            result = await self.packages.install(self.agents.get(name), manager, specs)
+            return {e.name: e.version for e in result.manifest if e.manager == manager}
 
         outcomes = await replay(manifest, install)
         self.db.set_packages(

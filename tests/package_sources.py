@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import subprocess
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -40,22 +38,23 @@ def make_wheel(directory: Path, name: str, version: str, requires: tuple[str, ..
     return wheel
 
 
-def make_npm_tarball(directory: Path, name: str, version: str, message: str) -> Path:
-    """An npm package tarball (as `npm pack` names it) with a `bin` that prints ``message``."""
-    package = {"name": name, "version": version, "bin": {name: "cli.js"}, "main": "cli.js"}
-    files = {
-        "package/package.json": json.dumps(package).encode(),
-        "package/cli.js": f"#!/usr/bin/env node\nconsole.log({json.dumps(message)});\n".encode(),
-    }
+def make_npm_tarball(directory: Path, name: str, version: str, message: str, work: Path) -> Path:
+    """A package made by ``npm pack`` with a ``bin`` that prints ``message``."""
+    source = work / f"npm-{name}-{version}"
+    source.mkdir(parents=True)
+    package = {"name": name, "version": version, "bin": {name: "cli.js"}, "main": "cli.js", "license": "MIT"}
+    (source / "package.json").write_text(json.dumps(package))
+    script = source / "cli.js"
+    script.write_text(f"#!/usr/bin/env node\nconsole.log({json.dumps(message)});\n")
+    script.chmod(0o755)
     directory.mkdir(parents=True, exist_ok=True)
-    tarball = directory / f"{name}-{version}.tgz"
-    with tarfile.open(tarball, "w:gz") as archive:
-        for path, data in files.items():
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o755 if path.endswith(".js") else 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return tarball
+    subprocess.run(
+        ["npm", "pack", "--pack-destination", str(directory), "--offline", "--no-update-notifier"],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
+    return directory / f"{name}-{version}.tgz"
 
 
 def make_deb(directory: Path, name: str, version: str, message: str, work: Path) -> Path:

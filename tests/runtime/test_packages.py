@@ -28,12 +28,12 @@ IMPORT = [
 
 
 @pytest.fixture
-def sources(settings: Settings) -> Path:
+def sources(settings: Settings, tmp_path: Path) -> Path:
     """The runtime's local sources, holding two wheels (an app that needs a lib), an npm tarball."""
     root = settings.sources_dir
     make_wheel(root / "pip", "spinup-demo-lib", "1.4", value="lib-1.4")
     make_wheel(root / "pip", "spinup-demo-app", "2.0", requires=("spinup-demo-lib>=1.0",), value="app-2.0")
-    make_npm_tarball(root / "npm", "spinup-demo-npm", "1.2.3", "hello from npm")
+    make_npm_tarball(root / "npm", "spinup-demo-npm", "1.2.3", "hello from npm", tmp_path / "npm-build")
     return root
 
 
@@ -96,6 +96,8 @@ async def test_apt_needs_root_and_installs_a_local_deb(
     runtime: Runtime, agent: str, root_agent: str, settings: Settings, tmp_path: Path
 ) -> None:
     make_deb(settings.sources_dir / "apt", "spinup-demo-deb", "1.0", "hello-from-deb", tmp_path / "build")
+    archives = await runtime.exec(root_agent, "test -d /var/cache/apt/archives/partial && echo shared")
+    assert archives.stdout == "shared\n" and (settings.cache_dir / "apt" / "partial").is_dir()
     with pytest.raises(PackageError, match="needs root"):
         await runtime.install_packages(agent, "apt", ["spinup-demo-deb"])
     result = await runtime.install_packages(root_agent, "apt", ["spinup-demo-deb"])
