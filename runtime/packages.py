@@ -139,6 +139,8 @@ class PackageService:
         self._check(agent, manager, "install", specs, result)
         before, after = self._listings(manager, result)
         added = [Installed(n, v) for n, v in sorted(after.items()) if before.get(n) != v]
+        if manager == "pip" and any(canonical("pip", package_name(spec)) not in after for spec in specs):
+            after = {**await self._pip_installed(agent), **after}  # some were already there: ask for their versions
         now = datetime.now(UTC)
         entries = []
         for spec in specs:
@@ -151,6 +153,12 @@ class PackageService:
             entries.append(PackageEntry(manager=manager, name=name, spec=spec, version=after[name], installed_at=now))
         self.db.record_packages(agent.id, entries, [])
         return InstallResult(manager, specs, added, self.db.packages(agent.id), round(time.monotonic() - started, 3))
+
+    async def _pip_installed(self, agent: Agent) -> dict[str, str]:
+        argv = [f"{VENV}/bin/python", "-m", "pip", "list", "--format=json", "--disable-pip-version-check"]
+        result = await self._run(agent.name, argv, 300.0, None)
+        self._check(agent, "pip", "list", ["(installed packages)"], result)
+        return {canonical("pip", item["name"]): item["version"] for item in json.loads(result.stdout or "[]")}
 
     async def remove(self, agent: Agent, manager: PackageManager, names: list[str]) -> list[PackageEntry]:
         """Uninstall ``names`` and drop them from the manifest; returns the manifest afterwards."""
@@ -190,8 +198,7 @@ class PackageService:
             '[ -x "$v/bin/python" ] || python3 -m venv "$v" >&2\n'
             '"$v/bin/python" -m pip install -q --disable-pip-version-check --no-input --progress-bar off '
             '--timeout 15 --retries 1 --report "$r" "$@" >&2\n'
-            f'echo {_MARK}; cat "$r"; rm -f "$r"; echo; echo {_MARK}\n'
-            '"$v/bin/python" -m pip list --format=json --disable-pip-version-check\n'
+            f'echo {_MARK}; cat "$r"; rm -f "$r"\n'
         )
         return ["sh", "-c", script, "pip", VENV, report, *options, *specs]
 
@@ -252,11 +259,10 @@ class PackageService:
     def _listings(manager: PackageManager, result: ExecResult) -> tuple[dict[str, str], dict[str, str]]:
         sections = _sections(result.stdout)
         if manager == "pip":
+            # pip's report names exactly what this install added or changed.
             report = json.loads(sections[0] or "{}")
-            installed = {canonical("pip", item["name"]): item["version"] for item in json.loads(sections[1] or "[]")}
-            new = {canonical("pip", i["metadata"]["name"]): i["metadata"]["version"] for i in report.get("install", [])}
-            before = {name: version for name, version in installed.items() if name not in new}
-            return before, installed
+            added = report.get("install", [])
+            return {}, {canonical("pip", i["metadata"]["name"]): i["metadata"]["version"] for i in added}
         if manager == "npm":
             return _npm_listing(sections[0]), _npm_listing(sections[1])
         return _dpkg_listing(sections[0]), _dpkg_listing(sections[1])

@@ -52,6 +52,8 @@ async def test_pip_installs_from_local_sources_report_every_package_and_record_t
     status = await runtime.status(agent)
     assert [e.name for e in status.packages] == ["spinup-demo-app"]
     assert runtime.packages.export(runtime.agents.get(agent), "pip") == "spinup-demo-app==2.0\n"
+    again = await runtime.install_packages(agent, "pip", ["spinup-demo-lib"])  # already there, as a dependency
+    assert again.added == [] and [(e.name, e.version) for e in again.manifest][-1] == ("spinup-demo-lib", "1.4")
 
 
 async def test_installed_packages_survive_stop_hibernate_restore_and_fork(
