@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import json
 import os
 import shutil
@@ -31,50 +30,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from package_sources import make_wheel
+from package_sources import make_wheel, serve_index
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.config import DEFAULT_IMAGE
 
 BENCH_LABEL = "spinup.bench"
 DOCKER_ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
-
-
-def serve_index(files: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """A PEP 503 index of the wheels in ``files`` on 127.0.0.1 (files cacheable, pages not)."""
-    wheels = {p.name.split("-")[0].replace("_", "-"): p for p in files.glob("*.whl")}
-
-    class Index(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            parts = self.path.strip("/").split("/")
-            if parts[0] == "simple" and len(parts) == 2 and parts[1] in wheels:
-                name = wheels[parts[1]].name
-                self._send(f'<a href="/files/{name}">{name}</a>'.encode(), "no-cache", "text/html")
-            elif parts[0] == "files" and len(parts) == 2 and (files / parts[1]).is_file():
-                self._send((files / parts[1]).read_bytes(), "max-age=3600", "application/octet-stream")
-            else:
-                self.send_error(404)
-
-        def _send(self, body: bytes, cache: str, kind: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", cache)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/simple"
 
 
 def pip_conf(url: str) -> str:
@@ -114,7 +81,7 @@ async def bench(rounds: int, wheel_count: int) -> dict[str, Any]:
     names = [f"spinup-bench-{i:02d}" for i in range(wheel_count)]
     for name in names:
         make_wheel(files, name, "1.0")
-    server, url = serve_index(files)
+    server, url, _ = serve_index(files)
     runtime = Runtime(Settings(home=home / "spinup", label_extra={BENCH_LABEL: "1"}))
     samples: dict[str, list[float]] = {"first install": [], "repeat install": [], "raw pip": [], "rebuild": []}
     try:

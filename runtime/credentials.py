@@ -28,6 +28,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from spinup.snapshot.store import fsync_dir
+
 from .errors import InvalidInput, NotFound, SpinupError
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -84,14 +86,6 @@ def _fingerprint(key: bytes, value: str) -> str:
     return hmac.new(key, b"spinup-fingerprint\0" + value.encode(), hashlib.sha256).hexdigest()[:8]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (mode 0600) so that a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -103,7 +97,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -221,7 +215,7 @@ class CredentialStore:
             return
         if document.get("key_id") == _key_id(new_key):
             os.replace(pending, self.key_path)
-            _fsync_dir(self.key_path.parent)
+            fsync_dir(self.key_path.parent)
 
     def _open(self, key: bytes, name: str, sealed: dict[str, Any]) -> str:
         try:
@@ -359,4 +353,4 @@ class CredentialStore:
             _write_atomic(pending, base64.urlsafe_b64encode(key) + b"\n")
             self._save(key, secrets)
             os.replace(pending, self.key_path)
-            _fsync_dir(self.key_path.parent)
+            fsync_dir(self.key_path.parent)

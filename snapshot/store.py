@@ -46,7 +46,8 @@ class Descriptor:
         return cls(raw["mediaType"], raw["digest"], int(raw["size"]), raw.get("annotations"))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in directory ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -95,7 +96,7 @@ class BlobWriter:
         else:
             os.chmod(self._tmp, 0o444)
             os.replace(self._tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         return Descriptor(media_type, digest, self.size, annotations)
 
     def abort(self) -> None:
@@ -241,4 +242,4 @@ class Store:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
 import subprocess
+import threading
 import zipfile
 from pathlib import Path
 
@@ -73,3 +75,40 @@ def make_deb(directory: Path, name: str, version: str, message: str, work: Path)
     deb = directory / f"{name}_{version}_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True, capture_output=True)
     return deb
+
+
+def serve_index(files: Path) -> tuple[http.server.ThreadingHTTPServer, str, list[str]]:
+    """A PEP 503 index of the wheels in ``files`` on the host's 127.0.0.1, in a thread.
+
+    Wheel downloads are cacheable (``max-age``), pages are not, as on PyPI. Returns the server
+    (call ``shutdown``), the index URL and the list of paths requested so far.
+    """
+    wheels = {p.name.split("-")[0].replace("_", "-"): p.name for p in files.glob("*.whl")}
+    requests: list[str] = []
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            parts = self.path.strip("/").split("/")
+            if len(parts) == 2 and parts[0] == "simple" and parts[1] in wheels:
+                name = wheels[parts[1]]
+                self._send(f'<a href="/files/{name}">{name}</a>'.encode(), "text/html", "no-cache")
+            elif len(parts) == 2 and parts[0] == "files" and parts[1] in wheels.values():
+                self._send((files / parts[1]).read_bytes(), "application/octet-stream", "max-age=3600")
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes, kind: str, cache: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", cache)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/simple", requests

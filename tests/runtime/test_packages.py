@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import RUN_ID, TEST_LABEL, docker_cli, unique_name
-from package_sources import make_deb, make_npm_tarball, make_wheel
+from package_sources import make_deb, make_npm_tarball, make_wheel, serve_index
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.config import DEFAULT_IMAGE
 from spinup.runtime.errors import InvalidInput
@@ -166,37 +164,11 @@ def test_the_cli_installs_lists_exports_and_removes(settings: Settings) -> None:
 
 @pytest.fixture
 def loopback_index(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """A PEP 503 index on the host's 127.0.0.1 serving one wheel (cacheable); yields its URL and the request log."""
-    wheel = make_wheel(tmp_path / "files", "spinup-cached-demo", "3.1")
-    requests: list[str] = []
-
-    class Index(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            if self.path.rstrip("/") == "/simple/spinup-cached-demo":
-                body = f'<a href="/files/{wheel.name}">{wheel.name}</a>'.encode()
-                self._send(body, "text/html", "no-cache")
-            elif self.path == f"/files/{wheel.name}":
-                self._send(wheel.read_bytes(), "application/octet-stream", "max-age=3600")
-            else:
-                self.send_error(404)
-
-        def _send(self, body: bytes, kind: str, cache: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", cache)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """A PEP 503 index on the host's 127.0.0.1 serving one wheel; yields its URL and the request log."""
+    make_wheel(tmp_path / "files", "spinup-cached-demo", "3.1")
+    server, url, requests = serve_index(tmp_path / "files")
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple", requests
+        yield url, requests
     finally:
         server.shutdown()
         server.server_close()
