@@ -137,6 +137,36 @@ esac
 _ACCESS_WORDS = {"read": "read", "list": "list", "write": "write to"}
 
 
+class AccessMemo:
+    """Directories each machine's agent user was found able to reach (every ancestor searchable).
+
+    A read below a known directory is then decided by the file's own permission bits, without
+    running the check in the machine. Whatever may change permissions (a command, a file write,
+    move or delete) makes the machine's entries forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._reachable: dict[str, set[str]] = {}
+
+    def known(self, machine_id: str, path: str) -> bool:
+        """Whether the agent is known to reach ``path``'s directory."""
+        return posixpath.dirname(path) in self._reachable.get(machine_id, ())
+
+    def learn(self, machine_id: str, path: str) -> None:
+        """The agent reached ``path``: its directory and every ancestor are searchable."""
+        reachable = self._reachable.setdefault(machine_id, set())
+        directory = posixpath.dirname(path)
+        while directory not in reachable:
+            reachable.add(directory)
+            if directory == "/":
+                break
+            directory = posixpath.dirname(directory)
+
+    def forget(self, machine_id: str) -> None:
+        """Permissions in the machine may have changed."""
+        self._reachable.pop(machine_id, None)
+
+
 class Files:
     """File operations on one machine, acting as the agent's user.
 
@@ -157,6 +187,7 @@ class Files:
         redact: Callable[[bytes], bytes] | None = None,
         write_guard: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] | None = None,
+        memo: AccessMemo | None = None,
     ) -> None:
         self.docker = docker
         self.machine_id = machine_id
@@ -165,6 +196,7 @@ class Files:
         self.check_access = check_access
         self.user_name = user_name
         self._write_guard = write_guard
+        self._memo = memo
         self._redact = redact
         self._on_written = on_written
 
@@ -273,12 +305,21 @@ class Files:
         if encoding == "base64" and unit == "lines":
             unit = "bytes"
         path = normalize_path(path)
-        check = self._check_soon(path, "read")
+        real, st = await self._resolve(path)
+        if st.is_dir:
+            raise IsADirectory(path)
+        # Where the agent is known to reach the file's directory, the file's own bits decide (no exec).
+        quick = self.check_access and self._memo is not None and self._memo.known(self.machine_id, real)
+        check = None if quick else self._check_soon(real, "read")
         try:
-            data, returned, eof, size = await self._read_range(path, offset, limit, unit)
+            data, returned, eof, size, owner = await self._read_range(path, real, offset, limit, unit)
+            if quick and not self._bits_allow(owner, 4):
+                await self._require(real, "read")  # perhaps a group the quick check does not know
             await self._passed(check)
         finally:
             self._drop(check)
+        if self.check_access and self._memo is not None:
+            self._memo.learn(self.machine_id, real)
         if self._redact is not None:
             data = self._redact(data)
         text, used = await _off_loop(_encode, data, encoding, size=len(data))
@@ -294,17 +335,17 @@ class Files:
         )
 
     async def _read_range(
-        self, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
-    ) -> tuple[bytes, int, bool, int]:
-        """The bytes (or lines) asked for, how many, whether the end was reached, the file's size."""
-        real, st = await self._resolve(path)
-        if st.is_dir:
-            raise IsADirectory(path)
+        self, path: str, real: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int, tuple[int, int, int]]:
+        """The bytes (or lines) asked for, how many, whether the end was reached, the file's size, and its
+        owner, group and mode."""
+        owner: list[tuple[int, int, int]] = []
 
         def extract(tar: tarfile.TarFile) -> tuple[bytes, int, bool, int]:
             member = tar.next()
             if member is None or not member.isfile():
                 raise InvalidInput(f"{path} is not a regular file; it cannot be read as content.")
+            owner.append((member.uid, member.gid, member.mode))
             fh = tar.extractfile(member)
             assert fh is not None
             if unit == "bytes":
@@ -322,7 +363,18 @@ class Files:
 
         async with self.docker.get_archive(self.machine_id, real) as (_, content):
             data, returned, eof, size = await with_tar_stream(content, extract)
-        return data, returned, eof, size
+        return data, returned, eof, size, owner[0]
+
+    def _bits_allow(self, owner: tuple[int, int, int], want: int) -> bool:
+        """Whether the permission bits grant ``want`` (4 read, 2 write, 1 search) to the agent's uid or gid."""
+        uid, gid, mode = owner
+        if uid == self.owner[0]:
+            bits = mode >> 6
+        elif gid == self.owner[1]:
+            bits = mode >> 3
+        else:
+            bits = mode
+        return bits & want == want
 
     async def write(
         self,
@@ -453,6 +505,8 @@ class Files:
 
         if self._write_guard is not None:
             await self._write_guard()
+        if self._memo is not None:
+            self._memo.forget(self.machine_id)
         try:
             await self.docker.put_archive(self.machine_id, "/", tar_stream())
         finally:
@@ -570,6 +624,8 @@ class Files:
         )
         if self._on_written is not None:
             self._on_written()
+        if self._memo is not None:
+            self._memo.forget(self.machine_id)
         if result.exit_code != 0:
             detail = (result.stderr or result.stdout).strip()
             if "could not start" in detail:

@@ -10,7 +10,7 @@ from .agents import AgentService
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
-from .files import Files
+from .files import AccessMemo, Files
 from .limits import LimitCounters, LimitWatch
 from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, PackageEntry, PackageManager, format_size
@@ -55,6 +55,7 @@ class Runtime:
         self.agents = AgentService(self.settings, self.db, self.docker, self.snapshots)
         self.quota = DiskQuota(self.docker)
         self.limits = LimitWatch()
+        self.access = AccessMemo()
         self.secrets = SecretService(self.settings, self.db, self.docker)
         self.packages = PackageService(self.db, self.settings.sources_dir, self._run_package_command)
         self.db.redact = self.secrets.redact
@@ -113,6 +114,7 @@ class Runtime:
             )
         finally:
             self.quota.changed(agent)
+            self.access.forget(agent.machine_id)
         after = await self._counters(agent.machine_id)
         return _note_limits(result, agent, before, after)
 
@@ -188,6 +190,7 @@ class Runtime:
             user_name="root" if root else "agent",
             redact=self.secrets.redactor().redact_bytes,
             write_guard=lambda: self.quota.check(agent),
+            memo=self.access,
             on_written=lambda: self.quota.changed(agent),
         )
 

@@ -249,3 +249,21 @@ def test_sizes_parse_like_docker() -> None:
     assert parse_size(4096) == 4096
     with pytest.raises(ValueError):
         parse_size(True)
+
+
+async def test_reads_follow_permission_changes_made_between_them(runtime: Runtime, agent: str) -> None:
+    files = await runtime.files(agent)
+    await files.write("/workspace/d/f", "x")
+    assert (await files.read("/workspace/d/f")).content == "x"
+    assert (await files.read("/workspace/d/f")).content == "x"  # the directory is known reachable now
+    await runtime.exec(agent, "chmod 000 /workspace/d/f")
+    with pytest.raises(PermissionDenied):
+        await files.read("/workspace/d/f")
+    await runtime.exec(agent, "chmod 644 /workspace/d/f && chmod 000 /workspace/d")
+    with pytest.raises(PermissionDenied):
+        await files.read("/workspace/d/f")
+    await runtime.exec(agent, "chmod 755 /workspace/d")
+    assert (await files.read("/workspace/d/f")).content == "x"
+    assert (await files.read("/etc/hostname")).content  # root's 0644 file in a known directory
+    with pytest.raises(PermissionDenied):
+        await files.read("/etc/shadow")  # root's 0640 file in the same directory
