@@ -140,9 +140,10 @@ _ACCESS_WORDS = {"read": "read", "list": "list", "write": "write to"}
 class AccessMemo:
     """Directories each machine's agent user was found able to reach (every ancestor searchable).
 
-    A read below a known directory is then decided by the file's own permission bits, without
-    running the check in the machine. Whatever may change permissions (a command, a file write,
-    move or delete) makes the machine's entries forgotten.
+    A read or write below a known directory is then decided by the permission bits of the file
+    (or, for a new file, of its directory), without running the check in the machine. Whatever
+    may change a directory's permissions (a command, mkdir, move, delete) makes the machine's
+    entries forgotten; a file write changes only the file, whose bits are read every time.
     """
 
     def __init__(self) -> None:
@@ -365,6 +366,28 @@ class Files:
             data, returned, eof, size = await with_tar_stream(content, extract)
         return data, returned, eof, size, owner[0]
 
+    async def _may_write(self, target: str, *, exists: bool, parent_exists: bool) -> None:
+        """Check a write of ``target``: from permission bits below a known directory, else in the machine."""
+        if self._memo is not None and self._memo.known(self.machine_id, target) and (exists or parent_exists):
+            decider = target if exists else posixpath.dirname(target)
+            if self._bits_allow(await self._owner_of(decider), 2 if exists else 3):
+                return
+        await self._require(target, "write")
+        if self._memo is not None:
+            self._memo.learn(self.machine_id, target)
+
+    async def _owner_of(self, path: str) -> tuple[int, int, int]:
+        """Owner, group and mode of ``path``, from its archive's first header (the rest is not read)."""
+
+        def first(tar: tarfile.TarFile) -> tuple[int, int, int]:
+            member = tar.next()
+            if member is None:
+                raise PathNotFound(path)
+            return member.uid, member.gid, member.mode
+
+        async with self.docker.get_archive(self.machine_id, path) as (_, content):
+            return await with_tar_stream(content, first)
+
     def _bits_allow(self, owner: tuple[int, int, int], want: int) -> bool:
         """Whether the permission bits grant ``want`` (4 read, 2 write, 1 search) to the agent's uid or gid."""
         uid, gid, mode = owner
@@ -394,7 +417,8 @@ class Files:
         if path == "/":
             raise IsADirectory(path)
         perm = _parse_mode(mode)
-        check = self._check_soon(path, "write")
+        # With a memo the check waits for the resolved target: a known directory may spare it.
+        check = self._check_soon(path, "write") if self._memo is None else None
         try:
             target = await self._write(path, content, encoding, perm, create_parents, check)
         finally:
@@ -434,7 +458,10 @@ class Files:
                 parent_stat = (await self._resolve(parent))[1]
             if not parent_stat.is_dir:
                 raise NotADirectory(parent)
-        await self._passed(check)
+        if check is not None:
+            await self._passed(check)
+        elif self.check_access:
+            await self._may_write(target, exists=current is not None, parent_exists=not missing)
         member = self._member(target, tarfile.REGTYPE, perm)
         member.size = len(data)
         await self._put([*(self._member(d, tarfile.DIRTYPE, 0o755) for d in missing), member], data)
@@ -458,6 +485,8 @@ class Files:
             raise NotADirectory(path)
         perm = _parse_mode(mode)
         await self._require(path, "write")
+        if self._memo is not None:
+            self._memo.forget(self.machine_id)  # a new directory's mode may close what lies below it
         missing = await self._missing_ancestors(posixpath.dirname(path))
         members = [self._member(d, tarfile.DIRTYPE, 0o755) for d in missing]
         await self._put([*members, self._member(path, tarfile.DIRTYPE, 0o755 if perm is None else perm)])
@@ -505,8 +534,6 @@ class Files:
 
         if self._write_guard is not None:
             await self._write_guard()
-        if self._memo is not None:
-            self._memo.forget(self.machine_id)
         try:
             await self.docker.put_archive(self.machine_id, "/", tar_stream())
         finally:

@@ -267,3 +267,22 @@ async def test_reads_follow_permission_changes_made_between_them(runtime: Runtim
     assert (await files.read("/etc/hostname")).content  # root's 0644 file in a known directory
     with pytest.raises(PermissionDenied):
         await files.read("/etc/shadow")  # root's 0640 file in the same directory
+
+
+async def test_writes_follow_permission_changes_made_between_them(runtime: Runtime, agent: str) -> None:
+    files = await runtime.files(agent)
+    await files.write("/workspace/w/a", "1")
+    await files.write("/workspace/w/a", "2")  # the directory is known reachable now
+    await files.write("/workspace/w/b", "new")
+    await runtime.exec(agent, "chmod 444 /workspace/w/a")
+    with pytest.raises(PermissionDenied):
+        await files.write("/workspace/w/a", "3")
+    await runtime.exec(agent, "chmod 555 /workspace/w")
+    with pytest.raises(PermissionDenied):
+        await files.write("/workspace/w/c", "new")
+    await runtime.exec(agent, "chmod 755 /workspace/w && chmod 644 /workspace/w/a")
+    await files.write("/workspace/w/a", "4")
+    assert (await runtime.exec(agent, "cat /workspace/w/a /workspace/w/b")).stdout == "4new"
+    await runtime.exec(agent, "ln -s /etc/passwd /workspace/w/to-passwd")
+    with pytest.raises(PermissionDenied):
+        await files.write("/workspace/w/to-passwd", "x")  # root's file, through a link, in a known directory
