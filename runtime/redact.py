@@ -32,7 +32,7 @@ def _embedded_base64(data: bytes, altchars: bytes | None) -> list[bytes]:
 
 def secret_forms(value: str) -> list[bytes]:
     """The byte strings that reveal ``value``, longest first."""
-    raw = value.encode("utf-8", "surrogateescape")
+    raw = value.encode("utf-8", "surrogatepass")
     forms = {raw, urllib.parse.quote(value, safe="").encode(), urllib.parse.quote_plus(value).encode()}
     for altchars in (None, b"-_"):
         padded = base64.b64encode(raw, altchars)
@@ -78,7 +78,8 @@ class Redactor:
         """``text`` with every form of every secret replaced."""
         if self._pattern is None:
             return text
-        return self.redact_bytes(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+        # surrogatepass: text from JSON may hold lone surrogates; they pass through unchanged
+        return self.redact_bytes(text.encode("utf-8", "surrogatepass")).decode("utf-8", "surrogatepass")
 
     def stream(self) -> StreamRedactor:
         """A redactor for one stream arriving in chunks."""

@@ -86,3 +86,8 @@ def test_forms_are_unique_and_longest_first() -> None:
     forms = secret_forms("a/b c")
     assert len(forms) == len(set(forms))
     assert [len(f) for f in forms] == sorted((len(f) for f in forms), reverse=True)
+
+
+def test_text_with_lone_surrogates_is_redacted_and_kept() -> None:
+    redactor = Redactor(VALUES)
+    assert redactor.redact_text("\ud800 topsecret-value-1 \udcff") == "\ud800 [REDACTED:A] \udcff"
