@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
-from spinup.snapshot.capture import ByteSink, LayerPlan, plan, run_gnu_tar, scan, write_layer_from
+from spinup.snapshot.capture import ByteSink, LayerPlan, LayerResult, capture_layer, scan_and_plan, write_layer_from
 from spinup.snapshot.errors import StoreError
 from spinup.snapshot.index import INDEX_MEDIA_TYPE, MAX_DELTA_DEPTH, Entry, Index
 from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
@@ -76,25 +76,22 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _crash_midway(content: LayerContent) -> LayerContent:
-    """Wrap layer content so a crash test can die with the blob half written."""
+def _crash_midway(sink: ByteSink) -> ByteSink:
+    """Wrap a layer sink so a crash test can die with the blob half written."""
     if os.environ.get(CRASH_ENV) != "layer-half-written":
-        return content
+        return sink
 
     class Dying:
-        def __init__(self, sink: ByteSink) -> None:
-            self.sink = sink
-
         @property
         def size(self) -> int:
-            return self.sink.size
+            return sink.size
 
         def write(self, data: bytes) -> None:
-            self.sink.write(data)
-            if self.sink.size > 1024 * 1024:
+            sink.write(data)
+            if sink.size > 1024 * 1024:
                 crash_point("layer-half-written")
 
-    return lambda sink: content(Dying(sink))
+    return Dying()
 
 
 def _live_meta(upper: Path, path: str, entry: Entry) -> Meta:
@@ -155,47 +152,122 @@ class SnapshotService:
         upper = self._readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
-        # Freeze the machine while the fast path reads it (the API path execs in it, so it cannot).
-        was_running = machine.running and not machine.paused and upper is not None
-        if was_running:
-            await self.docker.pause(machine.id)
-        spool: IO[bytes] | None = None
-        try:
-            if upper is not None:
-                current = await asyncio.to_thread(scan, upper)
-                layer_plan = plan(previous, current)
-            else:
-                current = await api_capture.changed_paths(self.docker, machine.id)
-                layer_plan = api_capture.plan_from_changes(previous, current)
-            unchanged = layer_plan.empty if upper is not None else layer_plan.empty and previous is not None
-            if head is not None and unchanged and (previous is not None or self._from_head(machine, head)):
-                return CaptureResult(head, False, round(time.monotonic() - started, 4))
-            if progress:
-                progress(f"archiving {layer_plan.paths_changed} changed paths", None)
-            if upper is not None:
-                content = self._upper_content(upper, layer_plan, progress)
-            else:
-                spool = await api_capture.spool_tar(
-                    self.docker, machine.id, layer_plan.archive, exec_user(agent.policy)
-                )
-                content = self._spool_content(spool)
-            snapshot = await asyncio.to_thread(
-                self._write_snapshot, agent, machine, head, current, layer_plan, label, content
-            )
-        finally:
-            if spool is not None:
-                spool.close()
-            if was_running:
-                await self.docker.unpause(machine.id)
+        if upper is None:
+            snapshot = await self._capture_api(agent, machine, head, previous, label, progress)
+        else:
+            snapshot = await self._capture_frozen(agent, machine, head, previous, upper, label, progress)
+        if snapshot is None:
+            assert head is not None
+            return CaptureResult(head, False, round(time.monotonic() - started, 4))
         return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
 
-    @staticmethod
-    def _upper_content(upper: Path, layer_plan: LayerPlan, progress: ProgressFn | None) -> LayerContent:
+    async def _capture_frozen(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        head: Snapshot | None,
+        previous: Index | None,
+        upper: Path,
+        label: str,
+        progress: ProgressFn | None,
+    ) -> Snapshot | None:
+        """The fast path: a running machine is paused while its upper directory is read, no longer."""
+        if not (machine.running and not machine.paused):
+            return await asyncio.to_thread(
+                self._capture_upper, agent, machine, head, previous, upper, label, progress, None
+            )
+        loop = asyncio.get_running_loop()
+        read: asyncio.Future[None] = loop.create_future()
+
+        def mark_read() -> None:
+            if not read.done():
+                read.set_result(None)
+
+        def on_read() -> None:  # from the capture thread
+            loop.call_soon_threadsafe(mark_read)
+
+        await self.docker.pause(machine.id)
+        work: asyncio.Future[Snapshot | None] = asyncio.ensure_future(
+            asyncio.to_thread(self._capture_upper, agent, machine, head, previous, upper, label, progress, on_read)
+        )
+        try:
+            # The machine runs again as soon as its files are read, while the layer is being stored.
+            waiting: list[asyncio.Future[Any]] = [work, read]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            try:
+                await self.docker.unpause(machine.id)
+            finally:
+                read.cancel()
+                if not work.done():
+                    await asyncio.wait({work})
+        return await work
+
+    @_holding_store_lock
+    def _capture_upper(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        head: Snapshot | None,
+        previous: Index | None,
+        upper: Path,
+        label: str,
+        progress: ProgressFn | None,
+        on_read: Callable[[], None] | None,
+    ) -> Snapshot | None:
+        """Blocking: walk the upper directory while tar archives what changed; None if nothing did."""
+        delta_base = self._delta_base(agent, machine, head)
+        serialized: list[bytes] = []
+
+        def on_walked(index: Index, layer_plan: LayerPlan) -> None:
+            if progress:
+                progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+            serialized.append(index.dumps(delta_base))  # while tar and zstd finish the layer
+
         def on_bytes(done: int) -> None:
             if progress:
                 progress(f"{done} bytes archived", float(done))
 
-        return lambda sink: run_gnu_tar(upper, layer_plan.archive, sink, on_bytes)
+        captured = capture_layer(
+            self.store,
+            upper,
+            previous,
+            level=self.settings.zstd_level,
+            always=head is None,
+            on_bytes=on_bytes,
+            on_walked=on_walked,
+            on_read=on_read,
+            wrap_sink=_crash_midway,
+        )
+        if head is not None and captured.plan.empty and (previous is not None or self._from_head(machine, head)):
+            return None
+        return self._record(
+            agent, machine, head, captured.index, captured.plan, captured.layer, label, delta_base, serialized
+        )
+
+    async def _capture_api(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        head: Snapshot | None,
+        previous: Index | None,
+        label: str,
+        progress: ProgressFn | None,
+    ) -> Snapshot | None:
+        """Capture through the Docker API (see ``api_capture``); None if nothing changed."""
+        current = await api_capture.changed_paths(self.docker, machine.id)
+        layer_plan = api_capture.plan_from_changes(previous, current)
+        if head is not None and layer_plan.empty and previous is not None:
+            return None
+        if progress:
+            progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+        spool = await api_capture.spool_tar(self.docker, machine.id, layer_plan.archive, exec_user(agent.policy))
+        try:
+            return await asyncio.to_thread(
+                self._write_snapshot, agent, machine, head, current, layer_plan, label, self._spool_content(spool)
+            )
+        finally:
+            spool.close()
 
     @staticmethod
     def _spool_content(spool: IO[bytes]) -> LayerContent:
@@ -243,12 +315,39 @@ class SnapshotService:
         label: str,
         content: LayerContent,
     ) -> Snapshot:
-        """Blocking: layer blob, index blob, config, manifest, index.json; then the head moves."""
-        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
-        layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
+        """Blocking: the layer from ``content`` (unless nothing changed), then the snapshot's records."""
         new_layer = None
         if not layer_plan.empty or head is None:
-            new_layer = write_layer_from(self.store, layer_plan, _crash_midway(content), level=self.settings.zstd_level)
+            new_layer = write_layer_from(
+                self.store, layer_plan, content, level=self.settings.zstd_level, wrap_sink=_crash_midway
+            )
+        delta_base = self._delta_base(agent, machine, head)
+        return self._record(agent, machine, head, current, layer_plan, new_layer, label, delta_base, [])
+
+    def _delta_base(self, agent: Agent, machine: MachineInfo, head: Snapshot | None) -> tuple[str, Index] | None:
+        """The stored index a capture of this machine is a delta over: the head's, if taken from it."""
+        cached = self._index_cache.get(agent.id)
+        return cached if cached is not None and head is not None and head.machine_id == machine.id else None
+
+    def _record(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        head: Snapshot | None,
+        current: Index,
+        layer_plan: LayerPlan,
+        new_layer: LayerResult | None,
+        label: str,
+        delta_base: tuple[str, Index] | None,
+        serialized: builtins.list[bytes],
+    ) -> Snapshot:
+        """Blocking, under the store lock: index blob, config, manifest, index.json; then the head moves.
+
+        ``serialized`` holds the index already serialized over ``delta_base``, if it was.
+        """
+        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
+        layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
+        if new_layer is not None:
             layers.append(
                 Descriptor(
                     new_layer.descriptor.media_type,
@@ -258,9 +357,7 @@ class SnapshotService:
                 )
             )
         # A capture of the same machine as the head stores its index as a delta over the head's.
-        cached = self._index_cache.get(agent.id)
-        delta_base = cached if cached is not None and head is not None and head.machine_id == machine.id else None
-        serialized_index = current.dumps(delta_base)
+        serialized_index = serialized[0] if serialized else current.dumps(delta_base)
         crash_point("before-manifest")
         index_blob = self.store.writer()
         index_blob.write(serialized_index)
@@ -462,8 +559,7 @@ class SnapshotService:
                 "Spinup running as root). Take a snapshot and diff two snapshots instead."
             )
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
-        current = await asyncio.to_thread(scan, upper)
-        changes = plan(previous, current)
+        current, changes = await asyncio.to_thread(scan_and_plan, upper, previous)
         hidden = [("/" + path, True) for path in changes.whiteouts] + [("/" + p, False) for p in changes.opaque]
         for root, itself in hidden:
             for existing in [p for p in tree if p.startswith(root + "/") or (itself and p == root)]:

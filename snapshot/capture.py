@@ -1,21 +1,26 @@
 """Capture a layer from an overlayfs upper directory.
 
-The upper directory of a machine holds everything it changed relative to its image. A scan
-records each entry's metadata in an :class:`Index`; comparing with the index of the previous
-snapshot of the same machine gives what changed, without reading file contents. The layer is a
-tar in OCI conventions: overlayfs whiteouts (0/0 character devices) become ``.wh.<name>``
-files, opaque directories (``trusted.overlay.opaque=y``) get a ``.wh..wh..opq`` entry, and
-paths gone since the previous snapshot get whiteouts.
+The upper directory of a machine holds everything it changed relative to its image. One walk
+records each entry's metadata in an :class:`Index` and, comparing with the index of the previous
+snapshot of the same machine, decides what the next layer holds without reading file contents.
+The layer is a tar in OCI conventions: overlayfs whiteouts (0/0 character devices) become
+``.wh.<name>`` files, opaque directories (``trusted.overlay.opaque=y``) get a ``.wh..wh..opq``
+entry right after the directory, and paths gone since the previous snapshot get whiteouts. A
+directory's whiteouts come before its other entries, as the OCI layer spec asks.
 
-File contents are archived by GNU tar (fast, exact for modes, owners, times and hard links),
-fed the list of changed paths; the whiteout entries are written by Python in front of it.
+File contents are archived by GNU tar (fast, exact for modes, owners, times and hard links). The
+walk names each member to tar as soon as it is decided, so archiving and compression run while
+the walk goes on (:func:`capture_layer`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import queue
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -23,9 +28,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, NamedTuple, Protocol
 
 import zstandard
 
@@ -39,40 +45,16 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _CHUNK = 1024 * 1024
+_FILE_TYPE = 0o170000  # the file-type bits of st_mode
+_NAMES_BATCH = 64 * 1024  # bytes of member names handed to tar at a time
+_NAMES_PIPE = 1024 * 1024  # room in tar's name pipe, so the walk rarely waits for tar
 
 
-def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
-    """Record every entry of an upper directory (paths relative, without leading '/')."""
-    entries: dict[str, Entry] = {}
-    parents: set[str] = set()  # directories with at least one entry (excluded ones count)
-    whiteout = Entry.whiteout()
-    make = Entry.of
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
-        with os.scandir(upper / rel_dir if rel_dir else upper) as it:
-            for dirent in it:
-                parents.add(rel_dir)
-                rel = prefix + dirent.name
-                if rel in excluded:
-                    continue
-                st = dirent.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISDIR(mode):
-                    stack.append(rel)
-                    try:
-                        opaque = os.getxattr(dirent.path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-                    except OSError:
-                        opaque = False
-                    entries[rel] = make(st, opaque)
-                elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-                    entries[rel] = whiteout
-                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                    continue  # device nodes are the machine's, made by Docker; layers never carry them
-                else:
-                    entries[rel] = make(st)
-    return Index(entries, frozenset(parents))
+class Member(NamedTuple):
+    """One entry of a layer, in layer order."""
+
+    name: str  # the path inside the layer (relative, no leading '/')
+    marker: bool = False  # an empty whiteout or opaque marker, not a path of the upper directory
 
 
 @dataclass
@@ -82,6 +64,7 @@ class LayerPlan:
     archive: list[str] = field(default_factory=list)  # paths whose content/metadata go in the layer
     whiteouts: list[str] = field(default_factory=list)  # paths to hide
     opaque: list[str] = field(default_factory=list)  # directories whose lower content is hidden
+    members: list[Member] = field(default_factory=list)  # all of the above, in layer order
 
     @property
     def empty(self) -> bool:
@@ -92,56 +75,163 @@ class LayerPlan:
         return len(self.archive) + len(self.whiteouts)
 
 
-def plan(previous: Index | None, current: Index) -> LayerPlan:
-    """Compare indexes of the same upper directory; ``previous`` None means capture everything.
+MemberSink = Callable[[Member], None]
+
+
+def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
+    """Record every entry of an upper directory (paths relative, without leading '/')."""
+    return scan_and_plan(upper, None, excluded=excluded)[0]
+
+
+def scan_and_plan(
+    upper: Path,
+    previous: Index | None,
+    on_member: MemberSink | None = None,
+    excluded: frozenset[str] = EXCLUDED,
+) -> tuple[Index, LayerPlan]:
+    """Walk an upper directory once: its index, and the layer that takes it on from ``previous``.
+
+    ``previous`` is the index of the last capture of the same upper directory (None captures
+    everything). ``on_member`` hears each layer member as soon as it is decided, parents first.
+    """
+    return _Walk(upper, previous, on_member, excluded).run()
+
+
+class _Walk:
+    """One depth-first walk deciding, directory by directory, what the next layer holds.
 
     A directory is archived when its metadata changed since the previous index, when it is new
     and empty in the upper directory (an overlay copy-up of a parent always has a child there),
     when it becomes opaque, or as the parent of something archived.
     """
-    prior = previous.entries if previous is not None else {}
-    out = LayerPlan()
-    changed: set[str] = set()
-    has_children = current.parents
-    for path, entry in current.entries.items():
-        before = prior.get(path)
-        if before is not None and before.same_as(entry):
-            continue
-        if entry.kind == "whiteout":
-            out.whiteouts.append(path)
-        elif entry.kind != "dir":
-            changed.add(path)
-        elif entry.opaque and not (before is not None and before.opaque and before.ino == entry.ino):
-            out.opaque.append(path)
-            changed.add(path)
-        elif before is not None or path not in has_children:
-            # A directory seen before whose metadata moved (chmod, chown, touch) goes in; one new to the
-            # index goes in only if empty, since a copied-up parent always has a child in the upper dir.
-            changed.add(path)
-    for path in prior:
-        if path not in current.entries and _parent_survives(path, current):
-            out.whiteouts.append(path)
-    # A parent directory goes in with its children, so the layer applies on its own.
-    for path in list(changed) + out.whiteouts:
-        parent = os.path.dirname(path)
-        while parent and parent not in changed:
-            if parent in current.entries and current.entries[parent].kind == "dir":
-                changed.add(parent)
-            parent = os.path.dirname(parent)
-    out.archive = sorted(changed)
-    out.whiteouts.sort()
-    out.opaque.sort()
-    return out
 
+    def __init__(
+        self, upper: Path, previous: Index | None, on_member: MemberSink | None, excluded: frozenset[str]
+    ) -> None:
+        self.upper = upper
+        self.prior = previous.entries if previous is not None else {}
+        self.prior_children = previous.children_by_parent() if previous is not None else {}
+        self.on_member = on_member
+        self.excluded = excluded
+        self.entries: dict[str, Entry] = {}
+        self.children: dict[str, list[str]] = {}
+        # Directories holding at least one entry (excluded ones and device nodes count).
+        self.parents: set[str] = set()
+        self.archived_dirs: set[str] = set()
+        self.plan = LayerPlan()
 
-def _parent_survives(path: str, current: Index) -> bool:
-    """A deleted path needs its own whiteout only if no deleted ancestor hides it already."""
-    parent = os.path.dirname(path)
-    while parent:
-        if parent not in current.entries:
-            return False
-        parent = os.path.dirname(parent)
-    return True
+    def run(self) -> tuple[Index, LayerPlan]:
+        stack = [""]
+        while stack:
+            stack.extend(self._list(stack.pop()))
+        self.plan.archive.sort()
+        self.plan.whiteouts.sort()
+        self.plan.opaque.sort()
+        return Index(self.entries, frozenset(self.parents), children=self.children), self.plan
+
+    def _list(self, rel_dir: str) -> list[str]:
+        """Record one directory's entries and decide on them; returns its subdirectories."""
+        prefix = rel_dir + "/" if rel_dir else ""
+        entries, prior, excluded = self.entries, self.prior, self.excluded
+        new_entry = tuple.__new__  # Entry's fields in order, without the per-call overhead of Entry()
+        whiteout = Entry.whiteout()
+        subdirs: list[str] = []
+        listed: list[str] = []
+        hidden: list[str] = []  # whiteouts, new or for paths gone since the previous index
+        opaque: list[str] = []
+        changed: list[str] = []  # files, symlinks and others
+        changed_dirs: list[str] = []
+        seen = 0
+        with os.scandir(self.upper / rel_dir if rel_dir else self.upper) as it:
+            for dirent in it:
+                seen += 1
+                rel = prefix + dirent.name
+                if rel in excluded:
+                    continue
+                st = dirent.stat(follow_symlinks=False)
+                mode = st.st_mode
+                file_type = mode & _FILE_TYPE
+                is_opaque = False
+                if file_type == stat.S_IFREG:
+                    kind = "file"
+                elif file_type == stat.S_IFDIR:
+                    kind = "dir"
+                    with contextlib.suppress(OSError):
+                        is_opaque = os.getxattr(dirent.path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+                    subdirs.append(rel)
+                elif file_type == stat.S_IFLNK:
+                    kind = "symlink"
+                elif file_type == stat.S_IFCHR and st.st_rdev == 0:
+                    kind = "whiteout"
+                elif file_type == stat.S_IFCHR or file_type == stat.S_IFBLK:
+                    continue  # device nodes are the machine's, made by Docker; layers never carry them
+                else:
+                    kind = "other"
+                if kind == "whiteout":
+                    entry = whiteout
+                else:
+                    entry = new_entry(
+                        Entry,
+                        (kind, mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                         is_opaque),
+                    )  # fmt: skip
+                entries[rel] = entry
+                listed.append(rel)
+                before = prior.get(rel)
+                if before == entry:
+                    continue
+                if kind == "whiteout":
+                    hidden.append(rel)
+                elif kind != "dir":
+                    changed.append(rel)
+                elif is_opaque and not (before is not None and before.opaque and before.ino == entry.ino):
+                    opaque.append(rel)
+                elif before is not None:
+                    changed_dirs.append(rel)  # a directory seen before whose metadata moved (chmod, chown, touch)
+        if seen:
+            self.parents.add(rel_dir)
+        elif rel_dir and rel_dir not in prior:
+            self._archive_dir(rel_dir)  # new and empty: nothing else would bring it into the layer
+        self.children[rel_dir] = listed
+        if self.prior_children:
+            hidden += [path for path in self.prior_children.get(rel_dir, ()) if path not in entries]
+        if not (hidden or opaque or changed or changed_dirs):
+            return subdirs
+        if rel_dir:
+            self._archive_dir(rel_dir)  # with its parents: a layer applies on its own
+        for path in hidden:
+            self._emit(Member(_whiteout_name(path), marker=True))
+        for path in opaque:
+            self._archive_dir(path)
+            self._emit(Member(f"{path}/{OPAQUE_MARKER}", marker=True))
+        for path in changed_dirs:
+            self._archive_dir(path)
+        plan = self.plan
+        plan.whiteouts += hidden
+        plan.opaque += opaque
+        plan.archive += changed
+        members = [new_entry(Member, (path, False)) for path in changed]
+        plan.members += members
+        if self.on_member is not None:
+            for member in members:
+                self.on_member(member)
+        return subdirs
+
+    def _archive_dir(self, path: str) -> None:
+        """Archive a directory and those of its parents not archived yet, outermost first."""
+        missing: list[str] = []
+        while path and path not in self.archived_dirs:
+            missing.append(path)
+            path = os.path.dirname(path)
+        for directory in reversed(missing):
+            self.archived_dirs.add(directory)
+            self.plan.archive.append(directory)
+            self._emit(Member(directory))
+
+    def _emit(self, member: Member) -> None:
+        self.plan.members.append(member)
+        if self.on_member is not None:
+            self.on_member(member)
 
 
 @dataclass(frozen=True)
@@ -213,6 +303,80 @@ def _marker(name: str, mtime: int) -> bytes:
     return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
 
 
+def _whiteout_name(path: str) -> str:
+    parent, name = os.path.split(path)
+    return f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One walk of an upper directory and the layer written from it."""
+
+    index: Index
+    plan: LayerPlan
+    layer: LayerResult | None  # None when nothing changed (and no layer was asked for regardless)
+
+
+def capture_layer(
+    store: Store,
+    upper: Path,
+    previous: Index | None,
+    *,
+    level: int = 3,
+    threads: int = -1,
+    always: bool = False,
+    on_bytes: Callable[[int], None] | None = None,
+    on_walked: Callable[[Index, LayerPlan], None] | None = None,
+    on_read: Callable[[], None] | None = None,
+    wrap_sink: Callable[[ByteSink], ByteSink] | None = None,
+) -> Capture:
+    """Walk ``upper`` and stream what changed since ``previous`` into a new layer (blocking).
+
+    GNU tar starts with the first changed member and archives while the walk goes on; its output
+    is compressed and hashed into the store on another thread. Nothing changed: no layer, unless
+    ``always`` (then an empty one). ``on_walked`` runs on its own thread once the walk is done,
+    while tar finishes; ``on_read`` as soon as nothing more is read from ``upper``.
+    """
+    sink: LayerSink | None = None
+    feed: TarFeed | None = None
+
+    def start() -> TarFeed:
+        nonlocal sink, feed
+        sink = LayerSink(store, level, threads)
+        feed = TarFeed(upper, wrap_sink(sink) if wrap_sink else sink, on_bytes)
+        return feed
+
+    def on_member(member: Member) -> None:
+        (feed or start()).add(member)
+
+    try:
+        index, layer_plan = scan_and_plan(upper, previous, on_member)
+        if feed is None and always:
+            start()
+        if feed is None or sink is None:
+            if on_read is not None:
+                on_read()
+            return Capture(index, layer_plan, None)
+        feed.end_names()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-walked") as beside:
+            walked = beside.submit(on_walked, index, layer_plan) if on_walked is not None else None
+            feed.finish()
+            if on_read is not None:
+                on_read()  # not held up by on_walked: a paused machine may run again
+            if walked is not None:
+                walked.result()
+        return Capture(index, layer_plan, sink.commit())
+    except BaseException:
+        if feed is not None:
+            feed.close()  # tar stopped and the pump joined before the blob goes
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        if feed is not None:
+            feed.close()
+
+
 def write_layer(
     store: Store,
     upper: Path,
@@ -222,10 +386,18 @@ def write_layer(
     threads: int = -1,
     on_bytes: Callable[[int], None] | None = None,
 ) -> LayerResult:
-    """Stream the planned layer from an upper directory into the store (blocking; run it in a thread)."""
-    return write_layer_from(
-        store, layer, lambda sink: run_gnu_tar(upper, layer.archive, sink, on_bytes), level=level, threads=threads
-    )
+    """Write a planned layer from an upper directory into the store (blocking; run it in a thread)."""
+    sink = LayerSink(store, level, threads)
+    try:
+        with TarFeed(upper, sink, on_bytes) as feed:
+            for member in layer.members:
+                feed.add(member)
+            feed.end_names()
+            feed.finish()
+        return sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
 
 
 def write_layer_from(
@@ -235,12 +407,14 @@ def write_layer_from(
     *,
     level: int = 3,
     threads: int = -1,
+    wrap_sink: Callable[[ByteSink], ByteSink] | None = None,
 ) -> LayerResult:
     """Write a layer: the plan's whiteout and opaque entries, then the tar ``content`` writes to the sink.
 
     ``content`` must write a complete tar (ending with its end-of-archive blocks).
     """
     sink = LayerSink(store, level, threads)
+    target = wrap_sink(sink) if wrap_sink else sink
     try:
         now = int(time.time())
         head = bytearray()
@@ -249,45 +423,131 @@ def write_layer_from(
         for path in layer.opaque:
             head += _marker(f"{path}/{OPAQUE_MARKER}", now)
         if head:
-            sink.write(bytes(head))
-        content(sink)
+            target.write(bytes(head))
+        content(target)
         return sink.commit()
     except BaseException:
         sink.abort()
         raise
 
 
-def _whiteout_name(path: str) -> str:
-    parent, name = os.path.split(path)
-    return f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
+def _bre_escape(text: str) -> str:
+    """``text`` as a literal in a POSIX basic regular expression delimited by '/'."""
+    return "".join("\\" + char if char in "\\.[]*^$/" else char for char in text)
 
 
-def run_gnu_tar(upper: Path, paths: list[str], sink: ByteSink, on_bytes: Callable[[int], None] | None) -> None:
-    """Append GNU tar's archive of ``paths`` (its end-of-archive blocks end the layer)."""
-    with tempfile.TemporaryFile() as listing:
-        listing.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
-        listing.seek(0)
-        proc = subprocess.Popen(
-            [
-                "tar", "--create", "--file=-", "--numeric-owner", "--format=gnu",
-                "--directory", str(upper), "--no-recursion", "--null", "--files-from=-",
-            ],
-            stdin=listing,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
+class TarFeed:
+    """GNU tar archiving layer members as they are named, its output pumped into a sink on a thread.
+
+    Paths are relative to the upper directory and passed verbatim (NUL-separated, so names
+    starting with '-' are names). A marker is an empty file made in a scratch directory and named
+    by its absolute path; ``--transform`` removes the scratch prefix, so it lands in its place.
+    """
+
+    def __init__(self, upper: Path, out: ByteSink, on_bytes: Callable[[int], None] | None = None) -> None:
+        self._scratch = Path(tempfile.mkdtemp(prefix="spinup-markers-"))
+        # A file, not a pipe: tar may warn a lot (a socket, a vanished file) and must never block on it.
+        self._errors: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._pump_error: BaseException | None = None
+        scratch_prefix = str(self._scratch).lstrip("/") + "/"  # tar drops the leading '/' first
         try:
-            while chunk := proc.stdout.read(_CHUNK):
-                sink.write(chunk)
+            self._proc = subprocess.Popen(
+                [
+                    "tar", "--create", "--file=-", "--numeric-owner", "--format=gnu", "--no-recursion",
+                    "--directory", str(upper), f"--transform=s/^{_bre_escape(scratch_prefix)}//SH",
+                    "--null", "--files-from=-",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._errors,
+            )  # fmt: skip
+        except BaseException:
+            self._errors.close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        with contextlib.suppress(OSError):  # larger pipes are an optimisation only
+            fcntl.fcntl(self._proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _NAMES_PIPE)
+            fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _NAMES_PIPE)
+        self._pump = threading.Thread(target=self._copy_out, args=(out, on_bytes), name="layer-tar", daemon=True)
+        self._pump.start()
+
+    def _copy_out(self, out: ByteSink, on_bytes: Callable[[int], None] | None) -> None:
+        assert self._proc.stdout is not None
+        try:
+            while chunk := self._proc.stdout.read(_CHUNK):
+                out.write(chunk)
                 if on_bytes is not None:
-                    on_bytes(sink.size)
-        finally:
-            proc.stdout.close()
-            stderr = proc.stderr.read().decode(errors="replace")
-            proc.stderr.close()
-            code = proc.wait()
+                    on_bytes(out.size)
+        except BaseException as exc:  # handed to the walking thread in finish()
+            self._pump_error = exc
+            self._proc.kill()
+
+    def add(self, member: Member) -> None:
+        """Name the next member to tar."""
+        if member.marker:
+            path = self._scratch / member.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            name = os.fsencode(path)
+        else:
+            name = os.fsencode(member.name)
+        self._pending.append(name + b"\0")
+        self._pending_size += len(name) + 1
+        if self._pending_size >= _NAMES_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._proc.stdin is not None
+        if self._pending:
+            try:
+                self._proc.stdin.write(b"".join(self._pending))
+            except BrokenPipeError:
+                self.finish()  # raises why tar stopped reading: the sink's error or tar's own
+                raise
+            self._pending.clear()
+            self._pending_size = 0
+
+    def end_names(self) -> None:
+        """Tell tar there are no more members."""
+        assert self._proc.stdin is not None
+        self._flush()
+        self._proc.stdin.close()
+
+    def finish(self) -> None:
+        """Wait until tar's whole archive has reached the sink; raise if tar failed."""
+        self._pump.join()
+        self._proc.wait()
+        if self._pump_error is not None:
+            raise self._pump_error
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
         # Exit 1 means "some files changed while being read": the snapshot is still consistent
         # for every file tar finished; anything else is a failure.
-        if code not in (0, 1):
-            raise OSError(f"tar failed with exit code {code}: {stderr.strip()[-2000:]}")
+        if self._proc.returncode not in (0, 1, None):
+            self._errors.seek(0)
+            stderr = self._errors.read().decode(errors="replace").strip()
+            raise OSError(f"tar failed with exit code {self._proc.returncode}: {stderr[-2000:]}")
+
+    def close(self) -> None:
+        """Stop tar if it still runs and remove the scratch directory (safe to call twice)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if self._pump.is_alive():
+            self._pump.join()
+        self._errors.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def __enter__(self) -> TarFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

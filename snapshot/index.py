@@ -11,7 +11,7 @@ import json
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import zstandard
@@ -65,6 +65,18 @@ class Index:
     parents: frozenset[str] = frozenset()
 
     depth: int = 0  # how many deltas sit on top of a full index in its stored form
+    # Paths by their parent directory ("" for the top); a scan fills it, a loaded index computes it.
+    children: dict[str, list[str]] | None = field(default=None, compare=False, repr=False)
+
+    def children_by_parent(self) -> dict[str, list[str]]:
+        """Every path under its parent directory's path (computed once per index)."""
+        if self.children is None:
+            grouped: dict[str, list[str]] = {}
+            for path in self.entries:
+                grouped.setdefault(os.path.dirname(path), []).append(path)
+            object.__setattr__(self, "children", grouped)
+        assert self.children is not None
+        return self.children
 
     def dumps(self, base: tuple[str, Index] | None = None) -> bytes:
         """Serialized and zstd-compressed: in full, or as a delta over ``base`` (its digest and index).

@@ -67,7 +67,8 @@ def apply_layer(tree: dict[str, Meta], entries: Iterable[LayerEntry]) -> None:
         if name.startswith(WHITEOUT_PREFIX):
             target = posixpath.join(parent, name[len(WHITEOUT_PREFIX) :])
             prefix = target + "/"
-            for existing in [p for p in tree if p == target or p.startswith(prefix)]:
+            # A whiteout hides what lower layers hold, never an entry of its own layer (OCI).
+            for existing in [p for p in tree if (p == target or p.startswith(prefix)) and p not in added]:
                 del tree[existing]
             continue
         if member.islnk():

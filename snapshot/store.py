@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +63,17 @@ def _hex(digest: str) -> str:
     return hexpart
 
 
+# Writeback of a big blob starts while it is still being written, so the final fsync waits for
+# the tail only (on one thread for the whole store: it only asks the kernel to start writing).
+_WRITEBACK_EVERY = 8 * 1024 * 1024
+_WRITEBACK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writeback")
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    # For dirty pages, DONTNEED starts their writeback and leaves them cached (only clean pages go).
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 class BlobWriter:
     """Streams one blob into the store: temp file, hash while writing, fsync, verify, rename."""
 
@@ -71,18 +83,35 @@ class BlobWriter:
         self.size = 0
         self._tmp = store.root / "tmp" / f"blob-{secrets.token_hex(8)}"
         self._fh: IO[bytes] | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._written_back = 0
+        self._writeback: Future[None] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append bytes to the blob."""
         assert self._fh is not None, "blob already committed"
         self._hash.update(data)
         self.size += len(data)
-        return self._fh.write(data)
+        written = self._fh.write(data)
+        if self.size - self._written_back >= _WRITEBACK_EVERY and (
+            self._writeback is None or self._writeback.done()
+        ):
+            self._writeback = _WRITEBACK.submit(
+                _start_writeback, self._fh.fileno(), self._written_back, self.size - self._written_back
+            )
+            self._written_back = self.size
+        return written
+
+    def _wait_writeback(self) -> None:
+        if self._writeback is not None:
+            with contextlib.suppress(OSError):  # only a head start: the fsync is what counts
+                self._writeback.result()
+            self._writeback = None
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
         """Make the blob durable under its digest and return its descriptor."""
         assert self._fh is not None, "blob already committed"
         self._fh.flush()
+        self._wait_writeback()  # never close the file under a pending call on its descriptor
         os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
@@ -101,6 +130,7 @@ class BlobWriter:
 
     def abort(self) -> None:
         """Discard the partial blob."""
+        self._wait_writeback()
         if self._fh is not None:
             self._fh.close()
             self._fh = None

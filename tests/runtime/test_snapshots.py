@@ -16,6 +16,7 @@ from spinup.runtime import AgentState, Runtime
 from spinup.runtime.errors import Conflict, NotFound, SpinupError
 from spinup.runtime.models import Snapshot
 from spinup.runtime.snapshots import snapshot_tag
+from spinup.snapshot.capture import LayerResult, LayerSink
 from spinup.snapshot.store import LAYER_MEDIA_TYPE, REF_NAME, Descriptor
 
 # Prints one line per entry under the given roots (default: the whole machine, mount points of
@@ -521,3 +522,24 @@ async def test_a_command_arriving_during_a_snapshot_waits_for_it(runtime: Runtim
     assert result.stdout == "during\n"
     assert snapshot.done(), "the command ran only once the snapshot had unpaused the machine"
     assert (await snapshot).created
+
+
+async def test_the_machine_runs_again_once_its_files_are_read_before_the_layer_is_stored(
+    runtime: Runtime, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await runtime.exec(agent, "head -c 20000000 /dev/urandom > /workspace/data.bin")
+    machine = runtime.agents.get(agent).machine_id
+    assert machine
+    seen_at_commit: list[str] = []
+    commit = LayerSink.commit
+
+    def observed_commit(self: LayerSink) -> LayerResult:
+        # The capture thread: ask Docker whether the machine is still paused before the blob is made durable.
+        seen_at_commit.append(docker_cli("inspect", "-f", "{{.State.Paused}}", machine).stdout.strip())
+        return commit(self)
+
+    monkeypatch.setattr(LayerSink, "commit", observed_commit)
+    result = await runtime.agents.snapshot(agent)
+    assert result.created and seen_at_commit == ["false"]
+    assert not (await runtime.docker.inspect(machine)).paused
+    assert "workspace/data.bin" in layer_names(runtime, result.snapshot)
