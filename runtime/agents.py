@@ -168,11 +168,16 @@ class AgentService:
             saved: str | None = None
             info = await self.machine(agent)
             if info is not None:
-                result = await self._capture(agent, info, f"before restore to {snapshot_id}", progress)
+                # Captured and left paused: the old machine stops changing at once.
+                label = f"before restore to {snapshot_id}"
+                result = await self._capture(agent, info, label, progress, keep_paused=True)
                 saved = result.snapshot.id if result.created else None
-            image = await self.snapshots.ensure_image(target, progress)
-            if info is not None and info.running:
-                await self.docker.pause(info.id)  # the old machine stops changing at once
+            try:
+                image = await self.snapshots.ensure_image(target, progress)
+            except BaseException:
+                if info is not None and info.running and not info.paused:
+                    await self.docker.unpause(info.id)  # no restore: the machine goes on
+                raise
             self.db.set_head(agent.id, target.id)
             self.db.set_packages(agent.id, await self.snapshots.packages(target))
             await self._start_from(self.get(name), image, "machine-restored", f"from snapshot {target.id}")
@@ -195,9 +200,9 @@ class AgentService:
             if info is not None:
                 if is_root(agent.policy) and not is_root(policy):
                     await self._hand_over_to_agent_user(info)
-                await self._capture(agent, info, "before policy change", progress)
-                if info.running:
-                    await self.docker.pause(info.id)  # the old machine stops changing at once
+                    info = await self.machine(agent) or info  # the hand-over may have started it
+                # Captured and left paused: the old machine stops changing at once.
+                await self._capture(agent, info, "before policy change", progress, keep_paused=True)
                 self._remove_later(info.id)
                 self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
             self.db.set_policy(agent.id, policy)
@@ -278,10 +283,15 @@ class AgentService:
         return hibernated
 
     async def _capture(
-        self, agent: Agent, info: MachineInfo, label: str, progress: ProgressFn | None = None
+        self,
+        agent: Agent,
+        info: MachineInfo,
+        label: str,
+        progress: ProgressFn | None = None,
+        keep_paused: bool = False,
     ) -> CaptureResult:
         await self.snapshots.prepare_base(agent.image)
-        return await self.snapshots.capture(agent, info, label, progress)
+        return await self.snapshots.capture(agent, info, label, progress, keep_paused)
 
     async def remove(self, name: str) -> Agent:
         """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""

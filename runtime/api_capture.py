@@ -8,7 +8,8 @@ longer changed were deleted, and get whiteouts too.
 
 Compared with the overlay fast path, every snapshot re-archives all the machine's changes
 since its image (the stored layer is not incremental), and a replaced directory shows as
-per-entry whiteouts rather than an opaque marker; restoring gives the same files.
+per-entry whiteouts rather than an opaque marker, and extended attributes are not carried
+(busybox tar cannot read them); restoring gives the same files.
 """
 
 from __future__ import annotations

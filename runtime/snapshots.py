@@ -145,17 +145,28 @@ class SnapshotService:
     # capture
 
     async def capture(
-        self, agent: Agent, machine: MachineInfo, label: str = "", progress: ProgressFn | None = None
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        label: str = "",
+        progress: ProgressFn | None = None,
+        keep_paused: bool = False,
     ) -> CaptureResult:
-        """Capture what the machine changed since the agent's head (the caller holds the agent's lock)."""
+        """Capture what the machine changed since the agent's head (the caller holds the agent's lock).
+
+        ``keep_paused`` leaves a running machine paused after a successful capture, so nothing
+        changes between the snapshot and the machine's replacement (restore, policy change).
+        """
         started = time.monotonic()
         upper = self._readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
         if upper is None:
             snapshot = await self._capture_api(agent, machine, head, previous, label, progress)
+            if keep_paused and machine.running and not machine.paused:
+                await self.docker.pause(machine.id)
         else:
-            snapshot = await self._capture_frozen(agent, machine, head, previous, upper, label, progress)
+            snapshot = await self._capture_frozen(agent, machine, head, previous, upper, label, progress, keep_paused)
         if snapshot is None:
             assert head is not None
             return CaptureResult(head, False, round(time.monotonic() - started, 4))
@@ -170,6 +181,7 @@ class SnapshotService:
         upper: Path,
         label: str,
         progress: ProgressFn | None,
+        keep_paused: bool,
     ) -> Snapshot | None:
         """The fast path: a running machine is paused while its upper directory is read, no longer."""
         if not (machine.running and not machine.paused):
@@ -192,15 +204,20 @@ class SnapshotService:
         )
         try:
             # The machine runs again as soon as its files are read, while the layer is being stored.
-            waiting: list[asyncio.Future[Any]] = [work, read]
+            waiting: list[asyncio.Future[Any]] = [work] if keep_paused else [work, read]
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if not (work.done() or read.done()):  # cancelled: still never run while the files are read
+                either: list[asyncio.Future[Any]] = [work, read]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            succeeded = work.done() and not work.cancelled() and work.exception() is None
             try:
-                await self.docker.unpause(machine.id)
+                if not (keep_paused and succeeded):
+                    await self.docker.unpause(machine.id)
             finally:
                 read.cancel()
                 if not work.done():
-                    await asyncio.wait({work})
+                    await asyncio.wait([work])
         return await work
 
     @_holding_store_lock

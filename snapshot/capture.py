@@ -431,6 +431,19 @@ def write_layer_from(
         raise
 
 
+# POSIX (pax) format, so extended attributes travel as SCHILY.xattr records (which Docker applies):
+# the agent's own (user.*), file capabilities and ACLs. Never trusted.* (overlayfs keeps its
+# bookkeeping there). Times stay whole seconds in the ustar header: a pax record per file for
+# sub-second times would add 1 KiB to every entry.
+XATTR_NAMESPACES = ("user.*", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
+_FORMAT = (
+    "--format=posix",
+    "--pax-option=delete=atime,delete=ctime,delete=mtime",
+    "--xattrs",
+    *(f"--xattrs-include={pattern}" for pattern in XATTR_NAMESPACES),
+)
+
+
 def _bre_escape(text: str) -> str:
     """``text`` as a literal in a POSIX basic regular expression delimited by '/'."""
     return "".join("\\" + char if char in "\\.[]*^$/" else char for char in text)
@@ -455,7 +468,7 @@ class TarFeed:
         try:
             self._proc = subprocess.Popen(
                 [
-                    "tar", "--create", "--file=-", "--numeric-owner", "--format=gnu", "--no-recursion",
+                    "tar", "--create", "--file=-", "--numeric-owner", *_FORMAT, "--no-recursion",
                     "--directory", str(upper), f"--transform=s/^{_bre_escape(scratch_prefix)}//SH",
                     "--null", "--files-from=-",
                 ],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import tarfile
 from collections.abc import Iterable
 
-from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX
+from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_NAMESPACES
 from .errors import UnsafeLayer
+
+XATTR_RECORD = "SCHILY.xattr."  # how pax headers carry extended attributes (Docker applies these)
 
 
 def _normal(name: str) -> str:
@@ -18,12 +21,21 @@ def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> N
     """Raise :class:`UnsafeLayer` for the first dangerous entry.
 
     Refused: absolute names, names with '..', device nodes (FIFOs are fine), hard links that leave the
-    layer root, and any entry whose path goes through a symlink the same layer created (the
-    classic "symlink, then write through it" escape).
+    layer root, any entry whose path goes through a symlink the same layer created (the
+    classic "symlink, then write through it" escape), and extended attributes outside the
+    namespaces capture records (``trusted.overlay.*`` would steer the overlay filesystem).
     """
     symlinks: set[str] = set()
     for member in members:
         raw = member.name
+        for key in member.pax_headers:
+            if key.startswith(XATTR_RECORD):
+                attribute = key[len(XATTR_RECORD) :]
+                if not any(fnmatch.fnmatchcase(attribute, pattern) for pattern in XATTR_NAMESPACES):
+                    raise UnsafeLayer(
+                        f"{layer}: entry {raw!r} sets the extended attribute {attribute!r}; layers may carry "
+                        f"only {', '.join(XATTR_NAMESPACES)}."
+                    )
         if raw.startswith("/") or any(part == ".." for part in raw.split("/")):
             raise UnsafeLayer(f"{layer}: entry {raw!r} escapes the layer root (absolute path or '..').")
         if member.ischr() or member.isblk():

@@ -251,24 +251,47 @@ async def test_a_device_node_made_in_the_machine_does_not_make_its_snapshot_unre
     assert back.stdout == "kept\nno-device\n", "device nodes are left out of snapshots"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "snapshot/capture.py run_gnu_tar(): GNU tar runs without --xattrs (and in --format=gnu, which cannot "
-        "carry them), so extended attributes (user.*, file capabilities, ACLs) are dropped from every layer"
-    ),
-)
-async def test_extended_attributes_survive_a_snapshot(runtime: Runtime, agent: str) -> None:
-    await runtime.exec(
-        agent,
-        "echo x > /workspace/tagged && python3 -c \"import os; os.setxattr('/workspace/tagged', 'user.k', b'v')\"",
-    )
+# Sets a user attribute, a file capability (cap_net_bind_service, permitted, v2 format) and an
+# access ACL granting uid 1000 read (v2 entries: USER_OBJ rw, USER 1000 r, GROUP_OBJ r, MASK r,
+# OTHER r), on a file and a directory, and prints them back.
+XATTRS = r"""
+import os, struct, sys
+capability = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in
+    [(0x01, 6, 0xFFFFFFFF), (0x02, 4, 1000), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)])
+if sys.argv[1] == "set":
+    os.makedirs("/workspace/tagged-dir", exist_ok=True)
+    with open("/workspace/tagged", "w") as fh:
+        fh.write("x")
+    os.setxattr("/workspace/tagged", "user.origin", b"notes")
+    os.setxattr("/workspace/tagged-dir", "user.kind", b"folder")
+    os.setxattr("/workspace/tagged", "security.capability", capability)
+    os.setxattr("/workspace/tagged", "system.posix_acl_access", acl)
+for path in ("/workspace/tagged", "/workspace/tagged-dir"):
+    for name in sorted(os.listxattr(path)):
+        print(path, name, os.getxattr(path, name).hex())
+"""
+
+
+async def test_extended_attributes_capabilities_and_acls_survive_a_snapshot(runtime: Runtime, agent: str) -> None:
+    made = await runtime.exec(agent, ["python3", "-c", XATTRS, "set"])
+    assert made.exit_code == 0, made.stderr
+    names = [line.split()[1] for line in made.stdout.splitlines()]
+    assert {"user.origin", "user.kind", "security.capability", "system.posix_acl_access"} <= set(names)
     snapshot = (await runtime.agents.snapshot(agent, "xattr")).snapshot
     drop_machine_and_image(runtime, agent, snapshot.id)
-    result = await runtime.exec(
-        agent, ["python3", "-c", "import os; print(os.getxattr('/workspace/tagged', 'user.k'))"]
-    )
-    assert result.stdout == "b'v'\n", result.stderr
+    back = await runtime.exec(agent, ["python3", "-c", XATTRS, "get"])
+    assert back.exit_code == 0, back.stderr
+    assert back.stdout == made.stdout
+    # overlayfs's own bookkeeping (trusted.overlay.*) never reaches a layer
+    manifest = runtime.snapshots.store.get_json(snapshot.manifest_digest)
+    descriptor = Descriptor.from_json(manifest["layers"][-1])
+    with runtime.snapshots.store.open_blob(descriptor) as blob:
+        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            keys = {key for member in tar for key in member.pax_headers}
+        blob.read()
+    assert "SCHILY.xattr.user.origin" in keys and not [k for k in keys if "trusted." in k]
 
 
 # incremental capture
@@ -388,6 +411,52 @@ async def test_restore_saves_unsnapshotted_work_first_so_it_can_be_undone(runtim
     _, saved_again = await runtime.agents.restore(agent, saved)
     assert saved_again is None, "nothing changed since the restore"
     assert (await runtime.exec(agent, "cat /workspace/w /workspace/n")).stdout == "precious\nnew\n"
+
+
+async def test_a_restore_freezes_the_old_machine_from_its_capture_and_a_failed_one_lets_it_run_on(
+    runtime: Runtime, agent: str
+) -> None:
+    await runtime.exec(agent, "echo one > /workspace/w")
+    target = (await runtime.agents.snapshot(agent)).snapshot
+    await runtime.exec(agent, "echo two > /workspace/w")
+    machine = runtime.agents.get(agent).machine_id
+    assert machine
+    # The target can only come from the store, and its layer is damaged: the restore fails after the capture.
+    manifest = runtime.snapshots.store.get_json(target.manifest_digest)
+    blob = runtime.snapshots.store.blob_path(manifest["layers"][-1]["digest"])
+    blob.chmod(0o644)
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    docker_cli("rmi", "-f", snapshot_tag(target.id))
+
+    with pytest.raises(SpinupError, match="corrupt"):
+        await runtime.agents.restore(agent, target.id)
+    assert runtime.agents.get(agent).machine_id == machine
+    assert not (await runtime.docker.inspect(machine)).paused, "the machine goes on after a failed restore"
+    assert (await runtime.exec(agent, "cat /workspace/w")).stdout == "two\n"
+
+    blob.write_bytes(good)
+    pauses: list[str] = []
+    unpauses: list[str] = []
+    pause, unpause = runtime.docker.pause, runtime.docker.unpause
+
+    async def record_pause(container: str) -> None:
+        pauses.append(container)
+        await pause(container)
+
+    async def record_unpause(container: str) -> None:
+        unpauses.append(container)
+        await unpause(container)
+
+    runtime.docker.pause = record_pause  # type: ignore[method-assign]
+    runtime.docker.unpause = record_unpause  # type: ignore[method-assign]
+    try:
+        await runtime.exec(agent, "echo three > /workspace/w")
+        await runtime.agents.restore(agent, target.id)
+    finally:
+        runtime.docker.pause, runtime.docker.unpause = pause, unpause  # type: ignore[method-assign]
+    assert pauses == [machine] and unpauses == [], "paused once for the capture, never running again"
+    assert (await runtime.exec(agent, "cat /workspace/w")).stdout == "one\n"
 
 
 async def test_a_fork_is_independent_of_its_source(runtime: Runtime, agent: str) -> None:

@@ -81,3 +81,30 @@ def test_a_crafted_blob_in_the_store_is_refused_from_its_headers(tmp_path: Path)
     with pytest.raises(UnsafeLayer):
         check_members(layer_members(store, descriptor))
     assert not (tmp_path / "outside").exists()
+
+
+def _pax_layer(name: str, xattrs: dict[str, str]) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {f"SCHILY.xattr.{key}": value for key, value in xattrs.items()}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "attribute", ["trusted.overlay.redirect", "trusted.overlay.opaque", "security.selinux", "security.ima"]
+)
+def test_a_layer_setting_an_overlay_or_security_attribute_is_refused(attribute: str) -> None:
+    with pytest.raises(UnsafeLayer, match=f"extended attribute '{attribute}'"):
+        check_members(_members(_pax_layer("workspace/dir", {attribute: "/etc"})))
+
+
+def test_the_attributes_capture_records_pass() -> None:
+    recorded = {
+        "user.origin": "notes",
+        "security.capability": "\x01\x00\x00\x02",
+        "system.posix_acl_access": "\x02\x00\x00\x00",
+        "system.posix_acl_default": "\x02\x00\x00\x00",
+    }
+    check_members(_members(_pax_layer("workspace/file", recorded)))
