@@ -61,6 +61,18 @@ class CaptureResult:
     duration_s: float
 
 
+@dataclass(frozen=True)
+class _CaptureJob:
+    """One capture: whose, of which machine, on top of which head, and how to report progress."""
+
+    agent: Agent
+    machine: MachineInfo
+    head: Snapshot | None
+    previous: Index | None  # the head's file index, when the head was taken from this same machine
+    label: str
+    progress: ProgressFn | None
+
+
 def snapshot_tag(snapshot_id: str) -> str:
     """The Docker image tag of a snapshot."""
     return f"{SNAP_REPO}:{snapshot_id}"
@@ -161,33 +173,23 @@ class SnapshotService:
         upper = self._readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
+        job = _CaptureJob(agent, machine, head, previous, label, progress)
         if upper is None:
-            snapshot = await self._capture_api(agent, machine, head, previous, label, progress)
+            snapshot = await self._capture_api(job)
             if keep_paused and machine.running and not machine.paused:
                 await self.docker.pause(machine.id)
         else:
-            snapshot = await self._capture_frozen(agent, machine, head, previous, upper, label, progress, keep_paused)
+            snapshot = await self._capture_frozen(job, upper, keep_paused)
         if snapshot is None:
             assert head is not None
             return CaptureResult(head, False, round(time.monotonic() - started, 4))
         return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
 
-    async def _capture_frozen(
-        self,
-        agent: Agent,
-        machine: MachineInfo,
-        head: Snapshot | None,
-        previous: Index | None,
-        upper: Path,
-        label: str,
-        progress: ProgressFn | None,
-        keep_paused: bool,
-    ) -> Snapshot | None:
+    async def _capture_frozen(self, job: _CaptureJob, upper: Path, keep_paused: bool) -> Snapshot | None:
         """The fast path: a running machine is paused while its upper directory is read, no longer."""
+        machine = job.machine
         if not (machine.running and not machine.paused):
-            return await asyncio.to_thread(
-                self._capture_upper, agent, machine, head, previous, upper, label, progress, None
-            )
+            return await asyncio.to_thread(self._capture_upper, job, upper, None)
         loop = asyncio.get_running_loop()
         read: asyncio.Future[None] = loop.create_future()
 
@@ -200,7 +202,7 @@ class SnapshotService:
 
         await self.docker.pause(machine.id)
         work: asyncio.Future[Snapshot | None] = asyncio.ensure_future(
-            asyncio.to_thread(self._capture_upper, agent, machine, head, previous, upper, label, progress, on_read)
+            asyncio.to_thread(self._capture_upper, job, upper, on_read)
         )
         try:
             # The machine runs again as soon as its files are read, while the layer is being stored.
@@ -221,20 +223,11 @@ class SnapshotService:
         return await work
 
     @_holding_store_lock
-    def _capture_upper(
-        self,
-        agent: Agent,
-        machine: MachineInfo,
-        head: Snapshot | None,
-        previous: Index | None,
-        upper: Path,
-        label: str,
-        progress: ProgressFn | None,
-        on_read: Callable[[], None] | None,
-    ) -> Snapshot | None:
+    def _capture_upper(self, job: _CaptureJob, upper: Path, on_read: Callable[[], None] | None) -> Snapshot | None:
         """Blocking: walk the upper directory while tar archives what changed; None if nothing did."""
-        delta_base = self._delta_base(agent, machine, head)
+        delta_base = self._delta_base(job)
         serialized: list[bytes] = []
+        progress = job.progress
 
         def on_walked(index: Index, layer_plan: LayerPlan) -> None:
             if progress:
@@ -248,41 +241,31 @@ class SnapshotService:
         captured = capture_layer(
             self.store,
             upper,
-            previous,
+            job.previous,
             level=self.settings.zstd_level,
-            always=head is None,
+            always=job.head is None,
             on_bytes=on_bytes,
             on_walked=on_walked,
             on_read=on_read,
             wrap_sink=_crash_midway,
         )
-        if head is not None and captured.plan.empty and (previous is not None or self._from_head(machine, head)):
-            return None
-        return self._record(
-            agent, machine, head, captured.index, captured.plan, captured.layer, label, delta_base, serialized
-        )
+        head = job.head
+        if head is not None and captured.plan.empty and (job.previous or self._from_head(job.machine, head)):
+            return None  # nothing changed since the head
+        return self._record(job, captured.index, captured.plan, captured.layer, delta_base, serialized)
 
-    async def _capture_api(
-        self,
-        agent: Agent,
-        machine: MachineInfo,
-        head: Snapshot | None,
-        previous: Index | None,
-        label: str,
-        progress: ProgressFn | None,
-    ) -> Snapshot | None:
+    async def _capture_api(self, job: _CaptureJob) -> Snapshot | None:
         """Capture through the Docker API (see ``api_capture``); None if nothing changed."""
-        current = await api_capture.changed_paths(self.docker, machine.id)
-        layer_plan = api_capture.plan_from_changes(previous, current)
-        if head is not None and layer_plan.empty and previous is not None:
+        current = await api_capture.changed_paths(self.docker, job.machine.id)
+        layer_plan = api_capture.plan_from_changes(job.previous, current)
+        if job.head is not None and layer_plan.empty and job.previous is not None:
             return None
-        if progress:
-            progress(f"archiving {layer_plan.paths_changed} changed paths", None)
-        spool = await api_capture.spool_tar(self.docker, machine.id, layer_plan.archive, exec_user(agent.policy))
+        if job.progress:
+            job.progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+        user = exec_user(job.agent.policy)
+        spool = await api_capture.spool_tar(self.docker, job.machine.id, layer_plan.archive, user)
         try:
-            return await asyncio.to_thread(
-                self._write_snapshot, agent, machine, head, current, layer_plan, label, self._spool_content(spool)
-            )
+            return await asyncio.to_thread(self._write_snapshot, job, current, layer_plan, self._spool_content(spool))
         finally:
             spool.close()
 
@@ -323,38 +306,28 @@ class SnapshotService:
 
     @_holding_store_lock
     def _write_snapshot(
-        self,
-        agent: Agent,
-        machine: MachineInfo,
-        head: Snapshot | None,
-        current: Index,
-        layer_plan: LayerPlan,
-        label: str,
-        content: LayerContent,
+        self, job: _CaptureJob, current: Index, layer_plan: LayerPlan, content: LayerContent
     ) -> Snapshot:
         """Blocking: the layer from ``content`` (unless nothing changed), then the snapshot's records."""
         new_layer = None
-        if not layer_plan.empty or head is None:
+        if not layer_plan.empty or job.head is None:
             new_layer = write_layer_from(
                 self.store, layer_plan, content, level=self.settings.zstd_level, wrap_sink=_crash_midway
             )
-        delta_base = self._delta_base(agent, machine, head)
-        return self._record(agent, machine, head, current, layer_plan, new_layer, label, delta_base, [])
+        return self._record(job, current, layer_plan, new_layer, self._delta_base(job), [])
 
-    def _delta_base(self, agent: Agent, machine: MachineInfo, head: Snapshot | None) -> tuple[str, Index] | None:
+    def _delta_base(self, job: _CaptureJob) -> tuple[str, Index] | None:
         """The stored index a capture of this machine is a delta over: the head's, if taken from it."""
-        cached = self._index_cache.get(agent.id)
-        return cached if cached is not None and head is not None and head.machine_id == machine.id else None
+        cached = self._index_cache.get(job.agent.id)
+        head = job.head
+        return cached if cached is not None and head is not None and head.machine_id == job.machine.id else None
 
     def _record(
         self,
-        agent: Agent,
-        machine: MachineInfo,
-        head: Snapshot | None,
+        job: _CaptureJob,
         current: Index,
         layer_plan: LayerPlan,
         new_layer: LayerResult | None,
-        label: str,
         delta_base: tuple[str, Index] | None,
         serialized: builtins.list[bytes],
     ) -> Snapshot:
@@ -362,6 +335,7 @@ class SnapshotService:
 
         ``serialized`` holds the index already serialized over ``delta_base``, if it was.
         """
+        agent, machine, head, label = job.agent, job.machine, job.head, job.label
         parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         if new_layer is not None:
