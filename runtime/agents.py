@@ -13,6 +13,7 @@ import logging
 import tarfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from .config import TOOLBOX_MOUNT, Settings
@@ -40,6 +41,9 @@ class AgentService:
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
         self._image_configs: dict[str, dict[str, Any]] = {}
+        # Called with the id of every machine removed, so caches keyed by machine (quota, limits,
+        # file access) forget it.
+        self.machine_removed: list[Callable[[str], None]] = []
 
     async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
         """Create an agent and start its machine. The image must already be in Docker."""
@@ -126,7 +130,7 @@ class AgentService:
             if snapshot:
                 await self._capture(agent, info, "stop")
             if hibernate:
-                await self.docker.remove(info.id)
+                await self._remove_machine(info.id)
                 self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
                 self.db.record_event(agent.id, "machine-hibernated", info.id[:12])
             elif info.running:
@@ -300,6 +304,7 @@ class AgentService:
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id)
         self._locks.pop(agent.id, None)
+        self._last_used.pop(agent.id, None)
         await self.snapshots.prune_orphans(agent.id)
         return agent
 
@@ -343,9 +348,14 @@ class AgentService:
             self._image_configs[image] = dict((await self.docker.image_inspect(image)).get("Config") or {})
         return self._image_configs[image]
 
+    async def _remove_machine(self, machine_id: str) -> None:
+        for forget in self.machine_removed:
+            forget(machine_id)
+        await self.docker.remove(machine_id)
+
     def _remove_later(self, machine_id: str) -> None:
         """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""
-        task = asyncio.create_task(self.docker.remove(machine_id))
+        task = asyncio.create_task(self._remove_machine(machine_id))
         self._removals.add(task)
         task.add_done_callback(self._removal_done)
 
@@ -365,7 +375,7 @@ class AgentService:
         if agent.machine_id:
             ids.add(agent.machine_id)
         for machine_id in ids:
-            await self.docker.remove(machine_id)
+            await self._remove_machine(machine_id)
 
 
 def _agent_directories() -> bytes:

@@ -6,11 +6,35 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InvalidInput
+
 DEFAULT_IMAGE = "spinup/base:bookworm"
 DEFAULT_OUTPUT_CAP = 1024 * 1024
 DEFAULT_EXEC_TIMEOUT = 600.0
 TOOLBOX_HOST_PATH = "/bin/busybox"
 TOOLBOX_MOUNT = "/.spinup/busybox"
+
+
+# What an MCP client may put in an agent's policy beyond the defaults, if the operator allows it
+# (SPINUP_MCP_GRANTS). The CLI is the operator's and is never limited by this.
+MCP_GRANTS = ("host-network", "root")
+DEFAULT_MCP_GRANTS = "root"
+
+
+def parse_grants(text: str) -> frozenset[str]:
+    """``SPINUP_MCP_GRANTS``: a comma-separated list of :data:`MCP_GRANTS`, or ``all``, or ``none``."""
+    words = {word.strip().lower() for word in text.split(",") if word.strip()}
+    if words <= {"none"}:
+        return frozenset()
+    if words == {"all"}:
+        return frozenset(MCP_GRANTS)
+    unknown = words - set(MCP_GRANTS)
+    if unknown:
+        raise InvalidInput(
+            f"SPINUP_MCP_GRANTS names {', '.join(sorted(unknown))}: use a comma-separated list of "
+            f"{', '.join(MCP_GRANTS)}, or 'all', or 'none'."
+        )
+    return frozenset(words)
 
 
 def default_home() -> Path:
@@ -39,6 +63,10 @@ class Settings:
     # Hibernate agents unused for this many seconds (snapshot, then remove the machine). 0 = never.
     idle_timeout: float = field(default_factory=lambda: float(os.environ.get("SPINUP_IDLE_TIMEOUT", "0") or 0))
     label_extra: dict[str, str] = field(default_factory=dict)
+    # Policies MCP clients may ask agent_create for: network=host ("host-network"), user=root ("root").
+    mcp_grants: frozenset[str] = field(
+        default_factory=lambda: parse_grants(os.environ.get("SPINUP_MCP_GRANTS", DEFAULT_MCP_GRANTS))
+    )
     # The credential store's key: base64 of 32 bytes. Unset: a 0600 key file in the state directory.
     master_key: str | None = field(default_factory=lambda: os.environ.get("SPINUP_MASTER_KEY") or None, repr=False)
 

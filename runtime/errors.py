@@ -114,6 +114,10 @@ class DirectoryNotEmpty(Conflict):
         self.path = path
 
 
+class NotGranted(SpinupError):
+    """An MCP client asked for a policy the operator does not let MCP clients grant."""
+
+
 class PermissionDenied(SpinupError):
     """The agent's user lacks the permission an operation needs."""
 

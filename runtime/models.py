@@ -63,6 +63,14 @@ def format_size(size: int) -> str:
     return str(size)
 
 
+def readable_size(size: int) -> str:
+    """A size for people reading progress: ``80.9 MiB``, ``512 bytes``."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 GiB = 1 << 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, NotGranted
 from .models import Policy
 
 AGENT_USER = "agent"
@@ -91,6 +91,25 @@ def host_config(policy: Policy) -> dict[str, Any]:
     if policy.cpus is not None:
         config["NanoCpus"] = int(policy.cpus * 1_000_000_000)
     return config
+
+
+def check_granted(policy: Policy, grants: frozenset[str]) -> None:
+    """Refuse a policy an MCP client may not ask for (see ``Settings.mcp_grants``)."""
+    asked = [
+        (grant, option)
+        for grant, option, wanted in (
+            ("host-network", "--network host", policy.network == "host"),
+            ("root", "--user root", is_root(policy)),
+        )
+        if wanted and grant not in grants
+    ]
+    if asked:
+        names = ",".join(sorted({*grants, *(grant for grant, _ in asked)}))
+        raise NotGranted(
+            f"This Spinup server does not let MCP clients create agents with {' or '.join(o for _, o in asked)}. "
+            f"The operator can create one with `spinup agent create NAME {' '.join(o for _, o in asked)}`, or "
+            f"allow MCP clients to ask by starting the server with SPINUP_MCP_GRANTS={names}."
+        )
 
 
 def check_fits_host(policy: Policy, host_cpus: int) -> None:

@@ -56,6 +56,7 @@ class Runtime:
         self.quota = DiskQuota(self.docker)
         self.limits = LimitWatch()
         self.access = AccessMemo()
+        self.agents.machine_removed += [self.quota.forget, self.limits.forget, self.access.forget]
         self.secrets = SecretService(self.settings, self.db, self.docker)
         self.packages = PackageService(self.db, self.settings.sources_dir, self._run_package_command)
         self.db.redact = self.secrets.redact

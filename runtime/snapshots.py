@@ -37,7 +37,7 @@ from . import api_capture
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .errors import Conflict, InvalidInput, NotFound, SpinupError
-from .models import Agent, PackageEntry, Snapshot
+from .models import Agent, PackageEntry, Snapshot, readable_size
 from .policy import exec_user
 from .state import StateDB
 
@@ -228,15 +228,19 @@ class SnapshotService:
         delta_base = self._delta_base(job)
         serialized: list[bytes] = []
         progress = job.progress
+        expected: list[int] = []  # content bytes of the changed files, known once the walk is done
 
         def on_walked(index: Index, layer_plan: LayerPlan) -> None:
             if progress:
-                progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+                files = [index.entries[path] for path in layer_plan.archive]
+                expected.append(sum(entry.size for entry in files if entry.kind == "file"))
+                progress(f"archiving {layer_plan.paths_changed} changed paths ({readable_size(expected[0])})", None)
             serialized.append(index.dumps(delta_base))  # while tar and zstd finish the layer
 
         def on_bytes(done: int) -> None:
             if progress:
-                progress(f"{done} bytes archived", float(done))
+                total = f" of about {readable_size(expected[0])}" if expected else ""
+                progress(f"{readable_size(done)}{total} archived", float(done))
 
         captured = capture_layer(
             self.store,

@@ -85,7 +85,7 @@ def build_server(settings: Settings | None = None, agent: str | None = None) -> 
     server: MCPServer[Any] = MCPServer(
         name="spinup", title="Spinup", instructions=instructions, lifespan=lifespan, log_level="WARNING"
     )
-    register_tools(server, holder.get, agent)
+    register_tools(server, holder.get, agent, settings.mcp_grants)
 
     @server.resource("spinup://guide", name="guide", mime_type="text/markdown")
     def guide() -> str:

@@ -9,13 +9,16 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from spinup.runtime import Policy, Runtime, Settings, SpinupError
+from spinup.runtime.config import DEFAULT_IMAGE
 from spinup.runtime.credentials import CredentialStore, decode_key
 from spinup.runtime.errors import InvalidInput
+from spinup.runtime.models import readable_size
 from spinup.runtime.redact import Redactor
 
 from .auth import BearerAuth, is_loopback, rebinding_protection, url_host
@@ -27,6 +30,20 @@ log = logging.getLogger("spinup")
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+def _progress_printer(interval: float = 0.5) -> Callable[[str, float | None], None]:
+    """Progress lines on stderr, at most one per ``interval`` seconds (the first always)."""
+    last: list[float] = []
+
+    def report(message: str, _: float | None) -> None:
+        now = time.monotonic()
+        if last and now - last[0] < interval:
+            return
+        last[:] = [now]
+        print(message, file=sys.stderr, flush=True)
+
+    return report
 
 
 async def _with_runtime(work: Callable[[Runtime], Awaitable[int]]) -> int:
@@ -211,14 +228,10 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     async def work(rt: Runtime) -> int:
         command = args.snapshot_command
         if command == "create":
-            result = await rt.agents.snapshot(
-                args.agent, args.label, lambda message, _: print(message, file=sys.stderr, flush=True)
-            )
+            result = await rt.agents.snapshot(args.agent, args.label, _progress_printer())
             verb = "created" if result.created else "unchanged; head is"
-            print(
-                f"{verb} {result.snapshot.id} ({result.snapshot.layer_size} bytes, {result.duration_s}s)",
-                file=sys.stderr,
-            )
+            stored = readable_size(result.snapshot.layer_size)
+            print(f"{verb} {result.snapshot.id} ({stored} stored, {result.duration_s}s)", file=sys.stderr)
             _print_json(SnapshotInfo.of(result.snapshot).model_dump())
         elif command == "list":
             agent = rt.agents.get(args.agent) if args.agent else None
@@ -452,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="manage the base image")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", help="build spinup/base:bookworm locally with mmdebstrap (no registry)")
-    build.add_argument("--tag", default=Settings().default_image)
+    build.add_argument("--tag", default=DEFAULT_IMAGE)
     image.set_defaults(func=_cmd_image)
 
     register_config_command(sub)
@@ -463,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _redacted(text: str) -> str:
     """``text`` with stored credential values redacted (as is when the store cannot be read)."""
-    settings = Settings()
     try:
+        settings = Settings()
         values = CredentialStore(settings.credentials_path, settings.master_key_path, settings.master_key).values()
     except SpinupError:
         return text

@@ -21,6 +21,8 @@ from mcp.types import ToolAnnotations
 from pydantic import Field, ValidationError
 
 from spinup.runtime import Policy, Runtime, SpinupError
+from spinup.runtime.config import MCP_GRANTS
+from spinup.runtime.policy import check_granted
 
 from .schemas import (
     AgentInfo,
@@ -102,8 +104,12 @@ def _bind_agent(fn: Callable[..., Awaitable[R]], resolve: Callable[[], Awaitable
     return wrapper
 
 
-def progress_reporter(ctx: Context, interval: float = 0.5) -> Callable[[str, float | None], None]:
+REPORT_INTERVAL = 0.5  # seconds between progress notifications of one call
+
+
+def progress_reporter(ctx: Context, interval: float | None = None) -> Callable[[str, float | None], None]:
     """A thread-safe, throttled progress callback that forwards to the client (if it asked for progress)."""
+    interval = REPORT_INTERVAL if interval is None else interval
     loop = asyncio.get_running_loop()
     last = [0.0]
     count = [0]
@@ -120,8 +126,23 @@ def progress_reporter(ctx: Context, interval: float = 0.5) -> Callable[[str, flo
     return report
 
 
-def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], bound_agent: str | None) -> None:
-    """Register every tool on ``server``."""
+def register_tools(
+    server: MCPServer[Any],
+    get_runtime: Callable[[], Runtime],
+    bound_agent: str | None,
+    grants: frozenset[str] = frozenset(MCP_GRANTS),
+) -> None:
+    """Register every tool on ``server``; ``grants`` is what agent_create may give (Settings.mcp_grants)."""
+    network_help = (
+        "'none' (default, isolated) or 'host' (shares the host network)."
+        if "host-network" in grants
+        else "'none' (default, isolated). 'host' is not granted to MCP clients on this server (the operator's call)."
+    )
+    user_help = (
+        "'agent' (default: uid 1000, no capabilities) or 'root' (needed for apt)."
+        if "root" in grants
+        else "'agent' (default: uid 1000, no capabilities). 'root' is not granted to MCP clients on this server."
+    )
 
     async def resolve_bound() -> str:
         assert bound_agent is not None
@@ -144,17 +165,11 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
 
     # agents
 
-    @tool("agent_create", ADDITIVE, takes_agent=False)
     async def agent_create(
         name: Annotated[str, Field(description="Lowercase letters, digits and '-', 1-63 chars.")],
         image: Annotated[str | None, Field(description="Base image; default spinup/base:bookworm.")] = None,
-        network: Annotated[
-            Literal["none", "host"], Field(description="'none' (default, isolated) or 'host' (shares host network).")
-        ] = "none",
-        user: Annotated[
-            Literal["agent", "root"],
-            Field(description="'agent' (default: uid 1000, no capabilities) or 'root' (needed for apt)."),
-        ] = "agent",
+        network: Literal["none", "host"] = "none",  # described below: the text depends on the grants
+        user: Literal["agent", "root"] = "agent",
         cpus: Annotated[float | None, Field(description="CPU cores (fractional); default all.")] = None,
         memory: Annotated[str | None, Field(description="Memory limit such as '512m' or '8g'; default 4g.")] = None,
         pids: Annotated[int | None, Field(description="Most processes and threads; default 1024.")] = None,
@@ -165,8 +180,16 @@ def register_tools(server: MCPServer[Any], get_runtime: Callable[[], Runtime], b
         """Create a new agent: a named, durable computer (a Debian machine with python3, pip, git, node, npm by
         default) that keeps its files and installed packages across sessions. Fails if the name is taken. It runs
         with no network, as a non-root user, with resource limits, unless the arguments say otherwise."""
+        runtime = get_runtime()
         policy = Policy().updated(network=network, user=user, cpus=cpus, memory=memory, pids=pids, disk=disk)
-        return AgentInfo.of(await get_runtime().agents.create(name, image, policy))
+        check_granted(policy, grants)
+        return AgentInfo.of(await runtime.agents.create(name, image, policy))
+
+    # Annotations are strings here (postponed evaluation) and resolve against module globals only:
+    # the grant-dependent descriptions go in as objects.
+    agent_create.__annotations__["network"] = Annotated[Literal["none", "host"], Field(description=network_help)]
+    agent_create.__annotations__["user"] = Annotated[Literal["agent", "root"], Field(description=user_help)]
+    tool("agent_create", ADDITIVE, takes_agent=False)(agent_create)
 
     @tool("agent_list", READ_ONLY, takes_agent=False)
     async def agent_list() -> AgentList:

@@ -102,3 +102,36 @@ async def test_ensure_creates_a_bound_agent_on_first_use_and_reuses_it(runtime: 
     first = await runtime.agents.ensure(name)
     second = await runtime.agents.ensure(name)
     assert first.id == second.id and second.state is AgentState.RUNNING
+
+
+async def test_what_is_cached_per_machine_goes_with_the_machine(runtime: Runtime, agent: str) -> None:
+    """Quota measurements, cgroup paths and learned file permissions are dropped when a machine is removed."""
+
+    def cached(machine_id: str) -> list[str]:
+        places = {
+            "quota": machine_id in runtime.quota._used,
+            "limits": machine_id in runtime.limits._files,
+            "access": machine_id in runtime.access._reachable,
+        }
+        return [place for place, present in places.items() if present]
+
+    async def use() -> str:
+        await runtime.exec(agent, "echo x > /workspace/f")
+        await (await runtime.files(agent)).read("/workspace/f")
+        await runtime.status(agent)
+        machine = runtime.agents.get(agent).machine_id
+        assert machine
+        return machine
+
+    first = await use()
+    assert cached(first) == ["quota", "limits", "access"]
+    snapshot = (await runtime.agents.snapshot(agent)).snapshot
+    await runtime.agents.restore(agent, snapshot.id)  # a new machine; the old one goes in the background
+    await runtime.agents.drain()
+    assert cached(first) == []
+    second = await use()
+    await runtime.agents.stop(agent, hibernate=True)
+    assert cached(second) == []
+    third = await use()
+    await runtime.agents.remove(agent)
+    assert cached(third) == []

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from conftest import unique_name
+from conftest import held_open, unique_name
 from package_sources import make_wheel
 from spinup.runtime import Runtime, Settings
 from spinup.server.app import build_server
@@ -109,6 +109,31 @@ async def test_agent_create_takes_a_policy_and_status_shows_it(client: Client) -
     await call(client, "agent_remove", agent=name)
 
 
+async def test_agent_create_grants_only_what_the_operator_allows(client: Client, settings: Settings) -> None:
+    """By default a model may ask for root (apt) but not for the host's network."""
+    described = {t.name: t for t in (await client.list_tools()).tools}["agent_create"].input_schema["properties"]
+    assert "not granted" in described["network"]["description"]
+    assert "'root' (needed for apt)" in described["user"]["description"]
+    name = unique_name("grant")
+    refused = await fails(client, "agent_create", name=name, network="host")
+    assert "does not let MCP clients create agents with --network host" in refused
+    assert "spinup agent create NAME --network host" in refused and "SPINUP_MCP_GRANTS=host-network,root" in refused
+    assert name not in [a["name"] for a in (await call(client, "agent_list"))["agents"]]
+    rooted = await call(client, "agent_create", name=name, user="root")
+    assert rooted["policy"]["user"] == "root"
+    await call(client, "agent_remove", agent=name)
+
+    allowed = Settings(home=settings.home, label_extra=settings.label_extra, mcp_grants=frozenset({"host-network"}))
+    async with held_open(Client(build_server(allowed))) as operator_allowed:
+        described = {t.name: t for t in (await operator_allowed.list_tools()).tools}["agent_create"]
+        assert "shares the host network" in described.input_schema["properties"]["network"]["description"]
+        assert "not granted" in described.input_schema["properties"]["user"]["description"]
+        hosted = await call(operator_allowed, "agent_create", name=name, network="host")
+        assert hosted["policy"]["network"] == "host"
+        assert "--user root" in await fails(operator_allowed, "agent_create", name=unique_name("grant"), user="root")
+        await call(operator_allowed, "agent_remove", agent=name)
+
+
 async def test_exec_returns_exit_code_and_separate_streams(client: Client, agent_name: str) -> None:
     out = await call(client, "exec", agent=agent_name, command="echo out; echo err >&2; exit 7")
     assert (out["exit_code"], out["stdout"], out["stderr"], out["timed_out"]) == (7, "out\n", "err\n", False)
@@ -133,6 +158,24 @@ async def test_exec_sends_progress_when_the_client_asks_for_it(
     assert not result.is_error
     assert updates, "no progress notification arrived"
     assert updates[0][1] == 30 and "running" in (updates[0][2] or "")
+
+
+async def test_snapshot_create_reports_what_it_archives(
+    client: Client, agent_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spinup.server.tools.REPORT_INTERVAL", 0.0)
+    write = "for i in 1 2 3; do head -c 20971520 /dev/urandom > /workspace/big$i; done"
+    await call(client, "exec", agent=agent_name, command=write)
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    result = await client.call_tool("snapshot_create", {"agent": agent_name}, progress_callback=on_progress)
+    assert not result.is_error
+    walked = [m for m in messages if m.startswith("archiving ")]
+    assert len(walked) == 1 and walked[0].endswith("changed paths (60.0 MiB)"), messages
+    assert any(m.endswith("of about 60.0 MiB archived") for m in messages[messages.index(walked[0]) :]), messages
 
 
 async def test_binary_and_huge_output_keep_the_protocol_intact(client: Client, agent_name: str) -> None:
