@@ -57,6 +57,10 @@ class Settings:
     exec_timeout: float = DEFAULT_EXEC_TIMEOUT
     toolbox_host_path: str = TOOLBOX_HOST_PATH
     zstd_level: int = 3
+    # A snapshot holding this many layers of its own is followed by a squashed one (a single layer
+    # relative to the base image): Docker refuses images deeper than 125 layers, and every layer
+    # costs a little on each file lookup in the machine.
+    max_layers: int = 40
     # How snapshots read a machine's changes: "auto" (overlay upper dir when readable, else the
     # Docker API) or "api" (always the Docker API).
     capture_mode: str = field(default_factory=lambda: os.environ.get("SPINUP_CAPTURE", "auto"))

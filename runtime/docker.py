@@ -56,6 +56,7 @@ class MachineInfo:
     image_id: str
     labels: dict[str, str]
     upper_dir: str | None  # overlay2 upper directory, when the daemon uses overlay2
+    lower_dirs: tuple[str, ...] = ()  # overlay2 lower directories, top first: Docker's init layer, the image's
     started_at: str = ""  # when the container last started (Docker's RFC 3339 time)
 
 
@@ -226,6 +227,7 @@ class DockerBackend:
         except NotFound:
             return None
         state = raw.get("State", {})
+        graph = (raw.get("GraphDriver") or {}).get("Data") or {}
         return MachineInfo(
             id=raw["Id"],
             running=bool(state.get("Running")),
@@ -235,7 +237,8 @@ class DockerBackend:
             image=str(raw.get("Config", {}).get("Image", "")),
             image_id=str(raw.get("Image", "")),
             labels=dict(raw.get("Config", {}).get("Labels") or {}),
-            upper_dir=(raw.get("GraphDriver") or {}).get("Data", {}).get("UpperDir"),
+            upper_dir=graph.get("UpperDir"),
+            lower_dirs=tuple(part for part in str(graph.get("LowerDir") or "").split(":") if part),
             started_at=str(state.get("StartedAt", "")),
         )
 

@@ -95,7 +95,10 @@ class DiskQuota:
             )
 
     def forget(self, machine_id: str) -> None:
-        """Drop what is known of a removed machine."""
+        """Drop what is known of a removed machine, and a measurement of it still waiting its turn."""
+        pending = self._pending.pop(machine_id, None)
+        if pending is not None:
+            pending.cancel()
         self._used.pop(machine_id, None)
         self._upper.pop(machine_id, None)
         self._measured_at.pop(machine_id, None)

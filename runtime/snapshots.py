@@ -25,12 +25,23 @@ from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
-from spinup.snapshot.capture import ByteSink, LayerPlan, LayerResult, capture_layer, scan_and_plan, write_layer_from
+from spinup.snapshot.capture import (
+    ByteSink,
+    LayerPlan,
+    LayerResult,
+    MemberSink,
+    Planner,
+    capture_layer,
+    scan,
+    scan_and_plan,
+    write_layer_from,
+)
 from spinup.snapshot.errors import StoreError
 from spinup.snapshot.index import INDEX_MEDIA_TYPE, MAX_DELTA_DEPTH, Entry, Index
 from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
 from spinup.snapshot.safety import check_members
+from spinup.snapshot.squash import union_plan
 from spinup.snapshot.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
 
 from . import api_capture
@@ -71,6 +82,14 @@ class _CaptureJob:
     previous: Index | None  # the head's file index, when the head was taken from this same machine
     label: str
     progress: ProgressFn | None
+
+
+@dataclass(frozen=True)
+class _Squash:
+    """A machine's layer directories as Docker extracted them, for a squash."""
+
+    layers: list[Path]  # the snapshot layers its image has above the base image, top first
+    base: list[Path]  # the base image's layers
 
 
 def snapshot_tag(snapshot_id: str) -> str:
@@ -242,24 +261,69 @@ class SnapshotService:
                 total = f" of about {readable_size(expected[0])}" if expected else ""
                 progress(f"{readable_size(done)}{total} archived", float(done))
 
+        squash = self._squash_layers(job)
+        planner: Planner | None = None
+        if squash is not None:
+            # The head is as deep as a snapshot may be: this one is a single layer over the base image.
+            index = scan(upper)
+            if job.previous is not None and index.entries == job.previous.entries:
+                return None  # nothing changed since the head
+
+            def planner(on_member: MemberSink) -> tuple[Index, LayerPlan]:
+                return index, union_plan([upper, *squash.layers], squash.base, on_member)
+
         captured = capture_layer(
             self.store,
             upper,
             job.previous,
             level=self.settings.zstd_level,
-            always=job.head is None,
+            always=job.head is None or squash is not None,
             on_bytes=on_bytes,
             on_walked=on_walked,
             on_read=on_read,
             wrap_sink=_crash_midway,
+            planner=planner,
+            sources=squash.layers if squash is not None else (),
         )
         head = job.head
         if head is not None and captured.plan.empty and (job.previous or self._from_head(job.machine, head)):
             return None  # nothing changed since the head
-        return self._record(job, captured.index, captured.plan, captured.layer, delta_base, serialized)
+        return self._record(
+            job, captured.index, captured.plan, captured.layer, delta_base, serialized, squashed=squash is not None
+        )
+
+    def _squash_layers(self, job: _CaptureJob) -> _Squash | None:
+        """When the head has ``max_layers`` layers: the machine's snapshot layers as Docker extracted them.
+
+        Docker lists a container's lower directories top first: its init layer, then its image's
+        layers, the snapshot layers above the base image's. None when no squash is due, or when the
+        directories do not add up (then the capture stays incremental, and says so in the log).
+        """
+        head, machine = job.head, job.machine
+        if head is None or head.layers < self.settings.max_layers:
+            return None
+        own = 0
+        if machine.image.startswith(SNAP_REPO + ":"):
+            source = self.db.get_snapshot(machine.image.split(":", 1)[1])
+            own = source.layers if source is not None else -1
+        lowers = machine.lower_dirs
+        if own < 0 or len(lowers) < 1 + own or not lowers[0].endswith("-init/diff"):
+            log.warning(
+                "snapshot %s of agent %s has %d layers but the layers of machine %s cannot be squashed "
+                "(image %s, %d lower directories); the capture stays incremental",
+                head.id, job.agent.name, head.layers, machine.id[:12], machine.image, len(lowers),
+            )  # fmt: skip
+            return None
+        return _Squash([Path(d) for d in lowers[1 : 1 + own]], [Path(d) for d in lowers[1 + own :]])
 
     async def _capture_api(self, job: _CaptureJob) -> Snapshot | None:
         """Capture through the Docker API (see ``api_capture``); None if nothing changed."""
+        if job.head is not None and job.head.layers >= self.settings.max_layers:
+            log.warning(
+                "agent %s: snapshot %s has %d layers; snapshots taken through the Docker API are not squashed, and "
+                "Docker refuses images deeper than 125 layers. `spinup agent rebuild %s --image %s` starts afresh.",
+                job.agent.name, job.head.id, job.head.layers, job.agent.name, job.agent.image,
+            )  # fmt: skip
         current = await api_capture.changed_paths(self.docker, job.machine.id)
         layer_plan = api_capture.plan_from_changes(job.previous, current)
         if job.head is not None and layer_plan.empty and job.previous is not None:
@@ -334,13 +398,15 @@ class SnapshotService:
         new_layer: LayerResult | None,
         delta_base: tuple[str, Index] | None,
         serialized: builtins.list[bytes],
+        squashed: bool = False,
     ) -> Snapshot:
         """Blocking, under the store lock: index blob, config, manifest, index.json; then the head moves.
 
-        ``serialized`` holds the index already serialized over ``delta_base``, if it was.
+        ``serialized`` holds the index already serialized over ``delta_base``, if it was. A
+        ``squashed`` layer stands alone on the base image instead of on the head's layers.
         """
         agent, machine, head, label = job.agent, job.machine, job.head, job.label
-        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None else None
+        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None and not squashed else None
         layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
         if new_layer is not None:
             layers.append(

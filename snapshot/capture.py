@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ class Member(NamedTuple):
 
     name: str  # the path inside the layer (relative, no leading '/')
     marker: bool = False  # an empty whiteout or opaque marker, not a path of the upper directory
+    source: str = ""  # the layer directory it is read from, when not the upper directory (a squash)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class LayerPlan:
 
 
 MemberSink = Callable[[Member], None]
+Planner = Callable[[MemberSink], "tuple[Index, LayerPlan]"]
 
 
 def scan(upper: Path, excluded: frozenset[str] = EXCLUDED) -> Index:
@@ -118,6 +120,7 @@ class _Walk:
         # Directories holding at least one entry (excluded ones and device nodes count).
         self.parents: set[str] = set()
         self.archived_dirs: set[str] = set()
+        self.opaque_dirs: set[str] = set()  # directories given an opaque marker in this layer
         self.plan = LayerPlan()
 
     def run(self) -> tuple[Index, LayerPlan]:
@@ -193,24 +196,29 @@ class _Walk:
         elif rel_dir and rel_dir not in prior:
             self._archive_dir(rel_dir)  # new and empty: nothing else would bring it into the layer
         self.children[rel_dir] = listed
-        if self.prior_children:
+        if rel_dir in self.opaque_dirs:
+            # Its opaque marker hides everything below already; a whiteout inside an opaque directory
+            # would even show up in listings of the restored machine (as a name that cannot be opened).
+            hidden = []
+        elif self.prior_children:
             hidden += [path for path in self.prior_children.get(rel_dir, ()) if path not in entries]
         if not (hidden or opaque or changed or changed_dirs):
             return subdirs
         if rel_dir:
             self._archive_dir(rel_dir)  # with its parents: a layer applies on its own
         for path in hidden:
-            self._emit(Member(_whiteout_name(path), marker=True))
+            self._emit(Member(whiteout_name(path), marker=True))
         for path in opaque:
             self._archive_dir(path)
             self._emit(Member(f"{path}/{OPAQUE_MARKER}", marker=True))
+            self.opaque_dirs.add(path)
         for path in changed_dirs:
             self._archive_dir(path)
         plan = self.plan
         plan.whiteouts += hidden
         plan.opaque += opaque
         plan.archive += changed
-        members = [new_entry(Member, (path, False)) for path in changed]
+        members = [new_entry(Member, (path, False, "")) for path in changed]
         plan.members += members
         if self.on_member is not None:
             for member in members:
@@ -303,7 +311,7 @@ def _marker(name: str, mtime: int) -> bytes:
     return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
 
 
-def _whiteout_name(path: str) -> str:
+def whiteout_name(path: str) -> str:
     parent, name = os.path.split(path)
     return f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}"
 
@@ -329,6 +337,8 @@ def capture_layer(
     on_walked: Callable[[Index, LayerPlan], None] | None = None,
     on_read: Callable[[], None] | None = None,
     wrap_sink: Callable[[ByteSink], ByteSink] | None = None,
+    planner: Planner | None = None,
+    sources: Sequence[Path] = (),
 ) -> Capture:
     """Walk ``upper`` and stream what changed since ``previous`` into a new layer (blocking).
 
@@ -336,6 +346,10 @@ def capture_layer(
     is compressed and hashed into the store on another thread. Nothing changed: no layer, unless
     ``always`` (then an empty one). ``on_walked`` runs on its own thread once the walk is done,
     while tar finishes; ``on_read`` as soon as nothing more is read from ``upper``.
+
+    ``planner`` replaces the walk (:func:`scan_and_plan` of ``upper`` over ``previous``): it gets
+    the member sink and returns the index and the plan. Members it reads from directories other
+    than ``upper`` name them in ``Member.source``; those directories are ``sources``.
     """
     sink: LayerSink | None = None
     feed: TarFeed | None = None
@@ -343,14 +357,17 @@ def capture_layer(
     def start() -> TarFeed:
         nonlocal sink, feed
         sink = LayerSink(store, level, threads)
-        feed = TarFeed(upper, wrap_sink(sink) if wrap_sink else sink, on_bytes)
+        feed = TarFeed(upper, wrap_sink(sink) if wrap_sink else sink, on_bytes, sources)
         return feed
 
     def on_member(member: Member) -> None:
         (feed or start()).add(member)
 
     try:
-        index, layer_plan = scan_and_plan(upper, previous, on_member)
+        if planner is None:
+            index, layer_plan = scan_and_plan(upper, previous, on_member)
+        else:
+            index, layer_plan = planner(on_member)
         if feed is None and always:
             start()
         if feed is None or sink is None:
@@ -419,7 +436,7 @@ def write_layer_from(
         now = int(time.time())
         head = bytearray()
         for path in layer.whiteouts:
-            head += _marker(_whiteout_name(path), now)
+            head += _marker(whiteout_name(path), now)
         for path in layer.opaque:
             head += _marker(f"{path}/{OPAQUE_MARKER}", now)
         if head:
@@ -455,9 +472,16 @@ class TarFeed:
     Paths are relative to the upper directory and passed verbatim (NUL-separated, so names
     starting with '-' are names). A marker is an empty file made in a scratch directory and named
     by its absolute path; ``--transform`` removes the scratch prefix, so it lands in its place.
+    Members read from other layer directories (``sources``, for a squash) are named the same way.
     """
 
-    def __init__(self, upper: Path, out: ByteSink, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        upper: Path,
+        out: ByteSink,
+        on_bytes: Callable[[int], None] | None = None,
+        sources: Sequence[Path] = (),
+    ) -> None:
         self._scratch = Path(tempfile.mkdtemp(prefix="spinup-markers-"))
         # A file, not a pipe: tar may warn a lot (a socket, a vanished file) and must never block on it.
         self._errors: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
@@ -470,6 +494,8 @@ class TarFeed:
                 [
                     "tar", "--create", "--file=-", "--numeric-owner", *_FORMAT, "--no-recursion",
                     "--directory", str(upper), f"--transform=s/^{_bre_escape(scratch_prefix)}//SH",
+                    # Hard links between members read from a source name it the same way: 'S' only.
+                    *(f"--transform=s/^{_bre_escape(str(source).lstrip('/') + '/')}//S" for source in sources),
                     "--null", "--files-from=-",
                 ],
                 stdin=subprocess.PIPE,
@@ -505,6 +531,8 @@ class TarFeed:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             name = os.fsencode(path)
+        elif member.source:
+            name = os.fsencode(os.path.join(member.source, member.name))
         else:
             name = os.fsencode(member.name)
         self._pending.append(name + b"\0")

@@ -6,13 +6,14 @@ import asyncio
 import os
 import tarfile
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from conftest import docker_cli, unique_name
-from spinup.runtime import AgentState, Runtime
+from spinup.runtime import AgentState, Policy, Runtime, Settings
 from spinup.runtime.errors import Conflict, NotFound, SpinupError
 from spinup.runtime.models import Snapshot
 from spinup.runtime.snapshots import snapshot_tag
@@ -220,6 +221,67 @@ async def test_changes_across_several_snapshots_restore_exactly(runtime: Runtime
     paths = {line.split("|", 1)[0] for line in after}
     assert {"'/workspace/gone'", "'/workspace/doomed'", "'/etc/issue'", "'/usr/share/doc/bash/README'"} & paths == set()
     assert "'/etc/motd'" in paths and "'/workspace/to-dir'" in paths
+
+
+async def test_a_chain_at_the_layer_limit_is_squashed_into_one_layer_that_restores_exactly(
+    settings: Settings,
+) -> None:
+    """Docker refuses images deeper than 125 layers: a snapshot on a head of max_layers is squashed."""
+    runtime = Runtime(replace(settings, max_layers=2))
+    agent = unique_name("squash")
+    try:
+        await runtime.agents.create(agent, policy=Policy(user="root"))
+        assert (await runtime.exec(agent, TREE)).exit_code == 0
+        await runtime.agents.snapshot(agent, "one")
+        second = await runtime.exec(
+            agent,
+            "set -e; cd /workspace; echo two > counter; rm -rf 'dir with spaces'; rm /etc/issue; "
+            "echo 'motd is back' > /etc/motd; chmod 0600 tool.sh; ln hard1 hard3",
+        )
+        assert second.exit_code == 0, second.stderr
+        two = (await runtime.agents.snapshot(agent, "two")).snapshot
+        assert two.layers == 2
+        # The next machine runs on the two-layer image: its changes, the two layers below and the
+        # whiteouts and opaque directories in all three are what the squash merges.
+        await runtime.agents.stop(agent, hibernate=True)
+        third = await runtime.exec(
+            agent,
+            "set -e; cd /workspace; echo three > counter; rm -rf nested/a/b; rm big.bin; "
+            "rm -rf sticky && mkdir sticky && echo new > sticky/new; rm /etc/issue.net; "
+            "mkdir 'dir with spaces' && echo back > 'dir with spaces/back'; echo more >> hard1; "
+            "rm -rf /usr/share/doc/gzip/only-this; touch -d '2005-06-07' owned",
+        )
+        assert third.exit_code == 0, third.stderr
+        before = await listing(runtime, agent)
+        squashed = (await runtime.agents.snapshot(agent, "three")).snapshot
+        assert squashed.layers == 1 and squashed.parent_id == two.id
+        names = set(layer_names(runtime, squashed))
+        assert {"etc/.wh.motd", "etc/.wh.issue", "etc/.wh.issue.net"} & names == {"etc/.wh.issue", "etc/.wh.issue.net"}
+        assert {"usr/share/doc/gzip/.wh..wh..opq", "workspace/sticky/new"} <= names
+        assert "usr/share/doc/gzip/.wh.only-this" not in names, "no whiteout inside an opaque directory"
+        assert "workspace/big.bin" not in names and "workspace/counter" in names
+        drop_machine_and_image(runtime, agent, squashed.id)
+        assert differences(before, await listing(runtime, agent)) == ([], [])
+
+        # Incremental again on top of the squashed layer, and the old chain still restores.
+        assert (await runtime.exec(agent, "echo four > /workspace/counter; rm /workspace/empty.txt")).exit_code == 0
+        four = (await runtime.agents.snapshot(agent, "four")).snapshot
+        assert four.layers == 2 and set(layer_names(runtime, four)) == {
+            "workspace", "workspace/counter", "workspace/.wh.empty.txt",
+        }  # fmt: skip
+        before = await listing(runtime, agent)
+        drop_machine_and_image(runtime, agent, four.id)
+        assert differences(before, await listing(runtime, agent)) == ([], [])
+        await runtime.agents.restore(agent, two.id)
+        back = await runtime.exec(agent, "cat /workspace/counter; test -e /workspace/big.bin && echo big")
+        assert back.stdout == "two\nbig\n"
+    finally:
+        ids = [s.id for s in runtime.snapshots.list()]
+        for made in runtime.agents.list():
+            await runtime.agents.remove(made.name)
+        if ids:
+            docker_cli("rmi", "-f", *(snapshot_tag(i) for i in ids), check=False)
+        await runtime.close()
 
 
 async def test_a_directory_mode_or_owner_change_survives_an_incremental_snapshot(runtime: Runtime, agent: str) -> None:

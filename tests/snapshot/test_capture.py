@@ -431,3 +431,20 @@ def test_a_sink_failing_while_the_walk_still_names_members_reports_the_sinks_err
     with pytest.raises(OSError, match="disk gone"):
         capture_layer(store, upper, None, wrap_sink=failing)
     assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_a_replaced_directory_gets_its_opaque_marker_and_no_whiteouts_inside(upper: Path, tmp_path: Path) -> None:
+    # A directory captured before (with children), then removed and made again over a lower layer:
+    # overlayfs marks it opaque. Whiteouts for its old children would be redundant, and in a
+    # directory no lower layer has, overlayfs would list them as names that cannot be opened.
+    previous = _stored(scan(upper))
+    shutil.rmtree(upper / "workspace" / "gone")
+    (upper / "workspace" / "gone").mkdir()
+    os.setxattr(upper / "workspace" / "gone", "trusted.overlay.opaque", b"y")
+    _file(upper / "workspace" / "gone" / "fresh", b"fresh")
+    layer = _plan(upper, previous)
+    assert layer.opaque == ["workspace/gone"]
+    assert layer.whiteouts == []
+    assert [m.name for m in layer.members if m.name.startswith("workspace/gone")] == [
+        "workspace/gone", "workspace/gone/.wh..wh..opq", "workspace/gone/fresh",
+    ]  # fmt: skip
