@@ -80,7 +80,7 @@ class _UnionWalk:
         top: dict[str, tuple[int, str]] = {}  # name -> (providing layer, kind)
         merged: dict[str, list[int]] = {}  # directory -> the layers it merges, top first
         hides_base: set[str] = set()  # directories whose merge stopped above the base image
-        seen = 0
+        mounts = False  # an excluded entry (a Docker mount point) or a device node is here
         for layer in layers:
             directory = self.stack[layer] / rel_dir if rel_dir else self.stack[layer]
             try:
@@ -89,12 +89,13 @@ class _UnionWalk:
                 continue
             with listing as it:
                 for dirent in it:
-                    seen += 1
                     rel = prefix + dirent.name
                     if rel in self.excluded:
+                        mounts = True
                         continue
                     kind = _kind(dirent.stat(follow_symlinks=False))
                     if kind == "device":
+                        mounts = True
                         continue  # device nodes are the machine's, made by Docker; layers never carry them
                     if rel in top:
                         # Shadowed by a higher layer; it only extends (or ends) a directory's merge.
@@ -112,8 +113,10 @@ class _UnionWalk:
                         self.provider[rel] = layer
                         if _opaque(dirent.path):
                             hides_base.add(rel)
-        if not seen and rel_dir:
-            self._archive_dir(rel_dir)  # empty in every layer: nothing else brings it into the layer
+        if rel_dir and not mounts and all(kind == "whiteout" for _, kind in top.values()):
+            # Empty in the union (whiteouts are not entries): nothing else brings it into the layer.
+            # A directory holding only Docker's mount points is a copy-up of theirs, not the agent's.
+            self._archive_dir(rel_dir)
         # Inside a directory with an opaque marker, whiteouts are redundant (and would show up in
         # listings of the restored machine as names that cannot be opened).
         hidden = (

@@ -35,6 +35,9 @@ def test_the_union_takes_the_topmost_entry_and_keeps_only_whiteouts_the_base_nee
     _whiteout(upper / "etc/issue")
     _whiteout(upper / "usr/doc/gz/only-this")  # inside a directory that hides the base anyway
     _file(upper / ".spinup/busybox")  # Docker's mount point: never captured
+    _file(lower / "workspace/emptied/only")
+    _whiteout(upper / "workspace/emptied/only")  # the directory stays, empty
+    _file(upper / "usr/sbin/docker-init")  # a mount point's copied-up parents are not the agent's
 
     plan = union_plan([upper, lower], [base])
 
@@ -45,7 +48,8 @@ def test_the_union_takes_the_topmost_entry_and_keeps_only_whiteouts_the_base_nee
     assert by_name["usr/doc/keep/added"] == Member("usr/doc/keep/added", source=str(lower))
     assert by_name["usr/doc/gz"].source == "" and "usr/doc/gz/.wh..wh..opq" in by_name  # upper is topmost
     assert not {"workspace/old", "workspace/.wh.old", "usr/doc/gz/only-this", "usr/doc/gz/.wh.only-this"} & set(by_name)
-    assert not [name for name in by_name if name.startswith(".spinup")]
+    assert not [name for name in by_name if name.startswith((".spinup", "usr/sbin"))]
+    assert "workspace/emptied" in plan.archive and "workspace/emptied/.wh.only" not in by_name
     names = [m.name for m in plan.members]
     for name in names:  # parents first
         parent = os.path.dirname(name)
