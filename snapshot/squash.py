@@ -82,37 +82,40 @@ class _UnionWalk:
         hides_base: set[str] = set()  # directories whose merge stopped above the base image
         mounts = False  # an excluded entry (a Docker mount point) or a device node is here
         for layer in layers:
-            directory = self.stack[layer] / rel_dir if rel_dir else self.stack[layer]
+            directory = str(self.stack[layer] / rel_dir) if rel_dir else str(self.stack[layer])
             try:
-                listing = os.scandir(directory)
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            with listing as it:
-                for dirent in it:
-                    rel = prefix + dirent.name
-                    if rel in self.excluded:
-                        mounts = True
-                        continue
-                    kind = _kind(dirent.stat(follow_symlinks=False))
-                    if kind == "device":
-                        mounts = True
-                        continue  # device nodes are the machine's, made by Docker; layers never carry them
-                    if rel in top:
-                        # Shadowed by a higher layer; it only extends (or ends) a directory's merge.
-                        if rel in merged and rel not in hides_base:
-                            if kind == "dir":
-                                merged[rel].append(layer)
-                                if _opaque(dirent.path):
-                                    hides_base.add(rel)
-                            else:
-                                hides_base.add(rel)  # a non-directory below hides the base's entry too
-                        continue
-                    top[rel] = (layer, kind)
-                    if kind == "dir":
-                        merged[rel] = [layer]
-                        self.provider[rel] = layer
-                        if _opaque(dirent.path):
-                            hides_base.add(rel)
+            try:
+                with os.scandir(fd) as it:
+                    for dirent in it:
+                        rel = prefix + dirent.name
+                        if rel in self.excluded:
+                            mounts = True
+                            continue
+                        kind = _kind(dirent.stat(follow_symlinks=False))
+                        if kind == "device":
+                            mounts = True
+                            continue  # device nodes are the machine's, made by Docker; layers never carry them
+                        if rel in top:
+                            # Shadowed by a higher layer; it only extends (or ends) a directory's merge.
+                            if rel in merged and rel not in hides_base:
+                                if kind == "dir":
+                                    merged[rel].append(layer)
+                                    if _opaque(f"{directory}/{dirent.name}"):
+                                        hides_base.add(rel)
+                                else:
+                                    hides_base.add(rel)  # a non-directory below hides the base's entry too
+                            continue
+                        top[rel] = (layer, kind)
+                        if kind == "dir":
+                            merged[rel] = [layer]
+                            self.provider[rel] = layer
+                            if _opaque(f"{directory}/{dirent.name}"):
+                                hides_base.add(rel)
+            finally:
+                os.close(fd)
         if rel_dir and not mounts and all(kind == "whiteout" for _, kind in top.values()):
             # Empty in the union (whiteouts are not entries): nothing else brings it into the layer.
             # A directory holding only Docker's mount points is a copy-up of theirs, not the agent's.
