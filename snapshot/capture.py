@@ -99,7 +99,37 @@ def scan_and_plan(
     return _Walk(upper, previous, on_member, excluded).run()
 
 
-class _Walk:
+class LayerPlanner:
+    """What a walk that plans a layer shares: the plan, and members handed on in layer order."""
+
+    def __init__(self, on_member: MemberSink | None) -> None:
+        self.on_member = on_member
+        self.plan = LayerPlan()
+        self.archived_dirs: set[str] = set()
+        self.opaque_dirs: set[str] = set()  # directories given an opaque marker in this layer
+
+    def _dir_source(self, path: str) -> str:
+        """Where a directory's entry is read from (see ``Member.source``)."""
+        return ""
+
+    def _archive_dir(self, path: str) -> None:
+        """Archive a directory and those of its parents not archived yet, outermost first."""
+        missing: list[str] = []
+        while path and path not in self.archived_dirs:
+            missing.append(path)
+            path = os.path.dirname(path)
+        for directory in reversed(missing):
+            self.archived_dirs.add(directory)
+            self.plan.archive.append(directory)
+            self._emit(Member(directory, source=self._dir_source(directory)))
+
+    def _emit(self, member: Member) -> None:
+        self.plan.members.append(member)
+        if self.on_member is not None:
+            self.on_member(member)
+
+
+class _Walk(LayerPlanner):
     """One depth-first walk deciding, directory by directory, what the next layer holds.
 
     A directory is archived when its metadata changed since the previous index, when it is new
@@ -110,18 +140,15 @@ class _Walk:
     def __init__(
         self, upper: Path, previous: Index | None, on_member: MemberSink | None, excluded: frozenset[str]
     ) -> None:
+        super().__init__(on_member)
         self.upper = upper
         self.prior = previous.entries if previous is not None else {}
         self.prior_children = previous.children_by_parent() if previous is not None else {}
-        self.on_member = on_member
         self.excluded = excluded
         self.entries: dict[str, Entry] = {}
         self.children: dict[str, list[str]] = {}
         # Directories holding at least one entry (excluded ones and device nodes count).
         self.parents: set[str] = set()
-        self.archived_dirs: set[str] = set()
-        self.opaque_dirs: set[str] = set()  # directories given an opaque marker in this layer
-        self.plan = LayerPlan()
 
     def run(self) -> tuple[Index, LayerPlan]:
         stack = [""]
@@ -232,22 +259,6 @@ class _Walk:
             for member in members:
                 self.on_member(member)
         return subdirs
-
-    def _archive_dir(self, path: str) -> None:
-        """Archive a directory and those of its parents not archived yet, outermost first."""
-        missing: list[str] = []
-        while path and path not in self.archived_dirs:
-            missing.append(path)
-            path = os.path.dirname(path)
-        for directory in reversed(missing):
-            self.archived_dirs.add(directory)
-            self.plan.archive.append(directory)
-            self._emit(Member(directory))
-
-    def _emit(self, member: Member) -> None:
-        self.plan.members.append(member)
-        if self.on_member is not None:
-            self.on_member(member)
 
 
 @dataclass(frozen=True)

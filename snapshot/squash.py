@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from .capture import EXCLUDED, OPAQUE_MARKER, OPAQUE_XATTR, LayerPlan, Member, MemberSink, whiteout_name
+from .capture import EXCLUDED, OPAQUE_MARKER, OPAQUE_XATTR, LayerPlan, LayerPlanner, Member, MemberSink, whiteout_name
 
 
 def union_plan(
@@ -52,18 +52,15 @@ def _opaque(path: str) -> bool:
     return False
 
 
-class _UnionWalk:
+class _UnionWalk(LayerPlanner):
     def __init__(
         self, stack: list[Path], base: list[Path], on_member: MemberSink | None, excluded: frozenset[str]
     ) -> None:
+        super().__init__(on_member)
         self.stack = stack
         self.base = base
-        self.on_member = on_member
         self.excluded = excluded
-        self.plan = LayerPlan()
-        self.archived_dirs: set[str] = set()
         self.provider: dict[str, int] = {}  # directory -> the layer its metadata comes from
-        self.opaque_dirs: set[str] = set()
 
     def run(self) -> LayerPlan:
         pending: list[tuple[str, list[int]]] = [("", list(range(len(self.stack))))]
@@ -153,18 +150,5 @@ class _UnionWalk:
     def _source(self, layer: int) -> str:
         return str(self.stack[layer]) if layer else ""
 
-    def _archive_dir(self, path: str) -> None:
-        """Archive a directory and those of its parents not archived yet, outermost first."""
-        missing: list[str] = []
-        while path and path not in self.archived_dirs:
-            missing.append(path)
-            path = os.path.dirname(path)
-        for directory in reversed(missing):
-            self.archived_dirs.add(directory)
-            self.plan.archive.append(directory)
-            self._emit(Member(directory, source=self._source(self.provider.get(directory, 0))))
-
-    def _emit(self, member: Member) -> None:
-        self.plan.members.append(member)
-        if self.on_member is not None:
-            self.on_member(member)
+    def _dir_source(self, path: str) -> str:
+        return self._source(self.provider.get(path, 0))
