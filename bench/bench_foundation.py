@@ -244,19 +244,19 @@ class Bench:
 
     async def agent(self, role: str) -> str:
         name = f"bench-{role}-{self.token}"
-        agent = await self.rt.agents.create(name)
+        agent = await self.rt.create_agent(name)
         self.agent_ids.append(agent.id)
         return name
 
     def raw_config(self, agent_name: str) -> dict[str, Any]:
         """The agent's own machine config, labelled so the runtime never takes it for the agent's machine."""
-        agent = self.rt.agents.get(agent_name)
+        agent = self.rt.get_agent(agent_name)
         config: dict[str, Any] = machine_config(agent, self.settings, self.settings.default_image)
         config["Labels"] = {**config["Labels"], AGENT_LABEL: "raw-baseline", BENCH_LABEL: "1"}
         return config
 
     async def machine(self, agent_name: str) -> DockerContainer:
-        machine_id = self.rt.agents.get(agent_name).machine_id
+        machine_id = self.rt.get_agent(agent_name).machine_id
         assert machine_id is not None
         return self.docker.containers.container(machine_id)
 
@@ -282,7 +282,7 @@ class Bench:
         raw_missing: list[DockerContainer] = []
 
         async def stop_agent() -> None:
-            await self.rt.agents.stop(stopped, snapshot=False)
+            await self.rt.stop_agent(stopped, snapshot=False)
 
         async def remove_agent_machine() -> None:
             await (await self.machine(missing)).delete(force=True, v=True)
@@ -303,9 +303,9 @@ class Bench:
             assert agent.state.value == "running", agent
 
         return [
-            Case("wake_stopped_spinup", lambda: self.rt.agents.wake(stopped), stop_agent, running),
+            Case("wake_stopped_spinup", lambda: self.rt.wake(stopped), stop_agent, running),
             Case("wake_stopped_raw", raw_stopped.start, raw_stop),
-            Case("wake_missing_spinup", lambda: self.rt.agents.wake(missing), remove_agent_machine, running),
+            Case("wake_missing_spinup", lambda: self.rt.wake(missing), remove_agent_machine, running),
             Case("wake_missing_raw", raw_create_start, remove_raw),
         ]
 

@@ -49,7 +49,7 @@ def pip_conf(url: str) -> str:
 
 
 async def new_agent(runtime: Runtime, name: str, url: str) -> None:
-    await runtime.agents.create(name, policy=Policy(network="host"))
+    await runtime.create_agent(name, policy=Policy(network="host"))
     await (await runtime.files(name)).write("/home/agent/.config/pip/pip.conf", pip_conf(url))
 
 
@@ -103,11 +103,11 @@ async def bench(rounds: int, wheel_count: int) -> dict[str, Any]:
             samples["rebuild"].append(time.perf_counter() - started)
             assert all(o.version == "1.0" for o in rebuilt.packages)
             for name in (first, second):
-                await runtime.agents.remove(name)
+                await runtime.remove_agent(name)
             print(f"  round {index + 1}/{rounds}", file=sys.stderr)
     finally:
-        for agent in runtime.agents.list():
-            await runtime.agents.remove(agent.name)
+        for agent in runtime.list_agents():
+            await runtime.remove_agent(agent.name)
         await runtime.close()
         server.shutdown()
         await asyncio.to_thread(subprocess.run, ["docker", "rmi", other_base], capture_output=True, env=DOCKER_ENV)

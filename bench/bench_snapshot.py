@@ -89,12 +89,12 @@ async def main() -> None:
     name = "bench-snap"
     rows: dict[str, Any] = {}
     try:
-        agent = await runtime.agents.create(name)
+        agent = await runtime.create_agent(name)
         result = await runtime.exec(name, ["python3", "-c", WORKLOAD], timeout=1800)
         assert result.exit_code == 0, result.stderr
-        await runtime.agents.stop(name, snapshot=False)
-        agent = runtime.agents.get(name)
-        info = await runtime.agents.machine(agent)
+        await runtime.stop_agent(name, snapshot=False)
+        agent = runtime.get_agent(name)
+        info = await runtime._agents.machine(agent)
         assert info is not None and info.upper_dir
         upper = info.upper_dir
         print(f"workload ready in {upper}", flush=True)
@@ -102,12 +102,12 @@ async def main() -> None:
         first, tarzstd, commit, commit_save_gzip = [], [], [], []
         snapshot_size = gzip_size = tarzstd_size = 0
         for run in range(args.runs):
-            runtime.db.set_head(agent.id, None)  # the next capture is a first (full) one
-            agent = runtime.agents.get(name)
+            runtime._db.set_head(agent.id, None)  # the next capture is a first (full) one
+            agent = runtime.get_agent(name)
             created = {}
 
             async def capture() -> None:
-                created["r"] = await runtime.agents.snapshot(name, f"first-{run}")  # noqa: B023
+                created["r"] = await runtime.snapshot(name, f"first-{run}")  # noqa: B023
 
             out = work / "baseline.tar.zst"
 
@@ -138,34 +138,34 @@ async def main() -> None:
         for run in range(max(args.runs * 2, 10)):
             await runtime.exec(name, f"head -c 1024 /dev/urandom > /workspace/small/000/f000.py; echo {run}")
             await asyncio.to_thread(os.sync)
-            incremental.append(await timed(lambda: runtime.agents.snapshot(name, "inc")))
-        head = runtime.snapshots.get(runtime.agents.get(name).head_snapshot or "")
+            incremental.append(await timed(lambda: runtime.snapshot(name, "inc")))
+        head = runtime.get_snapshot(runtime.get_agent(name).head_snapshot or "")
 
-        image = await runtime.snapshots.ensure_image(head)
+        image = await runtime._snapshots.ensure_image(head)
         restore_cached, raw_create = [], []
         for _ in range(args.runs):
-            restore_cached.append(await timed(lambda: runtime.agents.restore(name, head.id)))
-            config = machine_config(runtime.agents.get(name), runtime.settings, image)
+            restore_cached.append(await timed(lambda: runtime.restore(name, head.id)))
+            config = machine_config(runtime.get_agent(name), runtime.settings, image)
 
             async def create_start(config: dict[str, Any] = config) -> None:
-                cid = await runtime.docker.create_container(config)
-                await runtime.docker.start(cid)
+                cid = await runtime._docker.create_container(config)
+                await runtime._docker.start(cid)
                 created["raw"] = cid
 
             raw_create.append(await timed(create_start))
-            await runtime.docker.remove(created["raw"])
+            await runtime._docker.remove(created["raw"])
 
         saved = work / "image.tar"
         docker("save", "-o", str(saved), image)
         restore_store, docker_load = [], []
         for _ in range(args.runs):
             docker("rmi", "-f", image)
-            restore_store.append(await timed(lambda: runtime.agents.restore(name, head.id)))
-            await runtime.agents.stop(name, snapshot=False)
-            docker("rm", "-f", runtime.agents.get(name).machine_id or "")
+            restore_store.append(await timed(lambda: runtime.restore(name, head.id)))
+            await runtime.stop_agent(name, snapshot=False)
+            docker("rm", "-f", runtime.get_agent(name).machine_id or "")
             docker("rmi", "-f", image)
             docker_load.append(await timed_sync(lambda: docker("load", "-i", str(saved))))
-            await runtime.agents.wake(name)
+            await runtime.wake(name)
 
         def row(subject: list[float], baseline: list[float] | None, target: float | None) -> dict[str, Any]:
             out: dict[str, Any] = {"spinup_ms": summary(subject)}
@@ -194,8 +194,8 @@ async def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
     finally:
-        for a in runtime.agents.list():
-            await runtime.agents.remove(a.name)
+        for a in runtime.list_agents():
+            await runtime.remove_agent(a.name)
         images = docker("images", "-q", "--filter", "label=spinup.bench=snapshot").stdout.decode().split()
         if images:
             await asyncio.to_thread(

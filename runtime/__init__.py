@@ -1,21 +1,68 @@
-"""Agents and their lifecycle, the Docker backend, exec, files and the state database."""
+"""The Spinup runtime: agents and their machines, exec, files, packages, snapshots and credentials.
 
-from .config import Settings
-from .errors import SpinupError
+:class:`Runtime` is the one surface; everything else exported here is a value it takes or returns.
+"""
+
+from .config import DEFAULT_IMAGE, MCP_GRANTS, Settings
+from .credentials import SecretInfo, decode_key
+from .doctor import Check, diagnose
+from .errors import InvalidInput, SpinupError
 from .exec import ExecResult
 from .files import FileContent, FileInfo
-from .models import Agent, AgentState, Policy
-from .runtime import AgentStatus, Runtime
+from .models import (
+    Agent,
+    AgentState,
+    Event,
+    PackageEntry,
+    PackageManager,
+    Policy,
+    SecretBinding,
+    Snapshot,
+    readable_size,
+    validate_agent_name,
+)
+from .packages import InstallResult
+from .policy import check_granted
+from .rebuild import Reinstalled
+from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
+from .secrets import SecretListing, redact_stored
+from .snapshots import CaptureResult, GcResult, ProgressFn, VerifyReport
 
 __all__ = [
+    "DEFAULT_IMAGE",
+    "MCP_GRANTS",
     "Agent",
     "AgentState",
     "AgentStatus",
+    "CaptureResult",
+    "Check",
+    "Event",
     "ExecResult",
     "FileContent",
     "FileInfo",
+    "GcResult",
+    "InstallResult",
+    "InvalidInput",
+    "PackageEntry",
+    "PackageManager",
     "Policy",
+    "ProgressFn",
+    "RebuildResult",
+    "Reinstalled",
+    "RestoreResult",
     "Runtime",
+    "SecretBinding",
+    "SecretInfo",
+    "SecretListing",
     "Settings",
+    "Snapshot",
+    "SnapshotDiff",
     "SpinupError",
+    "VerifyReport",
+    "check_granted",
+    "decode_key",
+    "diagnose",
+    "readable_size",
+    "redact_stored",
+    "validate_agent_name",
 ]

@@ -45,7 +45,28 @@ class ExecResult:
 
     @property
     def truncated(self) -> bool:
+        """Some output was dropped (the middle of a stream beyond the cap)."""
         return self.stdout_dropped > 0 or self.stderr_dropped > 0
+
+    @property
+    def stdout_truncated(self) -> bool:
+        """stdout exceeded the cap: its middle was dropped."""
+        return self.stdout_dropped > 0
+
+    @property
+    def stderr_truncated(self) -> bool:
+        """stderr exceeded the cap: its middle was dropped."""
+        return self.stderr_dropped > 0
+
+    @property
+    def stdout_dropped_bytes(self) -> int:
+        """Bytes of stdout dropped beyond the cap."""
+        return self.stdout_dropped
+
+    @property
+    def stderr_dropped_bytes(self) -> int:
+        """Bytes of stderr dropped beyond the cap."""
+        return self.stderr_dropped
 
 
 def build_argv(command: str | list[str]) -> list[str]:

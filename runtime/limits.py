@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from .exec import ExecResult
+from .models import Agent, format_size
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +122,30 @@ def directory_usage(root: str) -> int:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
     return total
+
+
+def note_limits(
+    result: ExecResult, agent: Agent, before: LimitCounters | None, after: LimitCounters | None
+) -> ExecResult:
+    """``result`` with a note in words of which limit hit the command, judging by the kernel's counters."""
+    if before is None or after is None:
+        return result
+    notes: list[str] = []
+    limit = None
+    if after.oom_kills > before.oom_kills:
+        limit = "memory"
+        notes.append(
+            f"[spinup: the memory limit ({format_size(agent.policy.memory)}) was hit: the kernel killed a process "
+            f"of this machine for using too much memory. Use less, or raise it: spinup agent policy "
+            f"{agent.name} --memory <size>]"
+        )
+    if after.pids_refused > before.pids_refused:
+        limit = limit or "pids"
+        notes.append(
+            f"[spinup: the pids limit ({agent.policy.pids} processes and threads) was hit: new processes could not "
+            f"be created. Raise it with: spinup agent policy {agent.name} --pids <n>]"
+        )
+    if not notes:
+        return result
+    stderr = result.stderr + ("\n" if result.stderr else "") + "\n".join(notes)
+    return replace(result, stderr=stderr, limit=limit)

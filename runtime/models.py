@@ -153,6 +153,11 @@ class Agent(BaseModel):
     state: AgentState
     head_snapshot: str | None = None
 
+    @property
+    def network(self) -> str:
+        """The network mode of the agent's policy."""
+        return self.policy.network
+
 
 class SecretBinding(BaseModel):
     """A credential given to an agent: as an environment variable, a file under /run/spinup/secrets, or both."""
@@ -208,3 +213,13 @@ class Snapshot(BaseModel):
     layer_size: int = Field(description="Compressed bytes of the layer this snapshot added.")
     layer_uncompressed: int
     paths_changed: int
+
+    @property
+    def layer_bytes(self) -> int:
+        """Compressed bytes of the layer this snapshot added."""
+        return self.layer_size
+
+    @property
+    def layer_uncompressed_bytes(self) -> int:
+        """Uncompressed bytes of the layer this snapshot added."""
+        return self.layer_uncompressed

@@ -1,25 +1,34 @@
-"""The runtime facade: one object the server (or a script) holds to drive agents."""
+"""The runtime facade: the one object the server, the CLI (or a script) holds to drive agents.
+
+Every operation on an agent is a method here, named for what it does (``create_agent``,
+``exec``, ``snapshot``, ``restore``, ...). The services behind it (agents and their machines,
+snapshots, credentials, packages, the Docker backend, the state database) are private: callers
+never reach past this surface.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
-from spinup.snapshot.listing import Meta
+import builtins
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .agents import AgentService
 from .config import Settings
+from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
 from .files import AccessMemo, Files
-from .limits import LimitCounters, LimitWatch
+from .image import build_base_image
+from .limits import LimitCounters, LimitWatch, note_limits
 from .logredact import add_log_redactor, remove_log_redactor
-from .models import Agent, Event, PackageEntry, PackageManager, format_size
+from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBinding, Snapshot
 from .packages import InstallResult, PackageService
 from .policy import NPM_PREFIX, VENV, exec_user, is_root, owner
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
-from .secrets import SecretService
-from .snapshots import SnapshotService
+from .secrets import SecretListing, SecretService
+from .snapshots import CaptureResult, GcResult, ProgressFn, SnapshotService, VerifyReport
 from .state import StateDB
 
 
@@ -44,38 +53,147 @@ class AgentStatus:
     packages: list[PackageEntry] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RestoreResult:
+    """An agent after a restore, and the snapshot of the work saved first (None when nothing had changed)."""
+
+    agent: Agent
+    saved_before_restore: str | None
+
+
+@dataclass(frozen=True)
+class SnapshotDiff:
+    """Paths that differ between two states of an agent (directories are listed only when removed)."""
+
+    source: str  # a snapshot id, or "base image"
+    target: str  # a snapshot id, or "live machine"
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+
+
 class Runtime:
-    """Agents, their machines, exec and files, over one Docker client and one state database."""
+    """Agents, their machines, exec, files, packages, snapshots and credentials, over one Docker client and
+    one state database."""
 
     def __init__(self, settings: Settings | None = None, docker: DockerBackend | None = None) -> None:
         self.settings = settings or Settings()
-        self.docker = docker or DockerBackend()
-        self.db = StateDB(self.settings.db_path)
-        self.snapshots = SnapshotService(self.settings, self.db, self.docker)
-        self.agents = AgentService(self.settings, self.db, self.docker, self.snapshots)
-        self.quota = DiskQuota(self.docker)
-        self.limits = LimitWatch()
-        self.access = AccessMemo()
-        self.agents.machine_removed += [self.quota.forget, self.limits.forget, self.access.forget]
-        self.secrets = SecretService(self.settings, self.db, self.docker)
-        self.packages = PackageService(self.db, self.settings.sources_dir, self._run_package_command)
-        self.db.redact = self.secrets.redact
-        add_log_redactor(self.secrets.redact)
+        self._docker = docker or DockerBackend()
+        self._db = StateDB(self.settings.db_path)
+        self._snapshots = SnapshotService(self.settings, self._db, self._docker)
+        self._agents = AgentService(self.settings, self._db, self._docker, self._snapshots)
+        self._quota = DiskQuota(self._docker)
+        self._limits = LimitWatch()
+        self._access = AccessMemo()
+        self._agents.machine_removed += [self._quota.forget, self._limits.forget, self._access.forget]
+        self._secrets = SecretService(self.settings, self._db, self._docker)
+        self._packages = PackageService(self._db, self.settings.sources_dir, self._run_package_command)
+        self._db.redact = self._secrets.redact
+        add_log_redactor(self._secrets.redact)
 
     async def close(self) -> None:
         """Finish background removals, then release the Docker client and the database."""
-        await self.agents.drain()
-        await self.quota.drain()
-        remove_log_redactor(self.secrets.redact)
-        await self.docker.close()
-        self.db.close()
+        await self._agents.drain()
+        await self._quota.drain()
+        remove_log_redactor(self._secrets.redact)
+        await self._docker.close()
+        self._db.close()
+
+    async def drain(self) -> None:
+        """Wait for machines replaced by a restore, a policy change or a rebuild to be removed."""
+        await self._agents.drain()
+
+    # agents
+
+    async def create_agent(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
+        """Create an agent and start its machine. The image must already be in Docker."""
+        return await self._agents.create(name, image, policy)
+
+    async def ensure_agent(self, name: str, image: str | None = None) -> Agent:
+        """Wake ``name``, creating the agent first if it does not exist (for servers bound to one agent)."""
+        return await self._agents.ensure(name, image)
+
+    def get_agent(self, name: str) -> Agent:
+        """The agent record (no Docker call); a clear error if there is none."""
+        return self._agents.get(name)
+
+    def find_agent(self, name: str) -> Agent | None:
+        """The agent record, or None when no agent has that name."""
+        return self._db.find_agent(name)
+
+    def list_agents(self) -> builtins.list[Agent]:
+        """All agents, oldest first."""
+        return self._agents.list()
+
+    def events(self, name: str, limit: int = 20) -> builtins.list[Event]:
+        """The agent's most recent events (at most ``limit``), oldest first."""
+        return self._agents.events(self._agents.get(name), limit)
+
+    async def wake(self, name: str) -> Agent:
+        """Make sure the agent's machine is running (start it, or rebuild it from its head) and return it."""
+        return await self._agents.wake(name)
+
+    async def machine(self, name: str) -> MachineInfo | None:
+        """The agent's machine as Docker sees it now (without waking it), or None."""
+        return await self._agents.machine(self._agents.get(name))
 
     async def status(self, name: str) -> AgentStatus:
         """The agent, its machine (without waking it) and its recent events."""
-        agent = self.agents.get(name)
-        machine = await self.agents.machine(agent)
-        used = await self.quota.measure(machine.id) if machine is not None else None
-        return AgentStatus(agent, machine, self.agents.events(agent), used, self.db.packages(agent.id))
+        agent = self._agents.get(name)
+        machine = await self._agents.machine(agent)
+        used = await self._quota.measure(machine.id) if machine is not None else None
+        return AgentStatus(agent, machine, self._agents.events(agent), used, self._db.packages(agent.id))
+
+    async def stop_agent(self, name: str, *, snapshot: bool = True, hibernate: bool = False) -> Agent:
+        """Stop the agent's machine, first capturing a snapshot when anything changed; ``hibernate`` also
+        removes the machine (the next wake rebuilds it from the snapshot)."""
+        return await self._agents.stop(name, snapshot=snapshot, hibernate=hibernate)
+
+    async def remove_agent(self, name: str) -> Agent:
+        """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
+        return await self._agents.remove(name)
+
+    async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
+        """Give the agent a new policy; its machine is rebuilt under it from a snapshot of its state."""
+        return await self._agents.set_policy(name, policy, progress)
+
+    async def hibernate_idle(self, idle_seconds: float) -> builtins.list[str]:
+        """Hibernate running agents not woken for ``idle_seconds``; returns their names."""
+        return await self._agents.hibernate_idle(idle_seconds)
+
+    async def rebuild(self, name: str, image: str) -> RebuildResult:
+        """Move the agent to base ``image``: snapshot it, make a new machine, carry /workspace and the home
+        directory over, reinstall its packages from the manifest, snapshot the result."""
+        before = self._agents.get(name)
+        saved = (await self._agents.snapshot(name, f"before rebuild on {image}")).snapshot
+        manifest = self._db.packages(before.id)
+        agent, old = await self._agents.move_to_image(name, image)
+        assert agent.machine_id is not None
+        if old is not None:
+            if old.paused:
+                await self._docker.unpause(old.id)
+            await copy_directories(self._docker, old.id, agent.machine_id)
+            self._agents.discard_machine(old.id)
+        await self.exec(name, ["rm", "-rf", VENV, NPM_PREFIX], cwd="/")
+        self._db.set_packages(agent.id, [])
+
+        async def install(manager: PackageManager, specs: list[str]) -> dict[str, str]:
+            result = await self._packages.install(self._agents.get(name), manager, specs)
+            return {e.name: e.version for e in result.manifest if e.manager == manager}
+
+        outcomes = await replay(manifest, install)
+        self._db.set_packages(
+            agent.id,
+            [o.entry.model_copy(update={"version": o.version}) for o in outcomes if o.version is not None],
+        )
+        head = (await self._agents.snapshot(name, f"rebuilt on {image}")).snapshot
+        return RebuildResult(self._agents.get(name), saved.id, head.id, outcomes)
+
+    async def build_base_image(self, tag: str, on_line: Callable[[str], None] | None = None) -> str:
+        """Build the default base image locally (mmdebstrap, then docker import) and tag it; returns its id."""
+        return await build_base_image(self._docker, tag, on_line=on_line)
+
+    # exec and files
 
     async def exec(
         self,
@@ -94,19 +212,19 @@ class Runtime:
         When the memory or pids limit hit the command, its stderr ends with a note that says so
         and ``limit`` names it.
         """
-        agent = await self.agents.wake(name)
+        agent = await self._agents.wake(name)
         assert agent.machine_id is not None
-        await self.quota.check(agent)
-        await self.secrets.sync_files(agent, agent.machine_id)
+        await self._quota.check(agent)
+        await self._secrets.sync_files(agent, agent.machine_id)
         before = await self._counters(agent.machine_id)
         try:
             result = await run_command(
-                self.docker,
+                self._docker,
                 agent.machine_id,
                 command,
                 cwd=cwd,
-                env={**self.secrets.exec_env(agent), **(env or {})},
-                redactor=self.secrets.redactor(),
+                env={**self._secrets.exec_env(agent), **(env or {})},
+                redactor=self._secrets.redactor(),
                 stdin=stdin,
                 timeout=timeout if timeout is not None else self.settings.exec_timeout,
                 output_cap=output_cap if output_cap is not None else self.settings.output_cap,
@@ -114,10 +232,39 @@ class Runtime:
                 on_progress=on_progress,
             )
         finally:
-            self.quota.changed(agent)
-            self.access.forget(agent.machine_id)
+            self._quota.changed(agent)
+            self._access.forget(agent.machine_id)
         after = await self._counters(agent.machine_id)
-        return _note_limits(result, agent, before, after)
+        return note_limits(result, agent, before, after)
+
+    async def _counters(self, machine_id: str) -> LimitCounters | None:
+        if not self._docker.is_local:
+            return None
+        counters = self._limits.counters(machine_id, 0)
+        if counters is None:
+            info = await self._docker.inspect(machine_id)
+            counters = self._limits.counters(machine_id, info.pid) if info is not None else None
+        return counters
+
+    async def files(self, name: str) -> Files:
+        """Wake the agent and return file operations on its machine."""
+        agent = await self._agents.wake(name)
+        assert agent.machine_id is not None
+        root = is_root(agent.policy)
+        return Files(
+            self._docker,
+            agent.machine_id,
+            user=exec_user(agent.policy),
+            owner=owner(agent.policy),
+            check_access=not root,
+            user_name="root" if root else "agent",
+            redact=self._secrets.redactor().redact_bytes,
+            write_guard=lambda: self._quota.check(agent),
+            memo=self._access,
+            on_written=lambda: self._quota.changed(agent),
+        )
+
+    # packages
 
     async def install_packages(
         self,
@@ -127,113 +274,111 @@ class Runtime:
         on_progress: ProgressCallback | None = None,
     ) -> InstallResult:
         """Wake the agent and install packages with ``manager`` (pip, npm or apt), recording them."""
-        agent = await self.agents.wake(name)
-        return await self.packages.install(agent, manager, specs, on_progress)
+        agent = await self._agents.wake(name)
+        return await self._packages.install(agent, manager, specs, on_progress)
 
     async def remove_packages(self, name: str, manager: PackageManager, names: list[str]) -> list[PackageEntry]:
         """Wake the agent, uninstall packages and drop them from its manifest."""
-        agent = await self.agents.wake(name)
-        return await self.packages.remove(agent, manager, names)
+        agent = await self._agents.wake(name)
+        return await self._packages.remove(agent, manager, names)
 
-    async def rebuild(self, name: str, image: str) -> RebuildResult:
-        """Move the agent to base ``image``: snapshot it, make a new machine, carry /workspace and the home
-        directory over, reinstall its packages from the manifest, snapshot the result."""
-        before = self.agents.get(name)
-        saved = (await self.agents.snapshot(name, f"before rebuild on {image}")).snapshot
-        manifest = self.db.packages(before.id)
-        agent, old = await self.agents.move_to_image(name, image)
-        assert agent.machine_id is not None
-        if old is not None:
-            if old.paused:
-                await self.docker.unpause(old.id)
-            await copy_directories(self.docker, old.id, agent.machine_id)
-            self.agents.discard_machine(old.id)
-        await self.exec(name, ["rm", "-rf", VENV, NPM_PREFIX], cwd="/")
-        self.db.set_packages(agent.id, [])
+    def package_manifest(self, name: str) -> list[PackageEntry]:
+        """The agent's package manifest: each requested package and the version installed."""
+        return self._packages.manifest(self._agents.get(name))
 
-        async def install(manager: PackageManager, specs: list[str]) -> dict[str, str]:
-            result = await self.packages.install(self.agents.get(name), manager, specs)
-            return {e.name: e.version for e in result.manifest if e.manager == manager}
-
-        outcomes = await replay(manifest, install)
-        self.db.set_packages(
-            agent.id,
-            [o.entry.model_copy(update={"version": o.version}) for o in outcomes if o.version is not None],
-        )
-        head = (await self.agents.snapshot(name, f"rebuilt on {image}")).snapshot
-        return RebuildResult(self.agents.get(name), saved.id, head.id, outcomes)
+    def export_packages(self, name: str, manager: PackageManager) -> str:
+        """One manager's part of the manifest as requirements.txt, package.json or an apt list."""
+        return self._packages.export(self._agents.get(name), manager)
 
     async def _run_package_command(
         self, name: str, argv: list[str], timeout: float, on_progress: ProgressCallback | None
     ) -> ExecResult:
         return await self.exec(name, argv, timeout=timeout, on_progress=on_progress, cwd="/")
 
-    async def _counters(self, machine_id: str) -> LimitCounters | None:
-        if not self.docker.is_local:
-            return None
-        counters = self.limits.counters(machine_id, 0)
-        if counters is None:
-            info = await self.docker.inspect(machine_id)
-            counters = self.limits.counters(machine_id, info.pid) if info is not None else None
-        return counters
+    # snapshots
 
-    async def files(self, name: str) -> Files:
-        """Wake the agent and return file operations on its machine."""
-        agent = await self.agents.wake(name)
-        assert agent.machine_id is not None
-        root = is_root(agent.policy)
-        return Files(
-            self.docker,
-            agent.machine_id,
-            user=exec_user(agent.policy),
-            owner=owner(agent.policy),
-            check_access=not root,
-            user_name="root" if root else "agent",
-            redact=self.secrets.redactor().redact_bytes,
-            write_guard=lambda: self.quota.check(agent),
-            memo=self.access,
-            on_written=lambda: self.quota.changed(agent),
-        )
+    async def snapshot(self, name: str, label: str = "", progress: ProgressFn | None = None) -> CaptureResult:
+        """Capture what the agent's machine changed since its head; returns the head if nothing did."""
+        return await self._agents.snapshot(name, label, progress)
 
-    async def snapshot_diff_inputs(
-        self, name: str, source: str | None, target: str | None
-    ) -> tuple[str | None, dict[str, Meta], str]:
-        """Resolve a diff request: the source snapshot id, the target listing and the target's name."""
-        agent = self.agents.get(name)
+    async def restore(self, name: str, snapshot_id: str, progress: ProgressFn | None = None) -> RestoreResult:
+        """Replace the agent's machine with one made from ``snapshot_id``; unsnapshotted work is saved first."""
+        agent, saved = await self._agents.restore(name, snapshot_id, progress)
+        return RestoreResult(agent, saved)
+
+    async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
+        """Create a new agent ``name`` whose machine starts from ``snapshot_id`` (its parent's policy by default)."""
+        return await self._agents.fork(snapshot_id, name, policy)
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        """The snapshot with this id; a clear error if there is none."""
+        return self._snapshots.get(snapshot_id)
+
+    def list_snapshots(self, name: str | None = None) -> builtins.list[Snapshot]:
+        """The snapshots of agent ``name`` (of every agent when None), oldest first."""
+        return self._snapshots.list(self._agents.get(name) if name is not None else None)
+
+    async def delete_snapshot(self, snapshot_id: str) -> Snapshot:
+        """Delete a snapshot nothing builds on and that is no agent's head; its blobs go at the next gc."""
+        return await self._snapshots.delete(snapshot_id)
+
+    async def diff(self, name: str, source: str | None = None, target: str | None = None) -> SnapshotDiff:
+        """Paths added, changed and removed from ``source`` (default: the head) to ``target`` (default: the live
+        machine, which is woken)."""
+        agent = self._agents.get(name)
         source = source or agent.head_snapshot
-        if source is not None:
-            self.snapshots.get(source)  # a clear error for an unknown id
+        before = await self._snapshots.tree(self._snapshots.get(source)) if source is not None else {}
         if target is not None:
-            return source, await self.snapshots.tree(self.snapshots.get(target)), target
-        agent = await self.agents.wake(name)
-        machine = await self.agents.machine(agent)
-        assert machine is not None
-        # The live machine is its head's listing plus the unsnapshotted changes.
-        return source, await self.snapshots.live_tree(agent, machine), "live machine"
-
-
-def _note_limits(
-    result: ExecResult, agent: Agent, before: LimitCounters | None, after: LimitCounters | None
-) -> ExecResult:
-    """Say in words which limit hit the command, judging by the kernel's counters."""
-    if before is None or after is None:
-        return result
-    notes: list[str] = []
-    limit = None
-    if after.oom_kills > before.oom_kills:
-        limit = "memory"
-        notes.append(
-            f"[spinup: the memory limit ({format_size(agent.policy.memory)}) was hit: the kernel killed a process "
-            f"of this machine for using too much memory. Use less, or raise it: spinup agent policy "
-            f"{agent.name} --memory <size>]"
+            after = await self._snapshots.tree(self._snapshots.get(target))
+        else:
+            agent = await self._agents.wake(name)
+            machine = await self._agents.machine(agent)
+            assert machine is not None
+            # The live machine is its head's listing plus the unsnapshotted changes.
+            after = await self._snapshots.live_tree(agent, machine)
+        changes = await self._snapshots.diff(before, after)
+        return SnapshotDiff(
+            source or "base image", target or "live machine", changes.added, changes.changed, changes.removed
         )
-    if after.pids_refused > before.pids_refused:
-        limit = limit or "pids"
-        notes.append(
-            f"[spinup: the pids limit ({agent.policy.pids} processes and threads) was hit: new processes could not "
-            f"be created. Raise it with: spinup agent policy {agent.name} --pids <n>]"
-        )
-    if not notes:
-        return result
-    stderr = result.stderr + ("\n" if result.stderr else "") + "\n".join(notes)
-    return replace(result, stderr=stderr, limit=limit)
+
+    async def verify_store(self) -> VerifyReport:
+        """Re-hash every blob of the snapshot store and check every snapshot's references."""
+        return await self._snapshots.verify()
+
+    async def collect_garbage(self) -> GcResult:
+        """Remove unreferenced blobs and interrupted writes from the store (safe while snapshots are taken)."""
+        return await self._snapshots.gc()
+
+    async def export_snapshot(self, snapshot_id: str, destination: Path) -> int:
+        """Write a ``docker save`` archive of the snapshot (base image included); returns its size in bytes."""
+        return await self._snapshots.export(self._snapshots.get(snapshot_id), destination)
+
+    # credentials
+
+    def set_secret(self, name: str, value: str, *, overwrite: bool = True) -> SecretInfo:
+        """Store (or, with ``overwrite``, replace) a credential's value, encrypted at rest."""
+        return self._secrets.set(name, value, overwrite=overwrite)
+
+    def remove_secret(self, name: str) -> SecretInfo:
+        """Delete a credential and every binding of it."""
+        return self._secrets.remove(name)
+
+    def list_secrets(self) -> builtins.list[SecretListing]:
+        """Stored credentials (names, fingerprints, bound agents), never values."""
+        return self._secrets.list()
+
+    def bind_secret(self, name: str, secret: str, env: str | None = None, file: str | None = None) -> SecretBinding:
+        """Give agent ``name`` the credential ``secret`` as an environment variable and/or a file."""
+        return self._secrets.bind(self._agents.get(name), secret, env=env, file=file)
+
+    def unbind_secret(self, name: str, secret: str) -> None:
+        """Stop giving agent ``name`` the credential ``secret``."""
+        self._secrets.unbind(self._agents.get(name), secret)
+
+    def rotate_master_key(self, new_key: bytes | None = None) -> str:
+        """Re-encrypt every credential under a new key; returns ``"env"`` or ``"file"`` (where the key is)."""
+        return self._secrets.rotate_key(new_key)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every credential value (and its encodings) replaced by ``[REDACTED:NAME]``."""
+        return self._secrets.redact(text)

@@ -42,6 +42,17 @@ class SecretListing:
     bound_to: list[str]
 
 
+def redact_stored(text: str, settings: Settings | None = None) -> str:
+    """``text`` with every stored credential value redacted, without a runtime (as is if the store cannot be read)."""
+    try:
+        settings = settings or Settings()
+        values = CredentialStore(settings.credentials_path, settings.master_key_path, settings.master_key).values()
+    except SpinupError:
+        log.warning("the credential store cannot be read; text is not redacted")
+        return text
+    return Redactor(values).redact_text(text) if values else text
+
+
 def secret_file_path(file: str) -> str:
     """The absolute path under /run/spinup/secrets for a binding's ``file`` (relative or absolute)."""
     relative = file.removeprefix(SECRETS_DIR + "/") if file.startswith("/") else file
@@ -164,6 +175,13 @@ class SecretService:
                 f"Could not place the agent's credential files in {SECRETS_DIR}: {self.redact(result.stderr).strip()}"
             )
         self._synced[machine_id] = (key, started)
+
+    def rotate_key(self, new_key: bytes | None = None) -> str:
+        """Re-encrypt every credential under ``new_key`` (or a new random key); returns where the key lives now:
+        ``"env"`` (SPINUP_MASTER_KEY, which the operator must update) or ``"file"``."""
+        self.store.rotate_key(new_key)
+        self.forget_cache()
+        return self.store.key_source
 
     def forget_cache(self) -> None:
         """Drop cached redactors and what was written to machines (after the store changed underneath)."""

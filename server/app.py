@@ -12,8 +12,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
-from spinup.runtime import Runtime, Settings
-from spinup.runtime.models import validate_agent_name
+from spinup.runtime import Runtime, Settings, validate_agent_name
 
 from .tools import register_tools
 
@@ -46,7 +45,7 @@ async def _hibernate_idle(runtime: Runtime, idle_seconds: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await runtime.agents.hibernate_idle(idle_seconds)
+            await runtime.hibernate_idle(idle_seconds)
         except Exception:  # the top of a background task: a dead reaper would never hibernate again
             log.exception("idle hibernation failed; retrying at the next interval")
 

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spinup.runtime.errors import InvalidInput
-from spinup.runtime.models import validate_agent_name
+from spinup.runtime import InvalidInput, validate_agent_name
 
 SERVER_NAME = "spinup"
 TOKEN_VAR = "SPINUP_TOKEN"

@@ -1,18 +1,47 @@
-"""Structured results of the MCP tools (each becomes a tool's output schema)."""
+"""Structured results of the MCP tools (each becomes a tool's output schema).
+
+Each result is read from the runtime's own value by attribute (``from_attributes``): a schema says
+what a field means to a model and how it is shown (times as ISO 8601 text, machine ids short), and
+names only what differs from the runtime's value.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from spinup.runtime import Agent, AgentStatus, ExecResult, FileContent, FileInfo, Policy
-from spinup.runtime.credentials import SecretInfo
-from spinup.runtime.models import PackageEntry, Snapshot
-from spinup.runtime.packages import InstallResult
+from spinup.runtime import AgentStatus, Policy
 
 
-class AgentInfo(BaseModel):
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _short_id(value: Any) -> Any:
+    return value[:12] if isinstance(value, str) else value
+
+
+IsoTime = Annotated[str, BeforeValidator(_iso)]
+ShortId = Annotated[str | None, BeforeValidator(_short_id)]
+
+
+class FromRuntime(BaseModel):
+    """A result read from a runtime value by attribute."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, value: Any, **extra: Any) -> Self:
+        """The result for ``value`` (a runtime model or dataclass); ``extra`` gives fields it lacks."""
+        if not extra:
+            return cls.model_validate(value)
+        fields = {name: getattr(value, name) for name in cls.model_fields if name not in extra and hasattr(value, name)}
+        return cls.model_validate({**fields, **extra})
+
+
+class AgentInfo(FromRuntime):
     """An agent: the durable object that outlives its machines."""
 
     name: str
@@ -24,22 +53,8 @@ class AgentInfo(BaseModel):
     head_snapshot: str | None = Field(
         default=None, description="The latest snapshot; a lost machine comes back from it."
     )
-    machine_id: str | None = Field(description="Short id of the Docker container embodying the agent now.")
-    created_at: str
-
-    @classmethod
-    def of(cls, agent: Agent) -> AgentInfo:
-        return cls(
-            name=agent.name,
-            id=agent.id,
-            image=agent.image,
-            network=agent.policy.network,
-            policy=agent.policy,
-            state=agent.state.value,
-            machine_id=agent.machine_id[:12] if agent.machine_id else None,
-            created_at=agent.created_at.isoformat(),
-            head_snapshot=agent.head_snapshot,
-        )
+    machine_id: ShortId = Field(description="Short id of the Docker container embodying the agent now.")
+    created_at: IsoTime
 
 
 class AgentList(BaseModel):
@@ -48,10 +63,10 @@ class AgentList(BaseModel):
     agents: list[AgentInfo]
 
 
-class EventInfo(BaseModel):
+class EventInfo(FromRuntime):
     """Something that happened to an agent."""
 
-    at: str
+    at: IsoTime
     kind: str
     detail: str
 
@@ -75,11 +90,11 @@ class AgentStatusResult(BaseModel):
             policy=status.agent.policy.describe(),
             disk_used=status.disk_used,
             packages=[f"{e.manager}:{e.name}=={e.version}" for e in status.packages],
-            events=[EventInfo(at=e.at.isoformat(), kind=e.kind, detail=e.detail) for e in status.events],
+            events=[EventInfo.of(e) for e in status.events],
         )
 
 
-class ExecOutput(BaseModel):
+class ExecOutput(FromRuntime):
     """What a command did. A non-zero exit_code is a normal result, not a tool error."""
 
     exit_code: int | None = Field(description="The command's exit status; null if it timed out.")
@@ -95,23 +110,8 @@ class ExecOutput(BaseModel):
     stdout_dropped_bytes: int
     stderr_dropped_bytes: int
 
-    @classmethod
-    def of(cls, result: ExecResult) -> ExecOutput:
-        return cls(
-            exit_code=result.exit_code,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            timed_out=result.timed_out,
-            limit=result.limit,
-            duration_s=result.duration_s,
-            stdout_truncated=result.stdout_dropped > 0,
-            stderr_truncated=result.stderr_dropped > 0,
-            stdout_dropped_bytes=result.stdout_dropped,
-            stderr_dropped_bytes=result.stderr_dropped,
-        )
 
-
-class FileEntry(BaseModel):
+class FileEntry(FromRuntime):
     """A file, directory or symlink in the agent's machine."""
 
     path: str
@@ -120,17 +120,6 @@ class FileEntry(BaseModel):
     mode: str = Field(description="Permission bits in octal, e.g. '0644'.")
     mtime: str
     link_target: str | None = None
-
-    @classmethod
-    def of(cls, info: FileInfo) -> FileEntry:
-        return cls(
-            path=info.path,
-            type=info.type,
-            size=info.size,
-            mode=info.mode,
-            mtime=info.mtime,
-            link_target=info.link_target,
-        )
 
 
 class FileListing(BaseModel):
@@ -141,7 +130,7 @@ class FileListing(BaseModel):
     truncated: bool = Field(description="True when max_entries cut the list; narrow with pattern or a subpath.")
 
 
-class FileRead(BaseModel):
+class FileRead(FromRuntime):
     """Content read from a file."""
 
     path: str
@@ -153,51 +142,23 @@ class FileRead(BaseModel):
     unit: Literal["bytes", "lines"]
     eof: bool = Field(description="True when the read reached the end of the file.")
 
-    @classmethod
-    def of(cls, content: FileContent) -> FileRead:
-        return cls(
-            path=content.path,
-            content=content.content,
-            encoding=content.encoding,
-            size=content.size,
-            offset=content.offset,
-            returned=content.returned,
-            unit=content.unit,
-            eof=content.eof,
-        )
 
-
-class SnapshotInfo(BaseModel):
+class SnapshotInfo(FromRuntime):
     """A snapshot: an immutable state of an agent's machine."""
 
     id: str
     agent_id: str
     parent_id: str | None
     label: str
-    created_at: str
+    created_at: IsoTime
     base_image: str
     layers: int = Field(description="Spinup layers on top of the base image.")
     layer_bytes: int = Field(description="Compressed size of the layer this snapshot added.")
     layer_uncompressed_bytes: int
     paths_changed: int
 
-    @classmethod
-    def of(cls, snapshot: Snapshot) -> SnapshotInfo:
-        return cls(
-            id=snapshot.id,
-            agent_id=snapshot.agent_id,
-            parent_id=snapshot.parent_id,
-            label=snapshot.label,
-            created_at=snapshot.created_at.isoformat(),
-            base_image=snapshot.base_image,
-            layers=snapshot.layers,
-            layer_bytes=snapshot.layer_size,
-            layer_uncompressed_bytes=snapshot.layer_uncompressed,
-            paths_changed=snapshot.paths_changed,
-        )
 
-
-class SnapshotCreated(BaseModel):
+class SnapshotCreated(FromRuntime):
     """The result of snapshot_create."""
 
     snapshot: SnapshotInfo
@@ -223,7 +184,7 @@ class RestoreResult(BaseModel):
     duration_s: float
 
 
-class DiffResult(BaseModel):
+class DiffResult(FromRuntime):
     """Paths that differ between two states (directories are listed only when removed)."""
 
     source: str
@@ -233,7 +194,7 @@ class DiffResult(BaseModel):
     removed: list[str]
 
 
-class SecretEntry(BaseModel):
+class SecretEntry(FromRuntime):
     """A stored credential: its name and a short fingerprint, never its value."""
 
     name: str
@@ -242,16 +203,6 @@ class SecretEntry(BaseModel):
     updated_at: str
     bound_to: list[str] = Field(description="Agents that get this credential (as an env var and/or a file).")
 
-    @classmethod
-    def of(cls, info: SecretInfo, bound_to: list[str]) -> SecretEntry:
-        return cls(
-            name=info.name,
-            fingerprint=info.fingerprint,
-            created_at=info.created_at,
-            updated_at=info.updated_at,
-            bound_to=bound_to,
-        )
-
 
 class SecretList(BaseModel):
     """Stored credentials (names and fingerprints only)."""
@@ -259,34 +210,24 @@ class SecretList(BaseModel):
     secrets: list[SecretEntry]
 
 
-class PackageInfo(BaseModel):
+class PackageInfo(FromRuntime):
     """A package in the agent's manifest: what was asked for and what got installed."""
 
     manager: str
     name: str
     spec: str
     version: str
-    installed_at: str
-
-    @classmethod
-    def of(cls, entry: PackageEntry) -> PackageInfo:
-        return cls(
-            manager=entry.manager,
-            name=entry.name,
-            spec=entry.spec,
-            version=entry.version,
-            installed_at=entry.installed_at.isoformat(),
-        )
+    installed_at: IsoTime
 
 
-class AddedPackage(BaseModel):
+class AddedPackage(FromRuntime):
     """A package an install added or changed (dependencies included)."""
 
     name: str
     version: str
 
 
-class PackageInstallResult(BaseModel):
+class PackageInstallResult(FromRuntime):
     """What an install did and the agent's manifest afterwards."""
 
     manager: str
@@ -294,16 +235,6 @@ class PackageInstallResult(BaseModel):
     added: list[AddedPackage] = Field(description="Every package new or changed, with its resolved version.")
     manifest: list[PackageInfo]
     duration_s: float
-
-    @classmethod
-    def of(cls, result: InstallResult) -> PackageInstallResult:
-        return cls(
-            manager=result.manager,
-            requested=result.requested,
-            added=[AddedPackage(name=p.name, version=p.version) for p in result.added],
-            manifest=[PackageInfo.of(e) for e in result.manifest],
-            duration_s=result.duration_s,
-        )
 
 
 class PackageManifest(BaseModel):

@@ -20,9 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field, ValidationError
 
-from spinup.runtime import Policy, Runtime, SpinupError
-from spinup.runtime.config import MCP_GRANTS
-from spinup.runtime.policy import check_granted
+from spinup.runtime import MCP_GRANTS, Policy, Runtime, SpinupError, check_granted
 
 from .schemas import (
     AgentInfo,
@@ -147,13 +145,13 @@ def register_tools(
     async def resolve_bound() -> str:
         assert bound_agent is not None
         runtime = get_runtime()
-        if runtime.db.find_agent(bound_agent) is None:
-            await runtime.agents.ensure(bound_agent)
+        if runtime.find_agent(bound_agent) is None:
+            await runtime.ensure_agent(bound_agent)
         return bound_agent
 
     def tool(name: str, annotations: ToolAnnotations, takes_agent: bool = True) -> Callable[[Callable[..., Any]], Any]:
         def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
-            wrapped = _tool_errors(fn, lambda text: get_runtime().secrets.redact(text))
+            wrapped = _tool_errors(fn, lambda text: get_runtime().redact(text))
             if takes_agent and bound_agent is not None:
                 wrapped = _bind_agent(wrapped, resolve_bound)
             # Docstrings wrap at the line length; a model reads the description as one paragraph.
@@ -183,7 +181,7 @@ def register_tools(
         runtime = get_runtime()
         policy = Policy().updated(network=network, user=user, cpus=cpus, memory=memory, pids=pids, disk=disk)
         check_granted(policy, grants)
-        return AgentInfo.of(await runtime.agents.create(name, image, policy))
+        return AgentInfo.of(await runtime.create_agent(name, image, policy))
 
     # Annotations are strings here (postponed evaluation) and resolve against module globals only:
     # the grant-dependent descriptions go in as objects.
@@ -194,7 +192,7 @@ def register_tools(
     @tool("agent_list", READ_ONLY, takes_agent=False)
     async def agent_list() -> AgentList:
         """List all agents with their state."""
-        return AgentList(agents=[AgentInfo.of(a) for a in get_runtime().agents.list()])
+        return AgentList(agents=[AgentInfo.of(a) for a in get_runtime().list_agents()])
 
     @tool("agent_status", READ_ONLY)
     async def agent_status(agent: AgentArg) -> AgentStatusResult:
@@ -210,13 +208,13 @@ def register_tools(
     ) -> AgentInfo:
         """Stop an agent's machine to free CPU and memory, snapshotting it first if anything changed. Files and
         packages are kept; the next call on the agent starts (or rebuilds) it."""
-        return AgentInfo.of(await get_runtime().agents.stop(agent, hibernate=hibernate))
+        return AgentInfo.of(await get_runtime().stop_agent(agent, hibernate=hibernate))
 
     @tool("agent_remove", DESTRUCTIVE, takes_agent=False)
     async def agent_remove(agent: AgentArg) -> AgentInfo:
         """Permanently delete an agent, its machine with every file in it, and its snapshots that no fork uses.
         Cannot be undone. (On a server bound to this agent, the next call starts a new, empty one.)"""
-        return AgentInfo.of(await get_runtime().agents.remove(agent))
+        return AgentInfo.of(await get_runtime().remove_agent(agent))
 
     # exec
 
@@ -358,18 +356,15 @@ def register_tools(
     ) -> SnapshotCreated:
         """Save the agent's machine (files, installed packages) as a snapshot you can restore or fork later. Only
         what changed since the last snapshot is stored. Take one before risky work."""
-        result = await get_runtime().agents.snapshot(agent, label, progress_reporter(ctx))
-        return SnapshotCreated(
-            snapshot=SnapshotInfo.of(result.snapshot), created=result.created, duration_s=result.duration_s
-        )
+        return SnapshotCreated.of(await get_runtime().snapshot(agent, label, progress_reporter(ctx)))
 
     @tool("snapshot_list", READ_ONLY)
     async def snapshot_list(agent: AgentArg) -> SnapshotList:
         """List an agent's snapshots, oldest first, and its current head."""
         runtime = get_runtime()
-        record = runtime.agents.get(agent)
         return SnapshotList(
-            snapshots=[SnapshotInfo.of(s) for s in runtime.snapshots.list(record)], head=record.head_snapshot
+            snapshots=[SnapshotInfo.of(s) for s in runtime.list_snapshots(agent)],
+            head=runtime.get_agent(agent).head_snapshot,
         )
 
     @tool("snapshot_restore", DESTRUCTIVE)
@@ -377,11 +372,11 @@ def register_tools(
         """Replace the agent's machine with the state saved in a snapshot. Work not yet snapshotted is saved first
         (saved_before_restore), so a restore can itself be undone."""
         started = time.monotonic()
-        record, saved = await get_runtime().agents.restore(agent, snapshot, progress_reporter(ctx))
+        result = await get_runtime().restore(agent, snapshot, progress_reporter(ctx))
         return RestoreResult(
-            agent=AgentInfo.of(record),
+            agent=AgentInfo.of(result.agent),
             restored=snapshot,
-            saved_before_restore=saved,
+            saved_before_restore=result.saved_before_restore,
             duration_s=round(time.monotonic() - started, 4),
         )
 
@@ -391,7 +386,7 @@ def register_tools(
         name: Annotated[str, Field(description="Name of the new agent (lowercase letters, digits, '-').")],
     ) -> AgentInfo:
         """Create a new, independent agent whose machine starts from a snapshot (e.g. to try two approaches)."""
-        return AgentInfo.of(await get_runtime().agents.fork(snapshot, name))
+        return AgentInfo.of(await get_runtime().fork(snapshot, name))
 
     @tool("snapshot_diff", READ_ONLY)
     async def snapshot_diff(
@@ -401,22 +396,12 @@ def register_tools(
     ) -> DiffResult:
         """List files added, changed and removed between two snapshots, or between a snapshot and the live
         machine (by default: what changed since the last snapshot)."""
-        runtime = get_runtime()
-        before_id, after_tree, after_name = await runtime.snapshot_diff_inputs(agent, source, target)
-        before = await runtime.snapshots.tree(runtime.snapshots.get(before_id)) if before_id else {}
-        changes = await runtime.snapshots.diff(before, after_tree)
-        return DiffResult(
-            source=before_id or "base image",
-            target=after_name,
-            added=changes.added,
-            changed=changes.changed,
-            removed=changes.removed,
-        )
+        return DiffResult.of(await get_runtime().diff(agent, source, target))
 
     @tool("snapshot_delete", DESTRUCTIVE, takes_agent=False)
     async def snapshot_delete(snapshot: SnapshotArg) -> SnapshotInfo:
         """Delete a snapshot. Refused for a snapshot that another builds on or that is an agent's head."""
-        return SnapshotInfo.of(await get_runtime().snapshots.delete(snapshot))
+        return SnapshotInfo.of(await get_runtime().delete_snapshot(snapshot))
 
     # credentials
 
@@ -430,14 +415,16 @@ def register_tools(
         replace an existing credential (use the CLI for that). The value is never returned by any tool and is
         redacted as [REDACTED:NAME] from command output, file reads and errors. An operator binds it to an agent
         with `spinup secret bind AGENT NAME`."""
-        return SecretEntry.of(get_runtime().secrets.set(name, value, overwrite=False), [])
+        return SecretEntry.of(get_runtime().set_secret(name, value, overwrite=False), bound_to=[])
 
     @tool("secret_list", READ_ONLY, takes_agent=False)
     async def secret_list() -> SecretList:
         """List stored credentials: names, fingerprints and the agents each is bound to. Values are never shown.
         A bound credential is in the agent's commands as an environment variable and/or a file under
         /run/spinup/secrets/."""
-        return SecretList(secrets=[SecretEntry.of(item.info, item.bound_to) for item in get_runtime().secrets.list()])
+        return SecretList(
+            secrets=[SecretEntry.of(item.info, bound_to=item.bound_to) for item in get_runtime().list_secrets()]
+        )
 
     # packages
 
@@ -479,8 +466,7 @@ def register_tools(
     ) -> PackageManifest:
         """The agent's package manifest: each requested package, its resolved version and when it was installed."""
         runtime = get_runtime()
-        record = runtime.agents.get(agent)
         return PackageManifest(
-            packages=[PackageInfo.of(e) for e in runtime.packages.manifest(record)],
-            export=runtime.packages.export(record, export) if export else None,
+            packages=[PackageInfo.of(e) for e in runtime.package_manifest(agent)],
+            export=runtime.export_packages(agent, export) if export else None,
         )

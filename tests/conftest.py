@@ -22,6 +22,7 @@ from mcp import Client
 
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.server.app import build_server
+from spinup.snapshot.store import Store
 
 T = TypeVar("T")
 RUN_ID = "t" + secrets.token_hex(4)
@@ -34,6 +35,11 @@ def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=check, env={**os.environ, **DOCKER_ENV}
     )
+
+
+def store_of(runtime: Runtime) -> Store:
+    """The runtime's snapshot store, opened on its directory (for tests that read its blobs)."""
+    return Store(runtime.settings.home / "store")
 
 
 def unique_name(prefix: str = "a") -> str:
@@ -68,8 +74,8 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         yield rt
     finally:
-        for agent in rt.agents.list():
-            await rt.agents.remove(agent.name)
+        for agent in rt.list_agents():
+            await rt.remove_agent(agent.name)
         await rt.close()
 
 
@@ -77,7 +83,7 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
 async def agent(runtime: Runtime) -> str:
     """The name of a fresh, running agent."""
     name = unique_name()
-    await runtime.agents.create(name)
+    await runtime.create_agent(name)
     return name
 
 
@@ -85,7 +91,7 @@ async def agent(runtime: Runtime) -> str:
 async def root_agent(runtime: Runtime) -> str:
     """The name of a fresh, running agent whose policy runs commands as root (for tests that touch /etc)."""
     name = unique_name("r")
-    await runtime.agents.create(name, policy=Policy(user="root"))
+    await runtime.create_agent(name, policy=Policy(user="root"))
     return name
 
 

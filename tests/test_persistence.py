@@ -23,7 +23,7 @@ EXPECTED = 'print(42)\n__version__ = "1.0"\n'
 
 async def test_files_and_installed_packages_survive_stop_and_wake(runtime: Runtime, agent: str) -> None:
     assert (await runtime.exec(agent, SETUP)).exit_code == 0
-    await runtime.agents.stop(agent)
+    await runtime.stop_agent(agent)
     assert (await runtime.exec(agent, CHECK)).stdout == EXPECTED
 
 
@@ -46,7 +46,7 @@ async def test_a_machine_removed_out_of_band_is_recreated_and_the_event_recorded
     runtime: Runtime, agent: str
 ) -> None:
     await runtime.exec(agent, SETUP)
-    old = runtime.agents.get(agent).machine_id
+    old = runtime.get_agent(agent).machine_id
     assert old
     docker_cli("rm", "-f", old)
     result = await runtime.exec(agent, "test -d /workspace && echo alive")
@@ -59,8 +59,8 @@ async def test_a_machine_removed_out_of_band_is_recreated_and_the_event_recorded
 
 async def test_two_agents_cannot_see_each_others_files_or_processes(runtime: Runtime) -> None:
     first, second = unique_name("iso"), unique_name("iso")
-    await runtime.agents.create(first)
-    await runtime.agents.create(second)
+    await runtime.create_agent(first)
+    await runtime.create_agent(second)
     await runtime.exec(first, "echo secret > /workspace/only-first.txt; nohup sleep 123 >/dev/null 2>&1 &")
     files = await runtime.files(second)
     assert not await files.exists("/workspace/only-first.txt")

@@ -14,7 +14,7 @@ def _inspect(machine_id: str, fmt: str) -> str:
 
 
 async def test_create_starts_a_labelled_machine_with_no_network_and_an_init(runtime: Runtime) -> None:
-    agent = await runtime.agents.create(unique_name())
+    agent = await runtime.create_agent(unique_name())
     assert agent.state is AgentState.RUNNING and agent.machine_id
     assert _inspect(agent.machine_id, "{{.State.Running}}") == "true"
     assert _inspect(agent.machine_id, '{{index .Config.Labels "spinup.agent"}}') == agent.id
@@ -27,71 +27,71 @@ async def test_create_starts_a_labelled_machine_with_no_network_and_an_init(runt
 
 
 async def test_host_network_is_an_explicit_opt_in(runtime: Runtime) -> None:
-    agent = await runtime.agents.create(unique_name(), policy=Policy(network="host"))
+    agent = await runtime.create_agent(unique_name(), policy=Policy(network="host"))
     assert agent.machine_id and _inspect(agent.machine_id, "{{.HostConfig.NetworkMode}}") == "host"
 
 
 async def test_duplicate_and_invalid_names_are_refused_and_leave_nothing_behind(runtime: Runtime) -> None:
     name = unique_name()
-    await runtime.agents.create(name)
+    await runtime.create_agent(name)
     with pytest.raises(AgentExists):
-        await runtime.agents.create(name)
+        await runtime.create_agent(name)
     with pytest.raises(InvalidInput):
-        await runtime.agents.create("Not_Valid")
-    assert [a.name for a in runtime.agents.list()] == [name]
+        await runtime.create_agent("Not_Valid")
+    assert [a.name for a in runtime.list_agents()] == [name]
 
 
 async def test_a_missing_image_says_how_to_get_it_and_creates_no_agent(runtime: Runtime) -> None:
     with pytest.raises(ImageNotFound, match="docker pull"):
-        await runtime.agents.create(unique_name(), image="spinup-test/absent:nope")
-    assert runtime.agents.list() == []
+        await runtime.create_agent(unique_name(), image="spinup-test/absent:nope")
+    assert runtime.list_agents() == []
 
 
 async def test_unknown_agent_is_a_clear_error(runtime: Runtime) -> None:
     with pytest.raises(AgentNotFound, match="agent_create"):
-        await runtime.agents.wake("no-such-agent")
+        await runtime.wake("no-such-agent")
 
 
 async def test_wake_starts_a_stopped_machine_and_records_it(runtime: Runtime, agent: str) -> None:
-    stopped = await runtime.agents.stop(agent)
+    stopped = await runtime.stop_agent(agent)
     assert stopped.state is AgentState.STOPPED
     assert stopped.machine_id and _inspect(stopped.machine_id, "{{.State.Running}}") == "false"
-    woken = await runtime.agents.wake(agent)
+    woken = await runtime.wake(agent)
     assert woken.state is AgentState.RUNNING and woken.machine_id == stopped.machine_id
-    kinds = [e.kind for e in runtime.agents.events(woken)]
+    kinds = [e.kind for e in runtime.events(agent)]
     assert kinds[-2:] == ["machine-stopped", "machine-started"]
 
 
 async def test_a_machine_removed_behind_our_back_is_recreated_and_recorded(runtime: Runtime, agent: str) -> None:
-    before = runtime.agents.get(agent)
+    before = runtime.get_agent(agent)
     assert before.machine_id
     docker_cli("rm", "-f", before.machine_id)
     result = await runtime.exec(agent, "echo back")
     assert result.stdout == "back\n"
-    after = runtime.agents.get(agent)
+    after = runtime.get_agent(agent)
     assert after.machine_id and after.machine_id != before.machine_id
-    kinds = [e.kind for e in runtime.agents.events(after)]
+    kinds = [e.kind for e in runtime.events(agent)]
     assert kinds[-2:] == ["machine-missing", "machine-recreated"]
 
 
 async def test_a_paused_machine_is_resumed_on_wake(runtime: Runtime, agent: str) -> None:
-    machine_id = runtime.agents.get(agent).machine_id
+    machine_id = runtime.get_agent(agent).machine_id
     assert machine_id
     docker_cli("pause", machine_id)
     assert (await runtime.exec(agent, "echo ok")).stdout == "ok\n"
 
 
 async def test_remove_deletes_the_machine_and_the_record(runtime: Runtime, agent: str) -> None:
-    machine_id = runtime.agents.get(agent).machine_id
+    machine_id = runtime.get_agent(agent).machine_id
     assert machine_id
-    await runtime.agents.remove(agent)
+    await runtime.remove_agent(agent)
     assert docker_cli("inspect", machine_id, check=False).returncode != 0
     with pytest.raises(AgentNotFound):
-        runtime.agents.get(agent)
+        runtime.get_agent(agent)
 
 
 async def test_status_reports_the_machine_without_waking_it(runtime: Runtime, agent: str) -> None:
-    await runtime.agents.stop(agent)
+    await runtime.stop_agent(agent)
     status = await runtime.status(agent)
     assert status.machine is not None and not status.machine.running
     assert status.events[0].kind == "created"
@@ -99,8 +99,8 @@ async def test_status_reports_the_machine_without_waking_it(runtime: Runtime, ag
 
 async def test_ensure_creates_a_bound_agent_on_first_use_and_reuses_it(runtime: Runtime) -> None:
     name = unique_name()
-    first = await runtime.agents.ensure(name)
-    second = await runtime.agents.ensure(name)
+    first = await runtime.ensure_agent(name)
+    second = await runtime.ensure_agent(name)
     assert first.id == second.id and second.state is AgentState.RUNNING
 
 
@@ -109,9 +109,9 @@ async def test_what_is_cached_per_machine_goes_with_the_machine(runtime: Runtime
 
     def cached(machine_id: str) -> list[str]:
         places = {
-            "quota": machine_id in runtime.quota._used,
-            "limits": machine_id in runtime.limits._files,
-            "access": machine_id in runtime.access._reachable,
+            "quota": machine_id in runtime._quota._used,
+            "limits": machine_id in runtime._limits._files,
+            "access": machine_id in runtime._access._reachable,
         }
         return [place for place, present in places.items() if present]
 
@@ -119,19 +119,19 @@ async def test_what_is_cached_per_machine_goes_with_the_machine(runtime: Runtime
         await runtime.exec(agent, "echo x > /workspace/f")
         await (await runtime.files(agent)).read("/workspace/f")
         await runtime.status(agent)
-        machine = runtime.agents.get(agent).machine_id
+        machine = runtime.get_agent(agent).machine_id
         assert machine
         return machine
 
     first = await use()
     assert cached(first) == ["quota", "limits", "access"]
-    snapshot = (await runtime.agents.snapshot(agent)).snapshot
-    await runtime.agents.restore(agent, snapshot.id)  # a new machine; the old one goes in the background
-    await runtime.agents.drain()
+    snapshot = (await runtime.snapshot(agent)).snapshot
+    await runtime.restore(agent, snapshot.id)  # a new machine; the old one goes in the background
+    await runtime.drain()
     assert cached(first) == []
     second = await use()
-    await runtime.agents.stop(agent, hibernate=True)
+    await runtime.stop_agent(agent, hibernate=True)
     assert cached(second) == []
     third = await use()
-    await runtime.agents.remove(agent)
+    await runtime.remove_agent(agent)
     assert cached(third) == []

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import docker_cli
+from conftest import docker_cli, store_of
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.snapshot.listing import Meta, apply_layer, layer_entries
 from spinup.snapshot.store import Descriptor
@@ -22,9 +22,9 @@ CHANGES = (
 
 
 def _top_layer_files(runtime: Runtime, manifest_digest: str) -> dict[str, Meta]:
-    manifest = runtime.snapshots.store.get_json(manifest_digest)
+    manifest = store_of(runtime).get_json(manifest_digest)
     tree: dict[str, Meta] = {}
-    apply_layer(tree, layer_entries(runtime.snapshots.store, Descriptor.from_json(manifest["layers"][-1])))
+    apply_layer(tree, layer_entries(store_of(runtime), Descriptor.from_json(manifest["layers"][-1])))
     return {path: meta for path, meta in tree.items() if meta.type != "directory"}
 
 
@@ -36,12 +36,12 @@ async def agent(root_agent: str) -> str:
 
 async def test_api_capture_archives_the_same_files_as_the_fast_path(runtime: Runtime, agent: str) -> None:
     assert (await runtime.exec(agent, CHANGES)).exit_code == 0
-    fast = (await runtime.agents.snapshot(agent, "fast")).snapshot
+    fast = (await runtime.snapshot(agent, "fast")).snapshot
     api_runtime = Runtime(replace(runtime.settings, capture_mode="api"))
     try:
         # Same machine, so the API path sees the same changes; force a new layer with one more file.
         await runtime.exec(agent, "echo more > /workspace/more.txt")
-        via_api = (await api_runtime.agents.snapshot(agent, "api")).snapshot
+        via_api = (await api_runtime.snapshot(agent, "api")).snapshot
     finally:
         await api_runtime.close()
     fast_files = _top_layer_files(runtime, fast.manifest_digest)
@@ -53,13 +53,13 @@ async def test_api_capture_archives_the_same_files_as_the_fast_path(runtime: Run
 async def test_an_api_captured_snapshot_rehydrates_with_deletions_applied(settings: Settings) -> None:
     runtime = Runtime(replace(settings, capture_mode="api"))
     try:
-        await runtime.agents.create("api-only", policy=Policy(user="root"))
+        await runtime.create_agent("api-only", policy=Policy(user="root"))
         assert (await runtime.exec("api-only", CHANGES)).exit_code == 0
-        first = (await runtime.agents.snapshot("api-only")).snapshot
+        first = (await runtime.snapshot("api-only")).snapshot
         await runtime.exec("api-only", "rm '/workspace/d/a b.txt' /workspace/hard && echo v2 > /workspace/v2")
-        second = (await runtime.agents.snapshot("api-only")).snapshot
+        second = (await runtime.snapshot("api-only")).snapshot
         assert second.parent_id == first.id
-        machine = runtime.agents.get("api-only").machine_id
+        machine = runtime.get_agent("api-only").machine_id
         assert machine
         docker_cli("rm", "-f", machine)
         docker_cli("rmi", "-f", f"spinup/snap:{second.id}")
@@ -81,7 +81,7 @@ async def test_an_api_captured_snapshot_rehydrates_with_deletions_applied(settin
             "4755",
         ]
     finally:
-        for agent in runtime.agents.list():
-            await runtime.agents.remove(agent.name)
+        for agent in runtime.list_agents():
+            await runtime.remove_agent(agent.name)
         await runtime.close()
         docker_cli("rmi", "-f", f"spinup/snap:{first.id}", check=False)

@@ -430,7 +430,7 @@ async def test_a_100_mb_base64_write_lands_exactly(runtime: Runtime, agent: str,
 async def test_files_work_in_an_image_without_any_tools(runtime: Runtime, noshell_image: str) -> None:
     name = unique_name("bare")
     async with asyncio.timeout(LIMIT):
-        await runtime.agents.create(name, image=noshell_image)
+        await runtime.create_agent(name, image=noshell_image)
         files = await runtime.files(name)
         motd = await files.read("/etc/motd")
         await files.write("/workspace/data/notes/a.txt", "in a bare image")

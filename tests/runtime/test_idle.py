@@ -18,10 +18,10 @@ async def test_idle_timeout_is_off_by_default(settings: Settings) -> None:
 
 async def test_an_idle_agent_is_hibernated_and_woken_with_its_files(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "echo kept > /workspace/idle.txt")
-    assert await runtime.agents.hibernate_idle(3600) == []
-    hibernated = await runtime.agents.hibernate_idle(0)
+    assert await runtime.hibernate_idle(3600) == []
+    hibernated = await runtime.hibernate_idle(0)
     assert hibernated == [agent]
-    record = runtime.agents.get(agent)
+    record = runtime.get_agent(agent)
     assert record.state is AgentState.HIBERNATED and record.machine_id is None and record.head_snapshot
     assert (await runtime.exec(agent, "cat /workspace/idle.txt")).stdout == "kept\n"
 

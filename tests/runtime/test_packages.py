@@ -49,7 +49,7 @@ async def test_pip_installs_from_local_sources_report_every_package_and_record_t
     assert where.stdout == "/home/agent/.venv/bin/python\n1000\n"
     status = await runtime.status(agent)
     assert [e.name for e in status.packages] == ["spinup-demo-app"]
-    assert runtime.packages.export(runtime.agents.get(agent), "pip") == "spinup-demo-app==2.0\n"
+    assert runtime.export_packages(agent, "pip") == "spinup-demo-app==2.0\n"
     again = await runtime.install_packages(agent, "pip", ["spinup-demo-lib"])  # already there, as a dependency
     assert again.added == [] and [(e.name, e.version) for e in again.manifest][-1] == ("spinup-demo-lib", "1.4")
 
@@ -61,32 +61,32 @@ async def test_installed_packages_survive_stop_hibernate_restore_and_fork(
     await runtime.install_packages(agent, "npm", ["spinup-demo-npm"])
     check = "spinup-demo-npm && python -c 'import spinup_demo_app; print(spinup_demo_app.VALUE)'"
     expected = "hello from npm\napp-2.0\n"
-    await runtime.agents.stop(agent)
+    await runtime.stop_agent(agent)
     assert (await runtime.exec(agent, check)).stdout == expected
-    await runtime.agents.stop(agent, hibernate=True)
+    await runtime.stop_agent(agent, hibernate=True)
     assert (await runtime.exec(agent, check)).stdout == expected
-    with_packages = (await runtime.agents.snapshot(agent, "with packages")).snapshot
+    with_packages = (await runtime.snapshot(agent, "with packages")).snapshot
     await runtime.remove_packages(agent, "pip", ["spinup-demo-app"])
-    assert [e.name for e in runtime.packages.manifest(runtime.agents.get(agent))] == ["spinup-demo-npm"]
+    assert [e.name for e in runtime.package_manifest(agent)] == ["spinup-demo-npm"]
     gone = await runtime.exec(agent, "python -c 'import spinup_demo_app'")
     assert gone.exit_code != 0
-    await runtime.agents.restore(agent, with_packages.id)
+    await runtime.restore(agent, with_packages.id)
     assert (await runtime.exec(agent, check)).stdout == expected
-    assert {e.name for e in runtime.packages.manifest(runtime.agents.get(agent))} == {
+    assert {e.name for e in runtime.package_manifest(agent)} == {
         "spinup-demo-app",
         "spinup-demo-npm",
     }
     fork = unique_name("fork")
-    await runtime.agents.fork(with_packages.id, fork)
+    await runtime.fork(with_packages.id, fork)
     assert (await runtime.exec(fork, check)).stdout == expected
-    assert len(runtime.packages.manifest(runtime.agents.get(fork))) == 2
+    assert len(runtime.package_manifest(fork)) == 2
 
 
 async def test_npm_installs_a_local_tarball_with_its_bin_on_path(runtime: Runtime, agent: str, sources: Path) -> None:
     result = await runtime.install_packages(agent, "npm", ["spinup-demo-npm@1.2.3"])
     assert [(p.name, p.version) for p in result.added] == [("spinup-demo-npm", "1.2.3")]
     assert (await runtime.exec(agent, "spinup-demo-npm")).stdout == "hello from npm\n"
-    exported = json.loads(runtime.packages.export(runtime.agents.get(agent), "npm"))
+    exported = json.loads(runtime.export_packages(agent, "npm"))
     assert exported["dependencies"] == {"spinup-demo-npm": "1.2.3"}
     await runtime.remove_packages(agent, "npm", ["spinup-demo-npm"])
     assert (await runtime.exec(agent, "command -v spinup-demo-npm || echo none")).stdout == "none\n"
@@ -103,16 +103,16 @@ async def test_apt_needs_root_and_installs_a_local_deb(
     result = await runtime.install_packages(root_agent, "apt", ["spinup-demo-deb"])
     assert ("spinup-demo-deb", "1.0") in {(p.name, p.version) for p in result.added}
     assert (await runtime.exec(root_agent, "spinup-demo-deb")).stdout == "hello-from-deb\n"
-    assert runtime.packages.export(runtime.agents.get(root_agent), "apt") == "spinup-demo-deb=1.0\n"
+    assert runtime.export_packages(root_agent, "apt") == "spinup-demo-deb=1.0\n"
     await runtime.remove_packages(root_agent, "apt", ["spinup-demo-deb"])
-    assert runtime.packages.manifest(runtime.agents.get(root_agent)) == []
+    assert runtime.package_manifest(root_agent) == []
 
 
 async def test_failures_say_why_in_the_managers_words_and_leave_the_manifest_alone(
     runtime: Runtime, agent: str, sources: Path
 ) -> None:
     await runtime.install_packages(agent, "pip", ["spinup-demo-lib"])
-    before = runtime.packages.manifest(runtime.agents.get(agent))
+    before = runtime.package_manifest(agent)
     with pytest.raises(PackageError) as unknown:
         await runtime.install_packages(agent, "pip", ["no-such-package-anywhere"])
     assert "network policy is 'none'" in str(unknown.value) and "No matching distribution" in str(unknown.value)
@@ -126,16 +126,16 @@ async def test_failures_say_why_in_the_managers_words_and_leave_the_manifest_alo
             await runtime.install_packages(agent, "pip", bad)
     with pytest.raises(InvalidInput, match="pip, npm or apt"):
         await runtime.install_packages(agent, "cargo", ["x"])  # type: ignore[arg-type]
-    assert runtime.packages.manifest(runtime.agents.get(agent)) == before
+    assert runtime.package_manifest(agent) == before
 
 
 async def test_a_manager_missing_from_the_image_is_named(runtime: Runtime, noshell_image: str) -> None:
     name = unique_name("bare")
-    await runtime.agents.create(name, image=noshell_image)
+    await runtime.create_agent(name, image=noshell_image)
     with pytest.raises(PackageError, match="not available") as missing:
         await runtime.install_packages(name, "pip", ["anything"])
     assert "python3" in str(missing.value)
-    assert runtime.packages.manifest(runtime.agents.get(name)) == []
+    assert runtime.package_manifest(name) == []
 
 
 def test_the_cli_installs_lists_exports_and_removes(settings: Settings) -> None:
@@ -186,9 +186,9 @@ async def test_a_second_agent_installs_from_the_shared_download_cache(
     url, requests = loopback_index
     downloads = [r for r in requests if r.startswith("/files/")]
     first, second, private = unique_name("c1"), unique_name("c2"), unique_name("c3")
-    await runtime.agents.create(first, policy=Policy(network="host"))
-    await runtime.agents.create(second, policy=Policy(network="host"))
-    await runtime.agents.create(private, policy=Policy(network="host", package_cache=False))
+    await runtime.create_agent(first, policy=Policy(network="host"))
+    await runtime.create_agent(second, policy=Policy(network="host"))
+    await runtime.create_agent(private, policy=Policy(network="host", package_cache=False))
     for name in (first, second, private):
         await _use_index(runtime, name, url)
     await runtime.install_packages(first, "pip", ["spinup-cached-demo"])
@@ -242,10 +242,10 @@ async def test_rebuild_on_another_base_carries_files_and_reinstalls_the_manifest
         + f" '{IMPORT[2]}'",
     )
     assert check.stdout == "other\nmine\nalias ll=ls\nhello from npm\napp-2.0 lib-1.5\n", check.stderr
-    assert runtime.agents.get(agent).head_snapshot == result.snapshot
+    assert runtime.get_agent(agent).head_snapshot == result.snapshot
     # What cannot be found on the new base is reported, not fatal.
     (sources / "npm" / "spinup-demo-npm-1.2.3.tgz").unlink()
     again = await runtime.rebuild(agent, DEFAULT_IMAGE)
     failed = [o for o in again.packages if o.version is None]
     assert [o.entry.name for o in failed] == ["spinup-demo-npm"] and failed[0].error
-    assert [e.name for e in runtime.packages.manifest(runtime.agents.get(agent))] == ["spinup-demo-app"]
+    assert [e.name for e in runtime.package_manifest(agent)] == ["spinup-demo-app"]

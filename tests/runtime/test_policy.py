@@ -16,7 +16,7 @@ from spinup.runtime.models import parse_size
 
 
 def _inspect(runtime: Runtime, agent: str) -> dict[str, object]:
-    machine = runtime.agents.get(agent).machine_id
+    machine = runtime.get_agent(agent).machine_id
     assert machine
     return json.loads(docker_cli("inspect", machine).stdout)[0]  # type: ignore[no-any-return]
 
@@ -118,7 +118,7 @@ async def test_root_file_tools_write_anywhere(runtime: Runtime, root_agent: str)
 
 async def test_memory_limit_kills_in_words_and_the_machine_answers_next(runtime: Runtime) -> None:
     name = unique_name("mem")
-    await runtime.agents.create(name, policy=Policy(memory="64m"))
+    await runtime.create_agent(name, policy=Policy(memory="64m"))
     result = await runtime.exec(name, ["python3", "-c", "b = bytearray(300 * 1024 * 1024); print('survived')"])
     assert result.exit_code == 137
     assert result.limit == "memory"
@@ -128,7 +128,7 @@ async def test_memory_limit_kills_in_words_and_the_machine_answers_next(runtime:
 
 async def test_a_fork_bomb_is_contained_by_the_pids_limit(runtime: Runtime) -> None:
     name = unique_name("pids")
-    await runtime.agents.create(name, policy=Policy(pids=64))
+    await runtime.create_agent(name, policy=Policy(pids=64))
     bomb = await runtime.exec(name, "bomb() { bomb | bomb & }; bomb; sleep 30", timeout=6)
     assert bomb.timed_out
     assert bomb.limit == "pids" and "pids limit (64" in bomb.stderr
@@ -171,45 +171,45 @@ async def test_network_none_has_only_loopback_and_cannot_reach_the_host(
 
 async def test_network_host_reaches_a_host_loopback_server(runtime: Runtime, loopback_server: int) -> None:
     name = unique_name("net")
-    await runtime.agents.create(name, policy=Policy(network="host"))
+    await runtime.create_agent(name, policy=Policy(network="host"))
     result = await runtime.exec(name, ["python3", "-c", CONNECT, str(loopback_server)], timeout=30)
     assert result.stdout == "pong\n", result.stderr
 
 
 async def test_a_policy_change_rebuilds_the_machine_and_keeps_its_state(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "echo kept > /workspace/kept && mkdir -p ~/.cache && echo c > ~/.cache/c")
-    before = runtime.agents.get(agent).machine_id
-    changed = await runtime.agents.set_policy(agent, Policy(memory="512m", pids=256, cpus=0.5))
+    before = runtime.get_agent(agent).machine_id
+    changed = await runtime.set_policy(agent, Policy(memory="512m", pids=256, cpus=0.5))
     assert changed.machine_id != before and changed.policy.memory == 512 << 20
     host = _inspect(runtime, agent)["HostConfig"]
     assert isinstance(host, dict)
     assert host["Memory"] == 512 << 20 and host["PidsLimit"] == 256 and host["NanoCpus"] == 500_000_000
     assert (await runtime.exec(agent, "cat /workspace/kept ~/.cache/c")).stdout == "kept\nc\n"
-    kinds = [e.kind for e in runtime.agents.events(runtime.agents.get(agent))]
+    kinds = [e.kind for e in runtime.events(agent)]
     assert "policy-changed" in kinds
-    await runtime.agents.drain()
+    await runtime.drain()
     assert docker_cli("inspect", before or "", check=False).returncode != 0  # the old machine is gone
 
 
 async def test_leaving_root_hands_the_workspace_to_the_agent_user(runtime: Runtime, root_agent: str) -> None:
     await runtime.exec(root_agent, "mkdir -p /workspace/proj && echo root-made > /workspace/proj/file")
-    await runtime.agents.set_policy(root_agent, Policy(user="agent"))
+    await runtime.set_policy(root_agent, Policy(user="agent"))
     result = await runtime.exec(root_agent, "id -u; echo appended >> /workspace/proj/file && cat /workspace/proj/file")
     assert result.stdout.splitlines() == ["1000", "root-made", "appended"]
 
 
 async def test_a_stopped_agent_gets_the_new_policy_on_its_next_wake(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "echo s > /workspace/s")
-    await runtime.agents.stop(agent)
-    await runtime.agents.set_policy(agent, Policy(nofile=1024))
-    assert runtime.agents.get(agent).machine_id is None
+    await runtime.stop_agent(agent)
+    await runtime.set_policy(agent, Policy(nofile=1024))
+    assert runtime.get_agent(agent).machine_id is None
     result = await runtime.exec(agent, "ulimit -n; cat /workspace/s")
     assert result.stdout == "1024\ns\n"
 
 
 async def test_the_disk_quota_refuses_writes_until_the_agent_is_under_it(runtime: Runtime) -> None:
     name = unique_name("disk")
-    await runtime.agents.create(name, policy=Policy(disk="20m"))
+    await runtime.create_agent(name, policy=Policy(disk="20m"))
     await runtime.exec(name, "head -c 30000000 /dev/zero > /workspace/big")
     status = await runtime.status(name)
     assert status.disk_used is not None and status.disk_used > 20 << 20
@@ -234,12 +234,12 @@ async def test_the_disk_quota_refuses_writes_until_the_agent_is_under_it(runtime
 
 async def test_policies_the_host_cannot_give_are_refused(runtime: Runtime) -> None:
     with pytest.raises(InvalidInput, match="CPUs"):
-        await runtime.agents.create(unique_name(), policy=Policy(cpus=512))
+        await runtime.create_agent(unique_name(), policy=Policy(cpus=512))
     with pytest.raises(ValueError, match="size"):
         Policy(memory="lots")
     with pytest.raises(ValueError):
         Policy(memory="1m")  # below 16m
-    assert runtime.agents.list() == []
+    assert runtime.list_agents() == []
 
 
 def test_sizes_parse_like_docker() -> None:

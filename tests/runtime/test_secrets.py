@@ -36,8 +36,8 @@ def _everything_in(path: Path) -> bytes:
 
 @pytest.fixture
 async def bound(runtime: Runtime, agent: str) -> str:
-    runtime.secrets.set("GH_TOKEN", TOKEN)
-    runtime.secrets.bind(runtime.agents.get(agent), "GH_TOKEN", env="GH_TOKEN", file="gh/token")
+    runtime.set_secret("GH_TOKEN", TOKEN)
+    runtime.bind_secret(agent, "GH_TOKEN", env="GH_TOKEN", file="gh/token")
     return agent
 
 
@@ -76,16 +76,16 @@ async def test_secrets_stay_out_of_snapshots_events_the_db_and_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await runtime.exec(bound, "cat /run/spinup/secrets/gh/token > /dev/null; printenv GH_TOKEN > /dev/null")
-    await runtime.agents.snapshot(bound, label="with a secret bound")
+    await runtime.snapshot(bound, label="with a secret bound")
     missing = await runtime.exec(bound, ["ls", f"/nonexistent/{TOKEN}"])
     assert TOKEN not in missing.stderr and REDACTED in missing.stderr
     logging.getLogger("spinup.test").warning("something mentioned %s", TOKEN)
     with pytest.raises(PathNotFound) as failure:
         await (await runtime.files(bound)).read(f"/workspace/{TOKEN}")
     assert TOKEN in str(failure.value)  # the runtime's own error; the server and CLI redact it (tested there)
-    assert runtime.secrets.redact(str(failure.value)).count(REDACTED) == 1
-    runtime.db.record_event(runtime.agents.get(bound).id, "note", f"user said {TOKEN}")
-    assert all(TOKEN not in e.detail for e in runtime.agents.events(runtime.agents.get(bound), 100))
+    assert runtime.redact(str(failure.value)).count(REDACTED) == 1
+    runtime._db.record_event(runtime.get_agent(bound).id, "note", f"user said {TOKEN}")
+    assert all(TOKEN not in e.detail for e in runtime.events(bound, 100))
     assert TOKEN not in caplog.text and REDACTED in caplog.text
     assert (settings.home / "store" / "index.json").exists()
     everything = _everything_in(settings.home)
@@ -95,7 +95,7 @@ async def test_secrets_stay_out_of_snapshots_events_the_db_and_logs(
 
 async def test_another_agent_sees_none_of_them(runtime: Runtime, bound: str) -> None:
     other = unique_name("other")
-    await runtime.agents.create(other)
+    await runtime.create_agent(other)
     result = await runtime.exec(other, "printenv GH_TOKEN; ls -A /run/spinup/secrets; echo done")
     assert result.stdout == "done\n"
     snoop = await runtime.exec(other, "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c GH_TOKEN; true")
@@ -103,32 +103,31 @@ async def test_another_agent_sees_none_of_them(runtime: Runtime, bound: str) -> 
 
 
 async def test_secret_files_come_back_after_a_restart_and_follow_changes(runtime: Runtime, bound: str) -> None:
-    await runtime.agents.stop(bound)
+    await runtime.stop_agent(bound)
     back = await runtime.exec(bound, "cat /run/spinup/secrets/gh/token")
     assert back.stdout == REDACTED
-    runtime.secrets.set("GH_TOKEN", "a-new-value-1234")
+    runtime.set_secret("GH_TOKEN", "a-new-value-1234")
     changed = await runtime.exec(bound, 'cat /run/spinup/secrets/gh/token; echo; echo "$GH_TOKEN"')
     assert changed.stdout == "[REDACTED:GH_TOKEN]\n[REDACTED:GH_TOKEN]\n"
     length = await runtime.exec(bound, "wc -c < /run/spinup/secrets/gh/token")
     assert length.stdout.strip() == str(len("a-new-value-1234"))
-    runtime.secrets.unbind(runtime.agents.get(bound), "GH_TOKEN")
+    runtime.unbind_secret(bound, "GH_TOKEN")
     gone = await runtime.exec(bound, "ls -A /run/spinup/secrets; printenv GH_TOKEN; echo end")
     assert gone.stdout == "end\n"
 
 
 async def test_binding_errors_are_clear(runtime: Runtime, agent: str) -> None:
-    record = runtime.agents.get(agent)
     with pytest.raises(SecretNotFound, match="No credential named"):
-        runtime.secrets.bind(record, "MISSING")
-    runtime.secrets.set("ONE", "value-one")
+        runtime.bind_secret(agent, "MISSING")
+    runtime.set_secret("ONE", "value-one")
     with pytest.raises(InvalidInput, match="plain relative name"):
-        runtime.secrets.bind(record, "ONE", file="../../etc/passwd")
+        runtime.bind_secret(agent, "ONE", file="../../etc/passwd")
     with pytest.raises(InvalidInput, match="environment variable"):
-        runtime.secrets.bind(record, "ONE", env="BAD-NAME")
-    assert runtime.secrets.bind(record, "ONE").env == "ONE"
-    runtime.secrets.set("TWO", "value-two")
+        runtime.bind_secret(agent, "ONE", env="BAD-NAME")
+    assert runtime.bind_secret(agent, "ONE").env == "ONE"
+    runtime.set_secret("TWO", "value-two")
     with pytest.raises(InvalidInput, match="already gets ONE"):
-        runtime.secrets.bind(record, "TWO", env="ONE")
+        runtime.bind_secret(agent, "TWO", env="ONE")
 
 
 async def test_a_wrong_master_key_is_a_clear_error_and_overwrites_nothing(
@@ -141,7 +140,7 @@ async def test_a_wrong_master_key_is_a_clear_error_and_overwrites_nothing(
         with pytest.raises(CredentialKeyError, match="does not open"):
             await other.exec(bound, "true")
         with pytest.raises(CredentialKeyError):
-            other.secrets.set("GH_TOKEN", "replacement-value")
+            other.set_secret("GH_TOKEN", "replacement-value")
     finally:
         await other.close()
     assert settings.credentials_path.read_bytes() == before

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import docker_cli, unique_name
+from conftest import docker_cli, store_of, unique_name
 from spinup.runtime import AgentState, Policy, Runtime, Settings
 from spinup.runtime.errors import Conflict, NotFound, SpinupError
 from spinup.runtime.models import Snapshot
@@ -113,9 +113,9 @@ async def agent(root_agent: str) -> str:
 async def _remove_snapshot_images(runtime: Runtime) -> AsyncIterator[None]:
     """Remove the test's agents, then every snapshot image it made, to keep the daemon clean."""
     yield
-    ids = [s.id for s in runtime.snapshots.list()]
-    for agent in runtime.agents.list():
-        await runtime.agents.remove(agent.name)
+    ids = [s.id for s in runtime.list_snapshots()]
+    for agent in runtime.list_agents():
+        await runtime.remove_agent(agent.name)
     if ids:
         docker_cli("rmi", "-f", *(snapshot_tag(i) for i in ids), check=False)
 
@@ -135,7 +135,7 @@ def differences(before: list[str], after: list[str]) -> tuple[list[str], list[st
 
 def drop_machine_and_image(runtime: Runtime, agent: str, snapshot_id: str) -> None:
     """Remove the machine out of band and the snapshot's image, so waking rebuilds it from the store."""
-    machine = runtime.agents.get(agent).machine_id
+    machine = runtime.get_agent(agent).machine_id
     assert machine
     docker_cli("rm", "-f", machine)
     docker_cli("rmi", "-f", snapshot_tag(snapshot_id), check=False)
@@ -144,10 +144,10 @@ def drop_machine_and_image(runtime: Runtime, agent: str, snapshot_id: str) -> No
 
 def layer_names(runtime: Runtime, snapshot: Snapshot) -> list[str]:
     """Entry names of the snapshot's own (top) layer, read back from the store."""
-    manifest = runtime.snapshots.store.get_json(snapshot.manifest_digest)
+    manifest = store_of(runtime).get_json(snapshot.manifest_digest)
     descriptor = Descriptor.from_json(manifest["layers"][-1])
     assert descriptor.media_type == LAYER_MEDIA_TYPE
-    with runtime.snapshots.store.open_blob(descriptor) as blob:
+    with store_of(runtime).open_blob(descriptor) as blob:
         reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             names = [m.name.rstrip("/") for m in tar]
@@ -156,7 +156,7 @@ def layer_names(runtime: Runtime, snapshot: Snapshot) -> list[str]:
 
 
 def _events(runtime: Runtime, agent: str) -> list[str]:
-    return [e.kind for e in runtime.agents.events(runtime.agents.get(agent), limit=100)]
+    return [e.kind for e in runtime.events(agent, limit=100)]
 
 
 # round trips
@@ -166,7 +166,7 @@ async def test_a_snapshot_rebuilt_from_the_store_restores_every_entry_exactly(ru
     made = await runtime.exec(agent, TREE)
     assert made.exit_code == 0, made.stderr
     before = await listing(runtime, agent)
-    snapshot = (await runtime.agents.snapshot(agent, "fidelity")).snapshot
+    snapshot = (await runtime.snapshot(agent, "fidelity")).snapshot
     drop_machine_and_image(runtime, agent, snapshot.id)
 
     after = await listing(runtime, agent)
@@ -193,7 +193,7 @@ async def test_changes_across_several_snapshots_restore_exactly(runtime: Runtime
         "echo counter-0 > counter; ln -s proj/src/a.py link; echo doomed > doomed; rm /etc/motd",
     )
     assert first.exit_code == 0, first.stderr
-    await runtime.agents.snapshot(agent, "one")
+    await runtime.snapshot(agent, "one")
     second = await runtime.exec(
         agent,
         "set -e; cd /workspace; echo counter-1 > counter; rm -rf gone; rm /etc/issue; "
@@ -203,14 +203,14 @@ async def test_changes_across_several_snapshots_restore_exactly(runtime: Runtime
         "echo 'motd is back' > /etc/motd",
     )
     assert second.exit_code == 0, second.stderr
-    await runtime.agents.snapshot(agent, "two")
+    await runtime.snapshot(agent, "two")
     third = await runtime.exec(
         agent,
         "set -e; cd /workspace; rm doomed to-dir/in; chmod 0600 proj/src/a.py; chown 1000:1000 hard1; "
         "echo counter-2 > counter; chmod 0750 proj; touch -d '2004-05-06' proj/src",
     )
     assert third.exit_code == 0, third.stderr
-    last = (await runtime.agents.snapshot(agent, "three")).snapshot
+    last = (await runtime.snapshot(agent, "three")).snapshot
     assert last.layers == 3
     before = await listing(runtime, agent)
     drop_machine_and_image(runtime, agent, last.id)
@@ -230,20 +230,20 @@ async def test_a_chain_at_the_layer_limit_is_squashed_into_one_layer_that_restor
     runtime = Runtime(replace(settings, max_layers=2))
     agent = unique_name("squash")
     try:
-        await runtime.agents.create(agent, policy=Policy(user="root"))
+        await runtime.create_agent(agent, policy=Policy(user="root"))
         assert (await runtime.exec(agent, TREE)).exit_code == 0
-        await runtime.agents.snapshot(agent, "one")
+        await runtime.snapshot(agent, "one")
         second = await runtime.exec(
             agent,
             "set -e; cd /workspace; echo two > counter; rm -rf 'dir with spaces'; rm /etc/issue; "
             "echo 'motd is back' > /etc/motd; chmod 0600 tool.sh; ln hard1 hard3",
         )
         assert second.exit_code == 0, second.stderr
-        two = (await runtime.agents.snapshot(agent, "two")).snapshot
+        two = (await runtime.snapshot(agent, "two")).snapshot
         assert two.layers == 2
         # The next machine runs on the two-layer image: its changes, the two layers below and the
         # whiteouts and opaque directories in all three are what the squash merges.
-        await runtime.agents.stop(agent, hibernate=True)
+        await runtime.stop_agent(agent, hibernate=True)
         third = await runtime.exec(
             agent,
             "set -e; cd /workspace; echo three > counter; rm -rf nested/a/b; rm big.bin; "
@@ -253,7 +253,7 @@ async def test_a_chain_at_the_layer_limit_is_squashed_into_one_layer_that_restor
         )
         assert third.exit_code == 0, third.stderr
         before = await listing(runtime, agent)
-        squashed = (await runtime.agents.snapshot(agent, "three")).snapshot
+        squashed = (await runtime.snapshot(agent, "three")).snapshot
         assert squashed.layers == 1 and squashed.parent_id == two.id
         names = set(layer_names(runtime, squashed))
         assert {"etc/.wh.motd", "etc/.wh.issue", "etc/.wh.issue.net"} & names == {"etc/.wh.issue", "etc/.wh.issue.net"}
@@ -265,20 +265,20 @@ async def test_a_chain_at_the_layer_limit_is_squashed_into_one_layer_that_restor
 
         # Incremental again on top of the squashed layer, and the old chain still restores.
         assert (await runtime.exec(agent, "echo four > /workspace/counter; rm /workspace/empty.txt")).exit_code == 0
-        four = (await runtime.agents.snapshot(agent, "four")).snapshot
+        four = (await runtime.snapshot(agent, "four")).snapshot
         assert four.layers == 2 and set(layer_names(runtime, four)) == {
             "workspace", "workspace/counter", "workspace/.wh.empty.txt",
         }  # fmt: skip
         before = await listing(runtime, agent)
         drop_machine_and_image(runtime, agent, four.id)
         assert differences(before, await listing(runtime, agent)) == ([], [])
-        await runtime.agents.restore(agent, two.id)
+        await runtime.restore(agent, two.id)
         back = await runtime.exec(agent, "cat /workspace/counter; test -e /workspace/big.bin && echo big")
         assert back.stdout == "two\nbig\n"
     finally:
-        ids = [s.id for s in runtime.snapshots.list()]
-        for made in runtime.agents.list():
-            await runtime.agents.remove(made.name)
+        ids = [s.id for s in runtime.list_snapshots()]
+        for made in runtime.list_agents():
+            await runtime.remove_agent(made.name)
         if ids:
             docker_cli("rmi", "-f", *(snapshot_tag(i) for i in ids), check=False)
         await runtime.close()
@@ -286,9 +286,9 @@ async def test_a_chain_at_the_layer_limit_is_squashed_into_one_layer_that_restor
 
 async def test_a_directory_mode_or_owner_change_survives_an_incremental_snapshot(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "mkdir -p /workspace/proj/sub && echo x > /workspace/proj/sub/x")
-    await runtime.agents.snapshot(agent, "made")
+    await runtime.snapshot(agent, "made")
     await runtime.exec(agent, "chmod 0700 /workspace/proj && chown 1000:1000 /workspace/proj/sub")
-    snapshot = (await runtime.agents.snapshot(agent, "chmod")).snapshot
+    snapshot = (await runtime.snapshot(agent, "chmod")).snapshot
     drop_machine_and_image(runtime, agent, snapshot.id)
     result = await runtime.exec(agent, "stat -c '%a %u:%g' /workspace/proj /workspace/proj/sub")
     assert result.stdout == "700 0:0\n755 1000:1000\n"
@@ -296,7 +296,7 @@ async def test_a_directory_mode_or_owner_change_survives_an_incremental_snapshot
 
 async def test_a_fifo_in_the_machine_does_not_make_its_snapshot_unrestorable(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "mkfifo /workspace/pipe && echo kept > /workspace/data")
-    snapshot = (await runtime.agents.snapshot(agent, "with a fifo")).snapshot
+    snapshot = (await runtime.snapshot(agent, "with a fifo")).snapshot
     drop_machine_and_image(runtime, agent, snapshot.id)
     back = await runtime.exec(agent, "cat /workspace/data; test -p /workspace/pipe && echo fifo")
     assert back.stdout == "kept\nfifo\n"
@@ -307,7 +307,7 @@ async def test_a_device_node_made_in_the_machine_does_not_make_its_snapshot_unre
 ) -> None:
     made = await runtime.exec(agent, "mknod /workspace/null c 1 3 && echo kept > /workspace/data")
     assert made.exit_code == 0, made.stderr
-    snapshot = (await runtime.agents.snapshot(agent, "with a device")).snapshot
+    snapshot = (await runtime.snapshot(agent, "with a device")).snapshot
     drop_machine_and_image(runtime, agent, snapshot.id)
     back = await runtime.exec(agent, "cat /workspace/data; test -e /workspace/null || echo no-device")
     assert back.stdout == "kept\nno-device\n", "device nodes are left out of snapshots"
@@ -340,15 +340,15 @@ async def test_extended_attributes_capabilities_and_acls_survive_a_snapshot(runt
     assert made.exit_code == 0, made.stderr
     names = [line.split()[1] for line in made.stdout.splitlines()]
     assert {"user.origin", "user.kind", "security.capability", "system.posix_acl_access"} <= set(names)
-    snapshot = (await runtime.agents.snapshot(agent, "xattr")).snapshot
+    snapshot = (await runtime.snapshot(agent, "xattr")).snapshot
     drop_machine_and_image(runtime, agent, snapshot.id)
     back = await runtime.exec(agent, ["python3", "-c", XATTRS, "get"])
     assert back.exit_code == 0, back.stderr
     assert back.stdout == made.stdout
     # overlayfs's own bookkeeping (trusted.overlay.*) never reaches a layer
-    manifest = runtime.snapshots.store.get_json(snapshot.manifest_digest)
+    manifest = store_of(runtime).get_json(snapshot.manifest_digest)
     descriptor = Descriptor.from_json(manifest["layers"][-1])
-    with runtime.snapshots.store.open_blob(descriptor) as blob:
+    with store_of(runtime).open_blob(descriptor) as blob:
         reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             keys = {key for member in tar for key in member.pax_headers}
@@ -366,11 +366,11 @@ async def test_a_one_byte_change_in_a_big_environment_makes_a_tiny_layer(runtime
         "done; printf 0 > /workspace/env/version",
     )
     assert made.exit_code == 0
-    first = (await runtime.agents.snapshot(agent, "env")).snapshot
+    first = (await runtime.snapshot(agent, "env")).snapshot
     assert first.layer_uncompressed > 200_000_000
 
     await runtime.exec(agent, "printf 1 > /workspace/env/version")
-    second = await runtime.agents.snapshot(agent, "one byte")
+    second = await runtime.snapshot(agent, "one byte")
     assert second.created
     assert second.snapshot.layer_size < 64 * 1024
     assert second.snapshot.paths_changed <= 3
@@ -380,9 +380,9 @@ async def test_a_one_byte_change_in_a_big_environment_makes_a_tiny_layer(runtime
 
 async def test_a_deletion_becomes_a_whiteout_in_the_next_layer(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "mkdir -p /workspace/env && head -c 3000000 /dev/urandom > /workspace/env/blob")
-    await runtime.agents.snapshot(agent, "made")
+    await runtime.snapshot(agent, "made")
     await runtime.exec(agent, "rm /workspace/env/blob /etc/issue")
-    deleted = (await runtime.agents.snapshot(agent, "deleted")).snapshot
+    deleted = (await runtime.snapshot(agent, "deleted")).snapshot
     assert deleted.layer_size < 64 * 1024
     names = layer_names(runtime, deleted)
     assert "workspace/env/.wh.blob" in names, "a file captured earlier"
@@ -400,21 +400,21 @@ async def test_a_chain_of_twenty_snapshots_restores_to_the_latest_and_to_an_earl
     trees: dict[int, list[str]] = {}
     for step in range(20):
         await runtime.exec(agent, f"echo {step} > /workspace/counter; echo {step} > /workspace/file{step}")
-        snapshots.append((await runtime.agents.snapshot(agent, f"step {step}")).snapshot)
+        snapshots.append((await runtime.snapshot(agent, f"step {step}")).snapshot)
         if step in (4, 19):
             trees[step] = await listing(runtime, agent, "/workspace")
     assert len({s.id for s in snapshots}) == 20
     assert [s.layers for s in snapshots] == list(range(1, 21))
     assert [s.parent_id for s in snapshots[1:]] == [s.id for s in snapshots[:-1]]
 
-    _, saved = await runtime.agents.restore(agent, snapshots[4].id)
+    saved = (await runtime.restore(agent, snapshots[4].id)).saved_before_restore
     assert saved is None, "nothing had changed since the head"
     state = await runtime.exec(agent, "cat /workspace/counter; ls /workspace")
     assert state.stdout == "4\ncounter\n" + "".join(f"file{i}\n" for i in range(5))
     assert differences(trees[4], await listing(runtime, agent, "/workspace")) == ([], [])
-    assert runtime.agents.get(agent).head_snapshot == snapshots[4].id
+    assert runtime.get_agent(agent).head_snapshot == snapshots[4].id
 
-    await runtime.agents.restore(agent, snapshots[-1].id)
+    await runtime.restore(agent, snapshots[-1].id)
     state = await runtime.exec(agent, "cat /workspace/counter; ls /workspace | grep -c '^file'")
     assert state.stdout == "19\n20\n"
     assert differences(trees[19], await listing(runtime, agent, "/workspace")) == ([], [])
@@ -425,22 +425,22 @@ async def test_a_chain_of_twenty_snapshots_restores_to_the_latest_and_to_an_earl
 
 async def test_stop_snapshots_only_when_something_changed(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "echo 1 > /workspace/x")
-    stopped = await runtime.agents.stop(agent)
+    stopped = await runtime.stop_agent(agent)
     assert stopped.state is AgentState.STOPPED and stopped.head_snapshot
     head = stopped.head_snapshot
 
-    await runtime.agents.wake(agent)
-    again = await runtime.agents.stop(agent)
+    await runtime.wake(agent)
+    again = await runtime.stop_agent(agent)
     assert again.head_snapshot == head, "nothing changed, no new snapshot"
-    assert len(runtime.snapshots.list(again)) == 1
+    assert len(runtime.list_snapshots(agent)) == 1
 
     await runtime.exec(agent, "echo 2 > /workspace/x")
-    changed = await runtime.agents.stop(agent)
+    changed = await runtime.stop_agent(agent)
     assert changed.head_snapshot != head
-    assert runtime.snapshots.get(changed.head_snapshot or "").parent_id == head
+    assert runtime.get_snapshot(changed.head_snapshot or "").parent_id == head
 
     await runtime.exec(agent, "echo 3 > /workspace/x")
-    unsnapshotted = await runtime.agents.stop(agent, snapshot=False)
+    unsnapshotted = await runtime.stop_agent(agent, snapshot=False)
     assert unsnapshotted.head_snapshot == changed.head_snapshot
     assert (await runtime.exec(agent, "cat /workspace/x")).stdout == "3\n", "a plain stop keeps the machine"
 
@@ -449,7 +449,7 @@ async def test_hibernate_removes_the_machine_and_the_next_exec_brings_the_files_
     runtime: Runtime, agent: str
 ) -> None:
     await runtime.exec(agent, "echo hibernated > /workspace/x && rm /etc/motd")
-    hibernated = await runtime.agents.stop(agent, hibernate=True)
+    hibernated = await runtime.stop_agent(agent, hibernate=True)
     assert hibernated.state is AgentState.HIBERNATED and hibernated.machine_id is None
     assert hibernated.head_snapshot
     assert docker_cli("ps", "-aq", "--filter", f"label=spinup.agent={hibernated.id}").stdout.strip() == ""
@@ -457,20 +457,20 @@ async def test_hibernate_removes_the_machine_and_the_next_exec_brings_the_files_
     back = await runtime.exec(agent, "cat /workspace/x; test -e /etc/motd || echo no-motd")
     assert back.stdout == "hibernated\nno-motd\n"
     assert _events(runtime, agent)[-1] == "machine-rehydrated"
-    assert runtime.agents.get(agent).state is AgentState.RUNNING
+    assert runtime.get_agent(agent).state is AgentState.RUNNING
 
 
 async def test_restore_saves_unsnapshotted_work_first_so_it_can_be_undone(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "echo base > /workspace/w")
-    base = (await runtime.agents.snapshot(agent)).snapshot
+    base = (await runtime.snapshot(agent)).snapshot
     await runtime.exec(agent, "echo precious > /workspace/w; echo new > /workspace/n")
 
-    _, saved = await runtime.agents.restore(agent, base.id)
+    saved = (await runtime.restore(agent, base.id)).saved_before_restore
 
     assert saved is not None
-    assert runtime.snapshots.get(saved).parent_id == base.id
+    assert runtime.get_snapshot(saved).parent_id == base.id
     assert (await runtime.exec(agent, "cat /workspace/w; test -e /workspace/n || echo no-n")).stdout == "base\nno-n\n"
-    _, saved_again = await runtime.agents.restore(agent, saved)
+    saved_again = (await runtime.restore(agent, saved)).saved_before_restore
     assert saved_again is None, "nothing changed since the restore"
     assert (await runtime.exec(agent, "cat /workspace/w /workspace/n")).stdout == "precious\nnew\n"
 
@@ -479,28 +479,28 @@ async def test_a_restore_freezes_the_old_machine_from_its_capture_and_a_failed_o
     runtime: Runtime, agent: str
 ) -> None:
     await runtime.exec(agent, "echo one > /workspace/w")
-    target = (await runtime.agents.snapshot(agent)).snapshot
+    target = (await runtime.snapshot(agent)).snapshot
     await runtime.exec(agent, "echo two > /workspace/w")
-    machine = runtime.agents.get(agent).machine_id
+    machine = runtime.get_agent(agent).machine_id
     assert machine
     # The target can only come from the store, and its layer is damaged: the restore fails after the capture.
-    manifest = runtime.snapshots.store.get_json(target.manifest_digest)
-    blob = runtime.snapshots.store.blob_path(manifest["layers"][-1]["digest"])
+    manifest = store_of(runtime).get_json(target.manifest_digest)
+    blob = store_of(runtime).blob_path(manifest["layers"][-1]["digest"])
     blob.chmod(0o644)
     good = blob.read_bytes()
     blob.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
     docker_cli("rmi", "-f", snapshot_tag(target.id))
 
     with pytest.raises(SpinupError, match="corrupt"):
-        await runtime.agents.restore(agent, target.id)
-    assert runtime.agents.get(agent).machine_id == machine
-    assert not (await runtime.docker.inspect(machine)).paused, "the machine goes on after a failed restore"
+        await runtime.restore(agent, target.id)
+    assert runtime.get_agent(agent).machine_id == machine
+    assert not (await runtime._docker.inspect(machine)).paused, "the machine goes on after a failed restore"
     assert (await runtime.exec(agent, "cat /workspace/w")).stdout == "two\n"
 
     blob.write_bytes(good)
     pauses: list[str] = []
     unpauses: list[str] = []
-    pause, unpause = runtime.docker.pause, runtime.docker.unpause
+    pause, unpause = runtime._docker.pause, runtime._docker.unpause
 
     async def record_pause(container: str) -> None:
         pauses.append(container)
@@ -510,63 +510,63 @@ async def test_a_restore_freezes_the_old_machine_from_its_capture_and_a_failed_o
         unpauses.append(container)
         await unpause(container)
 
-    runtime.docker.pause = record_pause  # type: ignore[method-assign]
-    runtime.docker.unpause = record_unpause  # type: ignore[method-assign]
+    runtime._docker.pause = record_pause  # type: ignore[method-assign]
+    runtime._docker.unpause = record_unpause  # type: ignore[method-assign]
     try:
         await runtime.exec(agent, "echo three > /workspace/w")
-        await runtime.agents.restore(agent, target.id)
+        await runtime.restore(agent, target.id)
     finally:
-        runtime.docker.pause, runtime.docker.unpause = pause, unpause  # type: ignore[method-assign]
+        runtime._docker.pause, runtime._docker.unpause = pause, unpause  # type: ignore[method-assign]
     assert pauses == [machine] and unpauses == [], "paused once for the capture, never running again"
     assert (await runtime.exec(agent, "cat /workspace/w")).stdout == "one\n"
 
 
 async def test_a_fork_is_independent_of_its_source(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "echo shared > /workspace/s")
-    snapshot = (await runtime.agents.snapshot(agent)).snapshot
+    snapshot = (await runtime.snapshot(agent)).snapshot
     fork = unique_name("fork")
-    forked = await runtime.agents.fork(snapshot.id, fork)
-    assert forked.head_snapshot == snapshot.id and forked.id != runtime.agents.get(agent).id
+    forked = await runtime.fork(snapshot.id, fork)
+    assert forked.head_snapshot == snapshot.id and forked.id != runtime.get_agent(agent).id
 
     await runtime.exec(fork, "echo forked > /workspace/s; echo only-in-fork > /workspace/f")
     await runtime.exec(agent, "echo only-in-source > /workspace/o")
 
     assert (await runtime.exec(agent, "cat /workspace/s; test -e /workspace/f || echo no-f")).stdout == "shared\nno-f\n"
     assert (await runtime.exec(fork, "cat /workspace/s; test -e /workspace/o || echo no-o")).stdout == "forked\nno-o\n"
-    forked_snapshot = (await runtime.agents.snapshot(fork)).snapshot
+    forked_snapshot = (await runtime.snapshot(fork)).snapshot
     assert forked_snapshot.parent_id == snapshot.id
-    assert runtime.agents.get(agent).head_snapshot == snapshot.id
+    assert runtime.get_agent(agent).head_snapshot == snapshot.id
 
 
 async def test_deleting_a_parent_or_a_head_is_refused_and_a_leaf_that_is_not_a_head_is_deleted(
     runtime: Runtime, agent: str
 ) -> None:
     await runtime.exec(agent, "echo 1 > /workspace/v")
-    parent = (await runtime.agents.snapshot(agent, "parent")).snapshot
+    parent = (await runtime.snapshot(agent, "parent")).snapshot
     await runtime.exec(agent, "echo 2 > /workspace/v")
-    head = (await runtime.agents.snapshot(agent, "head")).snapshot
+    head = (await runtime.snapshot(agent, "head")).snapshot
 
     with pytest.raises(Conflict) as refused_parent:
-        await runtime.snapshots.delete(parent.id)
+        await runtime.delete_snapshot(parent.id)
     assert head.id in str(refused_parent.value)
     with pytest.raises(Conflict) as refused_head:
-        await runtime.snapshots.delete(head.id)
+        await runtime.delete_snapshot(head.id)
     assert agent in str(refused_head.value)
-    assert runtime.snapshots.get(parent.id) and runtime.snapshots.get(head.id)
+    assert runtime.get_snapshot(parent.id) and runtime.get_snapshot(head.id)
 
-    await runtime.agents.restore(agent, parent.id)  # the old head becomes a leaf that is no head
-    await runtime.snapshots.ensure_image(head)
-    deleted = await runtime.snapshots.delete(head.id)
+    await runtime.restore(agent, parent.id)  # the old head becomes a leaf that is no head
+    await runtime._snapshots.ensure_image(head)
+    deleted = await runtime.delete_snapshot(head.id)
 
     assert deleted.id == head.id
     with pytest.raises(NotFound):
-        runtime.snapshots.get(head.id)
-    listed = [(d.annotations or {}).get(REF_NAME) for d in runtime.snapshots.store.manifests()]
+        runtime.get_snapshot(head.id)
+    listed = [(d.annotations or {}).get(REF_NAME) for d in store_of(runtime).manifests()]
     assert head.id not in listed and parent.id in listed
     assert docker_cli("image", "inspect", snapshot_tag(head.id), check=False).returncode != 0
     with pytest.raises(Conflict):
-        await runtime.snapshots.delete(parent.id)  # now the head
-    assert (await runtime.snapshots.verify()).ok
+        await runtime.delete_snapshot(parent.id)  # now the head
+    assert (await runtime.verify_store()).ok
     assert (await runtime.exec(agent, "cat /workspace/v")).stdout == "1\n"
 
 
@@ -577,8 +577,8 @@ async def test_a_partial_temp_blob_and_an_unreferenced_blob_do_not_affect_restor
     runtime: Runtime, agent: str
 ) -> None:
     await runtime.exec(agent, "echo v1 > /workspace/state")
-    head = (await runtime.agents.snapshot(agent, "good")).snapshot
-    store = runtime.snapshots.store
+    head = (await runtime.snapshot(agent, "good")).snapshot
+    store = store_of(runtime)
     partial = store.root / "tmp" / "blob-0123456789abcdef"
     partial.write_bytes(zstandard.ZstdCompressor().compress(os.urandom(100_000))[:30_000])
     writer = store.writer()
@@ -590,7 +590,7 @@ async def test_a_partial_temp_blob_and_an_unreferenced_blob_do_not_affect_restor
 
     assert restored.stdout == "v1\n"
     assert partial.exists() and store.has_blob(stray.digest), "restore leaves the debris to gc"
-    report = await runtime.snapshots.verify()
+    report = await runtime.verify_store()
     assert report.ok, report.problems
     assert any(stray.digest in g for g in report.garbage) and any(partial.name in g for g in report.garbage)
 
@@ -599,9 +599,9 @@ async def test_a_flipped_byte_in_a_layer_blob_fails_rehydration_clearly_and_tags
     runtime: Runtime, agent: str
 ) -> None:
     await runtime.exec(agent, "head -c 100000 /dev/urandom > /workspace/data")
-    snapshot = (await runtime.agents.snapshot(agent)).snapshot
-    manifest = runtime.snapshots.store.get_json(snapshot.manifest_digest)
-    blob = runtime.snapshots.store.blob_path(manifest["layers"][-1]["digest"])
+    snapshot = (await runtime.snapshot(agent)).snapshot
+    manifest = store_of(runtime).get_json(snapshot.manifest_digest)
+    blob = store_of(runtime).blob_path(manifest["layers"][-1]["digest"])
     blob.chmod(0o644)
     good = blob.read_bytes()
     flipped = bytearray(good)
@@ -626,9 +626,9 @@ async def test_an_exported_snapshot_loads_into_docker_as_a_standalone_image(
     runtime: Runtime, agent: str, tmp_path: Path
 ) -> None:
     await runtime.exec(agent, "echo exported > /workspace/e.txt")
-    snapshot = (await runtime.agents.snapshot(agent, "to export")).snapshot
+    snapshot = (await runtime.snapshot(agent, "to export")).snapshot
     archive = tmp_path / "snap.tar"
-    size = await runtime.snapshots.export(snapshot, archive)
+    size = await runtime.export_snapshot(snapshot.id, archive)
     assert size == archive.stat().st_size > 0
     with tarfile.open(archive) as tar:
         assert "manifest.json" in tar.getnames()
@@ -642,11 +642,11 @@ async def test_an_exported_snapshot_loads_into_docker_as_a_standalone_image(
 
 async def test_a_command_arriving_during_a_snapshot_waits_for_it(runtime: Runtime, agent: str) -> None:
     await runtime.exec(agent, "head -c 300000000 /dev/urandom > /workspace/slow.bin")
-    snapshot = asyncio.create_task(runtime.agents.snapshot(agent))
-    machine = runtime.agents.get(agent).machine_id
+    snapshot = asyncio.create_task(runtime.snapshot(agent))
+    machine = runtime.get_agent(agent).machine_id
     assert machine
     async with asyncio.timeout(60):
-        while (await runtime.docker.inspect(machine)).paused is False:
+        while (await runtime._docker.inspect(machine)).paused is False:
             assert not snapshot.done(), "the snapshot finished before the machine was seen paused"
             await asyncio.sleep(0.005)
     result = await runtime.exec(agent, "echo during")
@@ -659,7 +659,7 @@ async def test_the_machine_runs_again_once_its_files_are_read_before_the_layer_i
     runtime: Runtime, agent: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await runtime.exec(agent, "head -c 20000000 /dev/urandom > /workspace/data.bin")
-    machine = runtime.agents.get(agent).machine_id
+    machine = runtime.get_agent(agent).machine_id
     assert machine
     seen_at_commit: list[str] = []
     commit = LayerSink.commit
@@ -670,7 +670,7 @@ async def test_the_machine_runs_again_once_its_files_are_read_before_the_layer_i
         return commit(self)
 
     monkeypatch.setattr(LayerSink, "commit", observed_commit)
-    result = await runtime.agents.snapshot(agent)
+    result = await runtime.snapshot(agent)
     assert result.created and seen_at_commit == ["false"]
-    assert not (await runtime.docker.inspect(machine)).paused
+    assert not (await runtime._docker.inspect(machine)).paused
     assert "workspace/data.bin" in layer_names(runtime, result.snapshot)

@@ -329,7 +329,7 @@ async def test_secrets_set_through_mcp_are_listed_bound_used_and_never_shown(
     assert "GITHUB_TOKEN" in await fails(client, "secret_set", name="bad name", value="whatever")
     operator = Runtime(settings)
     try:
-        operator.secrets.bind(operator.agents.get(agent_name), "API_KEY")
+        operator.bind_secret(agent_name, "API_KEY")
     finally:
         await operator.close()
     listed = await call(client, "secret_list")
