@@ -10,7 +10,7 @@ from .agents import AgentService
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
-from .files import AccessMemo, Files
+from .files import AccessMemo, FileAccess, Files
 from .limits import LimitCounters, LimitWatch
 from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, PackageEntry, PackageManager, format_size
@@ -182,16 +182,19 @@ class Runtime:
         agent = await self.agents.wake(name)
         assert agent.machine_id is not None
         root = is_root(agent.policy)
-        return Files(
-            self.docker,
-            agent.machine_id,
+        access = FileAccess(
             user=exec_user(agent.policy),
             owner=owner(agent.policy),
             check_access=not root,
             user_name="root" if root else "agent",
+            memo=self.access,
+        )
+        return Files(
+            self.docker,
+            agent.machine_id,
+            access,
             redact=self.secrets.redactor().redact_bytes,
             write_guard=lambda: self.quota.check(agent),
-            memo=self.access,
             on_written=lambda: self.quota.changed(agent),
         )
 
