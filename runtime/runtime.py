@@ -18,7 +18,7 @@ from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
 from .exec import ExecResult, ProgressCallback, run_command
-from .files import AccessMemo, Files
+from .files import AccessMemo, FileAccess, Files
 from .image import build_base_image
 from .limits import LimitCounters, LimitWatch, note_limits
 from .logredact import add_log_redactor, remove_log_redactor
@@ -251,16 +251,19 @@ class Runtime:
         agent = await self._agents.wake(name)
         assert agent.machine_id is not None
         root = is_root(agent.policy)
-        return Files(
-            self._docker,
-            agent.machine_id,
+        access = FileAccess(
             user=exec_user(agent.policy),
             owner=owner(agent.policy),
             check_access=not root,
             user_name="root" if root else "agent",
+            memo=self._access,
+        )
+        return Files(
+            self._docker,
+            agent.machine_id,
+            access,
             redact=self._secrets.redactor().redact_bytes,
             write_guard=lambda: self._quota.check(agent),
-            memo=self._access,
             on_written=lambda: self._quota.changed(agent),
         )
 

@@ -46,9 +46,9 @@ def test_a_plain_install_lays_out_the_spinup_namespace(tmp_path: Path) -> None:
     assert len(files) == 4
     for file in files:
         assert file.is_relative_to(target / "spinup"), file
-    for package in PACKAGES:
-        shipped = {p.name for p in (target / "spinup" / package).glob("*.py")}
-        assert shipped == {p.name for p in (ROOT / package).glob("*.py")}, package
+    for package in PACKAGES:  # subpackages included: each must be listed in pyproject.toml
+        shipped = {p.relative_to(target / "spinup" / package) for p in (target / "spinup" / package).rglob("*.py")}
+        assert shipped == {p.relative_to(ROOT / package) for p in (ROOT / package).rglob("*.py")}, package
     assert (target / "spinup" / "server" / "guide.md").is_file()
     for package in PACKAGES:
         assert (target / "spinup" / package / "py.typed").is_file()

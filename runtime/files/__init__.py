@@ -1,0 +1,31 @@
+"""Files in a machine, through the Docker archive API (nothing needed inside the image).
+
+Move and delete have no archive-API form; they run the read-only toolbox (a static busybox
+mounted into every machine), so they too work in images without shell tools.
+
+Modules, by job:
+
+- ``operations``: :class:`Files`, the operations (stat, read, write, mkdir, list, move, delete)
+- ``paths``: path rules (:func:`normalize_path`) and lookups (stat, symlinks, missing ancestors)
+- ``access``: whom operations act as (:class:`FileAccess`) and the non-root agent's access check
+- ``archive``: tar members and streams for ``put_archive``, reads out of ``get_archive``
+- ``toolbox``: busybox applets through exec, and what their failures mean
+- ``encodings``: text/base64 content and octal modes
+- ``results``: :class:`FileInfo` and :class:`FileContent`
+"""
+
+from .access import AccessMemo, FileAccess
+from .operations import Files
+from .paths import normalize_path
+from .results import Encoding, FileContent, FileInfo, FileType
+
+__all__ = [
+    "AccessMemo",
+    "Encoding",
+    "FileAccess",
+    "FileContent",
+    "FileInfo",
+    "FileType",
+    "Files",
+    "normalize_path",
+]

@@ -1,0 +1,288 @@
+"""File operations on one machine as the agent's user: stat, read, write, mkdir, list, move, delete.
+
+Each is a short sequence over the other modules: normalize and look up the path (``paths``),
+check the agent may act (``access``), then read or extract a tar (``archive``) or, for move
+and delete, run the toolbox (``toolbox``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import posixpath
+import tarfile
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Literal
+
+from ..docker import DockerBackend
+from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
+from .access import AccessCheck, FileAccess, drop, passed
+from .archive import MachineArchive, new_member
+from .encodings import decode, encode, off_loop, parse_mode
+from .paths import MachinePaths, normalize_path
+from .results import Encoding, FileContent, FileInfo, info_from_stat
+from .toolbox import failure_error, run_toolbox
+
+
+class Files:
+    """File operations on one machine, acting as the agent's user.
+
+    New files and directories belong to ``access.owner`` (uid, gid). When ``access.check_access``
+    is set (a non-root agent) every operation first asks the machine whether ``access.user`` may
+    do it, so the archive API, which acts as root, never lets the agent past its own permissions.
+    """
+
+    def __init__(
+        self,
+        docker: DockerBackend,
+        machine_id: str,
+        access: FileAccess | None = None,
+        *,
+        redact: Callable[[bytes], bytes] | None = None,
+        write_guard: Callable[[], Awaitable[None]] | None = None,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
+        self.docker = docker
+        self.machine_id = machine_id
+        self.access = access or FileAccess()
+        self._paths = MachinePaths(docker, machine_id)
+        self._archive = MachineArchive(docker, machine_id)
+        self._check = AccessCheck(docker, machine_id, self.access, self._archive)
+        self._redact = redact
+        self._write_guard = write_guard
+        self._on_written = on_written
+
+    async def stat(self, path: str) -> FileInfo:
+        """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
+        path = normalize_path(path)
+        info = info_from_stat(path, await self._paths.stat(path))
+        if info.type == "symlink":
+            # Docker's stat gives the fully resolved target; a link's own text is in its tar entry.
+            info = replace(info, link_target=await self._archive.link_text(path) or info.link_target)
+        return info
+
+    async def exists(self, path: str) -> bool:
+        """Whether the path exists (symlinks count as existing)."""
+        return await self._paths.exists(normalize_path(path))
+
+    async def read(
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        unit: Literal["bytes", "lines"] = "lines",
+        encoding: Encoding = "auto",
+    ) -> FileContent:
+        """Read a file, or a range of it in lines or bytes.
+
+        ``auto`` returns UTF-8 text when the bytes are valid UTF-8 and base64 otherwise.
+        """
+        if offset < 0 or (limit is not None and limit < 0):
+            raise InvalidInput("offset and limit must be >= 0.")
+        if encoding == "base64" and unit == "lines":
+            unit = "bytes"
+        path = normalize_path(path)
+        real, st = await self._paths.resolve(path)
+        if st.is_dir:
+            raise IsADirectory(path)
+        # Where the agent is known to reach the file's directory, the file's own bits decide (no exec).
+        quick = self._check.known(real)
+        check = None if quick else self._check.soon(real, "read")
+        try:
+            data, returned, eof, size, owner = await self._archive.read_range(path, real, offset, limit, unit)
+            if quick and not self._check.bits_allow(owner, 4):
+                await self._check.require(real, "read")  # perhaps a group the quick check does not know
+            await passed(check)
+        finally:
+            drop(check)
+        self._check.learn(real)
+        if self._redact is not None:
+            data = self._redact(data)
+        text, used = await off_loop(encode, data, encoding, size=len(data))
+        return FileContent(
+            path=path,
+            content=text,
+            encoding=used,
+            size=size,
+            offset=offset,
+            returned=returned,
+            unit=unit,
+            eof=eof,
+        )
+
+    async def write(
+        self,
+        path: str,
+        content: str,
+        *,
+        encoding: Literal["text", "base64"] = "text",
+        mode: str | int | None = None,
+        create_parents: bool = True,
+    ) -> FileInfo:
+        """Create or replace a file. Missing parent directories are created (0755) unless told not to.
+
+        A symlink is written through (like reads, and like ``>`` in a shell): the link stays, its
+        target gets the content, and the returned info is the target's.
+        """
+        path = normalize_path(path)
+        if path == "/":
+            raise IsADirectory(path)
+        perm = parse_mode(mode)
+        # With a memo the check waits for the resolved target: a known directory may spare it.
+        check = self._check.soon(path, "write") if self.access.memo is None else None
+        try:
+            target = await self._write(path, content, encoding, perm, create_parents, check)
+        finally:
+            drop(check)
+        return await self.stat(target)
+
+    async def _write(
+        self,
+        path: str,
+        content: str,
+        encoding: Literal["text", "base64"],
+        perm: int | None,
+        create_parents: bool,
+        check: asyncio.Task[None] | None,
+    ) -> str:
+        """Write the file once the access check passed; returns the path written (symlinks followed)."""
+        data = await off_loop(decode, content, encoding, size=len(content))
+        try:
+            target, current = await self._paths.resolve(path)
+        except PathNotFound as exc:
+            # A new file, or a link to a missing file: create it where the link points.
+            target, current = exc.path, None
+        if current is not None and current.is_dir:
+            raise IsADirectory(path)
+        if perm is None:
+            perm = current.permissions if current is not None else 0o644
+        parent = posixpath.dirname(target)
+        missing: builtins.list[str] = []
+        try:
+            parent_stat = await self._paths.stat(parent)
+        except PathNotFound:
+            if not create_parents:
+                raise
+            missing = await self._paths.missing_ancestors(parent)
+        else:
+            if parent_stat.is_symlink:
+                parent_stat = (await self._paths.resolve(parent))[1]
+            if not parent_stat.is_dir:
+                raise NotADirectory(parent)
+        if check is not None:
+            await passed(check)
+        elif self.access.check_access:
+            await self._check.may_write(target, exists=current is not None, parent_exists=not missing)
+        member = self._member(target, tarfile.REGTYPE, perm)
+        member.size = len(data)
+        await self._put([*(self._member(d, tarfile.DIRTYPE, 0o755) for d in missing), member], data)
+        return target
+
+    async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
+        """Create a directory and any missing parents; an existing directory is fine."""
+        path = normalize_path(path)
+        try:
+            current = await self._paths.stat(path)
+        except PathNotFound:
+            current = None
+        if current is not None:
+            if current.is_symlink:
+                try:
+                    current = (await self._paths.resolve(path))[1]
+                except PathNotFound as exc:
+                    raise NotADirectory(path) from exc
+            if current.is_dir:
+                return info_from_stat(path, current)
+            raise NotADirectory(path)
+        perm = parse_mode(mode)
+        await self._check.require(path, "write")
+        self._check.forget()  # a new directory's mode may close what lies below it
+        missing = await self._paths.missing_ancestors(posixpath.dirname(path))
+        members = [self._member(d, tarfile.DIRTYPE, 0o755) for d in missing]
+        await self._put([*members, self._member(path, tarfile.DIRTYPE, 0o755 if perm is None else perm)])
+        return await self.stat(path)
+
+    def _member(self, path: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+        """A tar entry for ``path`` owned by the agent's user."""
+        return new_member(path, kind, mode, self.access.owner)
+
+    async def _put(self, members: builtins.list[tarfile.TarInfo], payload: bytes = b"") -> None:
+        """Extract entries at '/' (the last may carry ``payload``), within the quota, reporting the change."""
+        if self._write_guard is not None:
+            await self._write_guard()
+        try:
+            await self._archive.put(members, payload)
+        finally:
+            if self._on_written is not None:
+                self._on_written()
+
+    async def list(
+        self, path: str, *, recursive: bool = False, pattern: str | None = None, max_entries: int = 1000
+    ) -> tuple[builtins.list[FileInfo], bool]:
+        """Entries under a directory (not the directory itself), sorted by path.
+
+        ``pattern`` is a glob matched against the entry's name, or against its path relative to
+        ``path`` when it contains '/'. Returns the entries and whether ``max_entries`` cut the list.
+        """
+        if max_entries < 1:
+            raise InvalidInput("max_entries must be >= 1.")
+        path = normalize_path(path)
+        check = self._check.soon(path, "list")
+        try:
+            real, st = await self._paths.resolve(path)
+            if not st.is_dir:
+                raise NotADirectory(path)
+            entries, cut = await self._archive.entries(path, real, recursive, pattern, max_entries)
+            await passed(check)
+        finally:
+            drop(check)
+        return entries, cut
+
+    async def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
+        """Move or rename a file or directory."""
+        source, destination = normalize_path(source), normalize_path(destination)
+        if source == "/":
+            raise InvalidInput("Cannot move '/'.")
+        await self._paths.stat(source)
+        if await self._paths.exists(destination):
+            if not overwrite:
+                raise InvalidInput(
+                    f"{destination} already exists. Pass overwrite=true to replace it, or choose another path."
+                )
+            replaced = await self._paths.stat(destination)
+            if replaced.is_dir:
+                raise IsADirectory(destination)
+            if replaced.is_symlink:
+                # mv would move into the directory a link points to; the link itself is what goes.
+                await self._toolbox(["rm", "-f", "--", destination], f"replace {destination}")
+        parent = posixpath.dirname(destination)
+        if not await self._paths.exists(parent):
+            await self.mkdir(parent)
+        await self._toolbox(["mv", "-f", "--", source, destination], f"move {source} to {destination}")
+        return await self.stat(destination)
+
+    async def delete(self, path: str, *, recursive: bool = False) -> FileInfo:
+        """Delete a file, symlink or empty directory; ``recursive`` deletes a directory tree."""
+        path = normalize_path(path)
+        if path == "/":
+            raise InvalidInput("Refusing to delete '/'.")
+        info = info_from_stat(path, await self._paths.stat(path))
+        if info.type == "directory":
+            if recursive:
+                await self._toolbox(["rm", "-rf", "--", path], f"delete {path}")
+            else:
+                await self._toolbox(["rmdir", "--", path], f"delete {path}", directory=path)
+        else:
+            await self._toolbox(["rm", "-f", "--", path], f"delete {path}")
+        return info
+
+    async def _toolbox(self, argv: builtins.list[str], what: str, *, directory: str | None = None) -> None:
+        """Run a toolbox applet that changes the machine's files; raise the error its failure means."""
+        result = await run_toolbox(self.docker, self.machine_id, self.access.user, argv, timeout=120, output_cap=8192)
+        if self._on_written is not None:
+            self._on_written()
+        self._check.forget()
+        if result.exit_code != 0:
+            raise failure_error(what, result, self.access.user_name, directory=directory)
