@@ -1,9 +1,14 @@
-"""Snapshots of agents: capture, image building for restore, restore and fork.
+"""Snapshots of agents: the runtime's side of capture, and of loading snapshots into Docker.
 
-A snapshot is captured from the machine's overlay upper directory (local daemon) into the
-zstd OCI store (``spinup.snapshot``). The layers of a snapshot are the layers of the snapshot
-its machine started from, plus what the machine changed since. A snapshot becomes a machine
-through a Docker image ``spinup/snap:<id>`` (loaded from the store when Docker lacks it).
+A snapshot is captured from the machine's overlay upper directory (local daemon), or through
+the Docker API when that is not readable (``api_capture``), into the zstd OCI store
+(``spinup.snapshot``, which owns the store format). The layers of a snapshot are the layers of
+the snapshot its machine started from, plus what the machine changed since. A snapshot becomes
+a machine through a Docker image ``spinup/snap:<id>`` (loaded from the store when Docker lacks it).
+
+What is the runtime's here: pausing the machine while its files are read (no longer), choosing
+the capture path, progress, the state database's rows, and Docker's images. The capture flow
+reads top-down from :meth:`SnapshotService.capture`; callers hold the agent's lock.
 """
 
 from __future__ import annotations
@@ -11,38 +16,28 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
-import hashlib
-import json
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
-from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
-from spinup.snapshot.capture import (
-    ByteSink,
-    LayerPlan,
-    LayerResult,
-    MemberSink,
-    Planner,
-    capture_layer,
-    scan,
-    scan_and_plan,
-    write_layer_from,
-)
+from spinup.snapshot.archive import save_stream
+from spinup.snapshot.capture import LayerRequest
 from spinup.snapshot.errors import StoreError
-from spinup.snapshot.index import INDEX_MEDIA_TYPE, MAX_DELTA_DEPTH, Entry, Index
-from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
-from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
-from spinup.snapshot.safety import check_members
+from spinup.snapshot.faults import FaultHook, no_faults
+from spinup.snapshot.image import BaseImage, SnapshotMeta
+from spinup.snapshot.index import Index
+from spinup.snapshot.listing import Diff, Meta, diff_trees, live_tree
+from spinup.snapshot.maintenance import GcResult, VerifyReport
+from spinup.snapshot.sink import ByteSink, LayerResult
+from spinup.snapshot.snapshot_store import Committed, NewLayer, Parent, SnapshotStore
 from spinup.snapshot.squash import union_plan
-from spinup.snapshot.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
+from spinup.snapshot.store import Store
+from spinup.snapshot.walk import LayerPlan, MemberSink, Planner, scan
 
 from . import api_capture
 from .config import Settings
@@ -55,12 +50,10 @@ from .state import StateDB
 log = logging.getLogger(__name__)
 
 SNAP_REPO = "spinup/snap"
-ANNOTATION_PREFIX = "dev.spinup."
 ProgressFn = Callable[[str, float | None], None]
 LayerContent = Callable[[ByteSink], None]
 P = ParamSpec("P")
 R = TypeVar("R")
-CRASH_ENV = "SPINUP_CRASH_AT"  # a crash-test hook: layer-half-written, before-manifest, before-index, before-head
 
 
 @dataclass(frozen=True)
@@ -97,44 +90,27 @@ def snapshot_tag(snapshot_id: str) -> str:
     return f"{SNAP_REPO}:{snapshot_id}"
 
 
-def _new_id() -> str:
-    return "s-" + secrets.token_hex(6)
+def crash_hook(point: str) -> FaultHook:
+    """The fault hook of ``Settings.crash_at``: SIGKILL this process at that point (crash-safety tests only)."""
+    if not point:
+        return no_faults
+
+    def crash(name: str) -> None:
+        if name == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
 
 
-def crash_point(name: str) -> None:
-    """Die with SIGKILL at ``name`` when SPINUP_CRASH_AT says so (crash-safety tests only)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _crash_midway(sink: ByteSink) -> ByteSink:
-    """Wrap a layer sink so a crash test can die with the blob half written."""
-    if os.environ.get(CRASH_ENV) != "layer-half-written":
-        return sink
-
-    class Dying:
-        @property
-        def size(self) -> int:
-            return sink.size
-
-        def write(self, data: bytes) -> None:
-            sink.write(data)
-            if sink.size > 1024 * 1024:
-                crash_point("layer-half-written")
-
-    return Dying()
-
-
-def _live_meta(upper: Path, path: str, entry: Entry) -> Meta:
-    """Diff metadata of a changed entry of the upper directory (files are hashed)."""
-    kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
-    link = os.readlink(upper / path) if kind == "symlink" else ""
-    digest = ""
-    if kind == "file":
-        with open(upper / path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    size = entry.size if kind == "file" else 0
-    return Meta(kind, size, entry.mode & 0o7777, entry.uid, entry.gid, entry.mtime_ns // 1_000_000_000, link, digest)
+def base_image(inspect: dict[str, Any]) -> BaseImage:
+    """What a snapshot records of its base image, from the image's Docker inspect document."""
+    return BaseImage(
+        id=str(inspect["Id"]),
+        architecture=inspect.get("Architecture", "amd64"),
+        os=inspect.get("Os", "linux"),
+        config=dict(inspect.get("Config") or {}),
+        diff_ids=tuple(inspect.get("RootFS", {}).get("Layers", [])),
+    )
 
 
 async def _aiter(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -155,7 +131,7 @@ def _holding_store_lock(
 
     @functools.wraps(method)
     def locked(self: SnapshotService, *args: P.args, **kwargs: P.kwargs) -> R:
-        with store_lock(self.store, exclusive=False):
+        with self.snapshot_store.writing():
             return method(self, *args, **kwargs)
 
     return locked
@@ -169,9 +145,8 @@ class SnapshotService:
         self.db = db
         self.docker = docker
         self.store = Store(settings.home / "store")
-        self._base_cache: dict[str, dict[str, Any]] = {}
-        # The file index of each agent's latest capture, by its blob digest: saves reloading it.
-        self._index_cache: dict[str, tuple[str, Index]] = {}
+        self.snapshot_store = SnapshotStore(self.store, level=settings.zstd_level, fault=crash_hook(settings.crash_at))
+        self._base_images: dict[str, BaseImage] = {}
 
     # capture
 
@@ -272,25 +247,25 @@ class SnapshotService:
             def planner(on_member: MemberSink) -> tuple[Index, LayerPlan]:
                 return index, union_plan([upper, *squash.layers], squash.base, on_member)
 
-        captured = capture_layer(
-            self.store,
+        request = LayerRequest(
             upper,
             job.previous,
-            level=self.settings.zstd_level,
             always=job.head is None or squash is not None,
             on_bytes=on_bytes,
             on_walked=on_walked,
             on_read=on_read,
-            wrap_sink=_crash_midway,
             planner=planner,
             sources=squash.layers if squash is not None else (),
         )
+        captured = self.snapshot_store.layers.capture(request)
         head = job.head
         if head is not None and captured.plan.empty and (job.previous or self._from_head(job.machine, head)):
             return None  # nothing changed since the head
-        return self._record(
-            job, captured.index, captured.plan, captured.layer, delta_base, serialized, squashed=squash is not None
+        new = NewLayer(
+            captured.index, captured.layer, squash is not None, delta_base, serialized[0] if serialized else None
         )
+        committed = self.snapshot_store.commit(new, self._parent(job), self._meta(job))
+        return self._record(job, committed, captured.layer, captured.plan.paths_changed)
 
     def _squash_layers(self, job: _CaptureJob) -> _Squash | None:
         """When the head has ``max_layers`` layers: the machine's snapshot layers as Docker extracted them.
@@ -356,21 +331,8 @@ class SnapshotService:
         return machine.image == snapshot_tag(head.id)
 
     async def _index_of(self, snapshot: Snapshot) -> Index | None:
-        manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
-        digest = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "index")
-        if not digest:
-            return None
-        cached = self._index_cache.get(snapshot.agent_id)
-        if cached is not None and cached[0] == digest:
-            return cached[1]
-
-        def load(blob_digest: str) -> Index:
-            with self.store.open_blob(blob_digest) as reader:
-                return Index.loads(reader.read(), resolve=load)
-
-        index = await asyncio.to_thread(load, digest)
-        self._index_cache[snapshot.agent_id] = (digest, index)
-        return index
+        """The file index the snapshot recorded (cached per agent), None if it has none."""
+        return await asyncio.to_thread(self.snapshot_store.index_of, snapshot.manifest_digest, snapshot.agent_id)
 
     @_holding_store_lock
     def _write_snapshot(
@@ -379,127 +341,64 @@ class SnapshotService:
         """Blocking: the layer from ``content`` (unless nothing changed), then the snapshot's records."""
         new_layer = None
         if not layer_plan.empty or job.head is None:
-            new_layer = write_layer_from(
-                self.store, layer_plan, content, level=self.settings.zstd_level, wrap_sink=_crash_midway
-            )
-        return self._record(job, current, layer_plan, new_layer, self._delta_base(job), [])
+            new_layer = self.snapshot_store.layers.write_from(layer_plan, content)
+        new = NewLayer(current, new_layer, delta_base=self._delta_base(job))
+        committed = self.snapshot_store.commit(new, self._parent(job), self._meta(job))
+        return self._record(job, committed, new_layer, layer_plan.paths_changed)
 
     def _delta_base(self, job: _CaptureJob) -> tuple[str, Index] | None:
         """The stored index a capture of this machine is a delta over: the head's, if taken from it."""
-        cached = self._index_cache.get(job.agent.id)
+        cached = self.snapshot_store.latest_index(job.agent.id)
         head = job.head
         return cached if cached is not None and head is not None and head.machine_id == job.machine.id else None
 
-    def _record(
-        self,
-        job: _CaptureJob,
-        current: Index,
-        layer_plan: LayerPlan,
-        new_layer: LayerResult | None,
-        delta_base: tuple[str, Index] | None,
-        serialized: builtins.list[bytes],
-        squashed: bool = False,
-    ) -> Snapshot:
-        """Blocking, under the store lock: index blob, config, manifest, index.json; then the head moves.
+    def _parent(self, job: _CaptureJob) -> Parent | None:
+        return Parent(job.head.id, job.head.manifest_digest) if job.head is not None else None
 
-        ``serialized`` holds the index already serialized over ``delta_base``, if it was. A
-        ``squashed`` layer stands alone on the base image instead of on the head's layers.
-        """
-        agent, machine, head, label = job.agent, job.machine, job.head, job.label
-        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None and not squashed else None
-        layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
-        if new_layer is not None:
-            layers.append(
-                Descriptor(
-                    new_layer.descriptor.media_type,
-                    new_layer.descriptor.digest,
-                    new_layer.descriptor.size,
-                    {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
-                )
-            )
-        # A capture of the same machine as the head stores its index as a delta over the head's.
-        serialized_index = serialized[0] if serialized else current.dumps(delta_base)
-        crash_point("before-manifest")
-        index_blob = self.store.writer()
-        index_blob.write(serialized_index)
-        index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
-        stored_depth = 0 if delta_base is None or delta_base[1].depth >= MAX_DELTA_DEPTH else delta_base[1].depth + 1
-        self._index_cache[agent.id] = (index_descriptor.digest, replace(current, depth=stored_depth))
-        base = self._base_info_sync(agent.image)
-        snapshot_id = _new_id()
-        config = self._config(base, layers, {"spinup.snapshot": snapshot_id, **self.settings.label_extra})
-        config_descriptor = self.store.put_json(config, CONFIG_MEDIA_TYPE)
-        created_at = datetime.now(UTC)
-        annotations = {
-            ANNOTATION_PREFIX + "snapshot.id": snapshot_id,
-            ANNOTATION_PREFIX + "agent": agent.id,
-            ANNOTATION_PREFIX + "parent": head.id if head else "",
-            ANNOTATION_PREFIX + "label": label,
-            ANNOTATION_PREFIX + "base": agent.image,
-            ANNOTATION_PREFIX + "base.id": str(base["Id"]),
-            ANNOTATION_PREFIX + "index": index_descriptor.digest,
-            # The package manifest at capture time: a restore or fork gets the agent's manifest from here.
-            ANNOTATION_PREFIX + "packages": json.dumps(
-                [entry.model_dump(mode="json") for entry in self.db.packages(agent.id)], separators=(",", ":")
-            ),
-            "org.opencontainers.image.created": created_at.isoformat(),
-        }
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": config_descriptor.to_json(),
-            "layers": [d.to_json() for d in layers],
-            "annotations": annotations,
-        }
-        manifest_descriptor = self.store.put_json(manifest, MANIFEST_MEDIA_TYPE, {REF_NAME: snapshot_id})
-        crash_point("before-index")
-        self.store.add_manifest(manifest_descriptor)
-        crash_point("before-head")
-        snapshot = Snapshot(
-            id=snapshot_id,
+    def _meta(self, job: _CaptureJob) -> SnapshotMeta:
+        """What the snapshot records beside its layers: whose, which label, which base, which packages."""
+        agent = job.agent
+        return SnapshotMeta(
             agent_id=agent.id,
-            parent_id=head.id if head else None,
-            label=label,
-            created_at=created_at,
-            manifest_digest=manifest_descriptor.digest,
-            machine_id=machine.id,
-            base_image=agent.image,
-            layers=len(layers),
+            label=job.label,
+            base_ref=agent.image,
+            base=self._base_image(agent.image),
+            packages=[entry.model_dump(mode="json") for entry in self.db.packages(agent.id)],
+            labels=self.settings.label_extra,
+        )
+
+    def _record(
+        self, job: _CaptureJob, committed: Committed, new_layer: LayerResult | None, paths_changed: int
+    ) -> Snapshot:
+        """The committed snapshot's row in the state database: the head may move to it now."""
+        snapshot = Snapshot(
+            id=committed.snapshot_id,
+            agent_id=job.agent.id,
+            parent_id=job.head.id if job.head else None,
+            label=job.label,
+            created_at=committed.created_at,
+            manifest_digest=committed.manifest_digest,
+            machine_id=job.machine.id,
+            base_image=job.agent.image,
+            layers=committed.layers,
             layer_size=new_layer.descriptor.size if new_layer else 0,
             layer_uncompressed=new_layer.uncompressed_size if new_layer else 0,
-            paths_changed=layer_plan.paths_changed,
+            paths_changed=paths_changed,
         )
         self.db.add_snapshot(snapshot)
         return snapshot
 
-    def _base_info_sync(self, image: str) -> dict[str, Any]:
-        info = self._base_cache.get(image)
-        if info is None:
+    def _base_image(self, image: str) -> BaseImage:
+        base = self._base_images.get(image)
+        if base is None:
             raise SpinupError(f"Base image {image} was not inspected before capture")
-        return info
+        return base
 
-    async def prepare_base(self, image: str) -> dict[str, Any]:
+    async def prepare_base(self, image: str) -> BaseImage:
         """Inspect (and cache) the base image: its id, config and layer diff ids."""
-        if image not in self._base_cache:
-            self._base_cache[image] = await self.docker.image_inspect(image)
-        return self._base_cache[image]
-
-    @staticmethod
-    def _config(base: dict[str, Any], layers: list[Descriptor], labels: dict[str, str]) -> dict[str, Any]:
-        base_config = dict(base.get("Config") or {})
-        base_config["Labels"] = {**(base_config.get("Labels") or {}), **labels}
-        keep = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
-        diff_ids = list(base.get("RootFS", {}).get("Layers", []))
-        diff_ids += [(d.annotations or {})[DIFF_ID] for d in layers]
-        history = [{"created_by": "spinup base image " + str(base.get("Id", ""))}] * len(base["RootFS"]["Layers"])
-        history += [{"created_by": "spinup snapshot layer"}] * len(layers)
-        return {
-            "architecture": base.get("Architecture", "amd64"),
-            "os": base.get("Os", "linux"),
-            "config": {k: base_config[k] for k in keep if base_config.get(k) is not None},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": history,
-        }
+        if image not in self._base_images:
+            self._base_images[image] = base_image(await self.docker.image_inspect(image))
+        return self._base_images[image]
 
     # materialize
 
@@ -509,46 +408,26 @@ class SnapshotService:
         if await self.docker.image_exists(tag):
             return tag
         try:
-            manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
-            config_descriptor = Descriptor.from_json(manifest["config"])
-            config = await asyncio.to_thread(self._read_blob, config_descriptor)
-            layers = [Descriptor.from_json(d) for d in manifest["layers"]]
-            for layer in layers:  # verify digests and refuse unsafe entries before Docker sees a byte
-                members = await asyncio.to_thread(layer_members, self.store, layer)
-                check_members(members, f"layer {layer.digest[:19]} of {snapshot.id}")
+            image = await asyncio.to_thread(self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id)
         except StoreError as exc:
             raise SpinupError(str(exc)) from exc
         # The snapshot builds on the exact base image it was taken on (by id, not by tag).
-        base_id = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "base.id", "")
+        base_id = image.base_id
         if not base_id or not await self.docker.image_exists(base_id):
             raise NotFound(
                 f"Snapshot {snapshot.id} builds on the image {base_id[:19]} (tagged {snapshot.base_image} when the "
                 f"snapshot was taken), which Docker no longer has. Load that image again (docker load), or fork "
                 f"a newer snapshot taken on the current base image."
             )
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        image = SaveImage(
-            tag=tag,
-            config=config,
-            config_digest=config_descriptor.digest,
-            base_diff_ids=diff_ids[: len(diff_ids) - len(layers)],
-            layers=layers,
-        )
         if progress:
-            progress(f"loading {len(layers)} layers of {snapshot.id} into Docker", None)
+            progress(f"loading {len(image.layers)} layers of {snapshot.id} into Docker", None)
         await self.docker.load_image(_aiter(save_stream(self.store, image)))
         return tag
 
-    def _read_blob(self, descriptor: Descriptor) -> bytes:
-        with self.store.open_blob(descriptor) as reader:
-            data: bytes = reader.read()
-        return data
-
     async def packages(self, snapshot: Snapshot) -> builtins.list[PackageEntry]:
         """The package manifest recorded in the snapshot (empty for snapshots that predate it)."""
-        manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
-        recorded = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "packages")
-        return [PackageEntry.model_validate(item) for item in json.loads(recorded)] if recorded else []
+        recorded = await asyncio.to_thread(self.snapshot_store.packages, snapshot.manifest_digest)
+        return [PackageEntry.model_validate(item) for item in recorded]
 
     def get(self, snapshot_id: str) -> Snapshot:
         """The snapshot with this id; a clear error if there is none."""
@@ -575,11 +454,7 @@ class SnapshotService:
                 f"restore another one first."
             )
 
-        def unlist() -> None:
-            with store_lock(self.store, exclusive=False):
-                self.store.remove_manifest(snapshot_id)
-
-        await asyncio.to_thread(unlist)
+        await asyncio.to_thread(self.snapshot_store.remove, snapshot_id)
         self.db.delete_snapshot(snapshot_id)
         await self.docker.remove_image(snapshot_tag(snapshot_id))
         return snapshot
@@ -605,7 +480,7 @@ class SnapshotService:
     async def tree(self, snapshot: Snapshot) -> dict[str, Meta]:
         """What the snapshot's layers hold, by path."""
         try:
-            return await asyncio.to_thread(snapshot_tree, self.store, snapshot.manifest_digest)
+            return await asyncio.to_thread(self.snapshot_store.tree, snapshot.manifest_digest)
         except StoreError as exc:
             raise SpinupError(str(exc)) from exc
 
@@ -620,14 +495,7 @@ class SnapshotService:
                 "Spinup running as root). Take a snapshot and diff two snapshots instead."
             )
         previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
-        current, changes = await asyncio.to_thread(scan_and_plan, upper, previous)
-        hidden = [("/" + path, True) for path in changes.whiteouts] + [("/" + p, False) for p in changes.opaque]
-        for root, itself in hidden:
-            for existing in [p for p in tree if p.startswith(root + "/") or (itself and p == root)]:
-                del tree[existing]
-        for path in changes.archive:
-            tree["/" + path] = await asyncio.to_thread(_live_meta, upper, path, current.entries[path])
-        return tree
+        return await asyncio.to_thread(live_tree, tree, upper, previous)
 
     async def diff(self, before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
         """Added, changed and removed paths between two listings."""
@@ -636,11 +504,11 @@ class SnapshotService:
     async def verify(self) -> VerifyReport:
         """Re-hash every blob and check every snapshot's references."""
         known = {s.id: s.manifest_digest for s in self.db.list_snapshots()}
-        return await asyncio.to_thread(verify, self.store, known)
+        return await asyncio.to_thread(self.snapshot_store.verify, known)
 
     async def gc(self) -> GcResult:
         """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken)."""
-        return await asyncio.to_thread(gc, self.store, lambda: {s.id for s in self.db.list_snapshots()})
+        return await asyncio.to_thread(self.snapshot_store.gc, lambda: {s.id for s in self.db.list_snapshots()})
 
     async def export(self, snapshot: Snapshot, destination: Path) -> int:
         """Write a ``docker save`` archive (base image included) loadable on any Docker host."""
