@@ -19,8 +19,8 @@ import posixpath
 import tempfile
 from typing import IO
 
-from spinup.snapshot.capture import EXCLUDED, LayerPlan
 from spinup.snapshot.index import Entry, Index
+from spinup.snapshot.walk import EXCLUDED, LayerPlan
 
 from .config import TOOLBOX_MOUNT
 from .docker import DockerBackend

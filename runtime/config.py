@@ -73,6 +73,9 @@ class Settings:
     )
     # The credential store's key: base64 of 32 bytes. Unset: a 0600 key file in the state directory.
     master_key: str | None = field(default_factory=lambda: os.environ.get("SPINUP_MASTER_KEY") or None, repr=False)
+    # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
+    # which the process kills itself with SIGKILL. Empty: none.
+    crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))
 
     @property
     def cache_dir(self) -> Path:

@@ -1,177 +1,52 @@
-"""Snapshots of agents: capture, image building for restore, restore and fork.
+"""Snapshots of agents: the runtime's one surface for capture, loading, listing, diff and upkeep.
 
-A snapshot is captured from the machine's overlay upper directory (local daemon) into the
-zstd OCI store (``spinup.snapshot``). The layers of a snapshot are the layers of the snapshot
-its machine started from, plus what the machine changed since. A snapshot becomes a machine
-through a Docker image ``spinup/snap:<id>`` (loaded from the store when Docker lacks it).
+A snapshot is captured from the machine's overlay upper directory (local daemon), or through
+the Docker API when that is not readable, into the zstd OCI store (``spinup.snapshot``, which
+owns the store format). The layers of a snapshot are the layers of the snapshot its machine
+started from, plus what the machine changed since. The work is done in three places:
+
+- ``snapshot_capture``: the capture flow (pause, walk and store, record the head);
+- ``snapshot_images``: a snapshot as a Docker image, loaded from the store when Docker lacks it;
+- ``spinup.snapshot.snapshot_store``: the store format, read and written.
+
+This module keeps the state database's view (get, list, delete) and the store's upkeep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
-import hashlib
-import json
-import logging
-import os
-import secrets
-import signal
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
-from spinup.snapshot.archive import DIFF_ID, UNCOMPRESSED_SIZE, SaveImage, save_stream
-from spinup.snapshot.capture import (
-    ByteSink,
-    LayerPlan,
-    LayerResult,
-    MemberSink,
-    Planner,
-    capture_layer,
-    scan,
-    scan_and_plan,
-    write_layer_from,
-)
 from spinup.snapshot.errors import StoreError
-from spinup.snapshot.index import INDEX_MEDIA_TYPE, MAX_DELTA_DEPTH, Entry, Index
-from spinup.snapshot.listing import Diff, Meta, diff_trees, layer_members, snapshot_tree
-from spinup.snapshot.maintenance import GcResult, VerifyReport, gc, store_lock, verify
-from spinup.snapshot.safety import check_members
-from spinup.snapshot.squash import union_plan
-from spinup.snapshot.store import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
+from spinup.snapshot.image import BaseImage
+from spinup.snapshot.listing import Diff, Meta, diff_trees, live_tree
+from spinup.snapshot.maintenance import GcResult, VerifyReport
+from spinup.snapshot.snapshot_store import SnapshotStore
+from spinup.snapshot.store import Store
 
-from . import api_capture
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .errors import Conflict, InvalidInput, NotFound, SpinupError
-from .models import Agent, PackageEntry, Snapshot, readable_size
-from .policy import exec_user
+from .models import Agent, PackageEntry, Snapshot
+from .snapshot_capture import CaptureResult, SnapshotCapture, crash_hook
+from .snapshot_images import ProgressFn, SnapshotImages, snapshot_tag
 from .state import StateDB
 
-log = logging.getLogger(__name__)
-
-SNAP_REPO = "spinup/snap"
-ANNOTATION_PREFIX = "dev.spinup."
-ProgressFn = Callable[[str, float | None], None]
-LayerContent = Callable[[ByteSink], None]
-P = ParamSpec("P")
-R = TypeVar("R")
-CRASH_ENV = "SPINUP_CRASH_AT"  # a crash-test hook: layer-half-written, before-manifest, before-index, before-head
-
-
-@dataclass(frozen=True)
-class CaptureResult:
-    """The outcome of a snapshot request."""
-
-    snapshot: Snapshot
-    created: bool  # False when nothing had changed and the head was returned
-    duration_s: float
-
-
-@dataclass(frozen=True)
-class _CaptureJob:
-    """One capture: whose, of which machine, on top of which head, and how to report progress."""
-
-    agent: Agent
-    machine: MachineInfo
-    head: Snapshot | None
-    previous: Index | None  # the head's file index, when the head was taken from this same machine
-    label: str
-    progress: ProgressFn | None
-
-
-@dataclass(frozen=True)
-class _Squash:
-    """A machine's layer directories as Docker extracted them, for a squash."""
-
-    layers: list[Path]  # the snapshot layers its image has above the base image, top first
-    base: list[Path]  # the base image's layers
-
-
-def snapshot_tag(snapshot_id: str) -> str:
-    """The Docker image tag of a snapshot."""
-    return f"{SNAP_REPO}:{snapshot_id}"
-
-
-def _new_id() -> str:
-    return "s-" + secrets.token_hex(6)
-
-
-def crash_point(name: str) -> None:
-    """Die with SIGKILL at ``name`` when SPINUP_CRASH_AT says so (crash-safety tests only)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _crash_midway(sink: ByteSink) -> ByteSink:
-    """Wrap a layer sink so a crash test can die with the blob half written."""
-    if os.environ.get(CRASH_ENV) != "layer-half-written":
-        return sink
-
-    class Dying:
-        @property
-        def size(self) -> int:
-            return sink.size
-
-        def write(self, data: bytes) -> None:
-            sink.write(data)
-            if sink.size > 1024 * 1024:
-                crash_point("layer-half-written")
-
-    return Dying()
-
-
-def _live_meta(upper: Path, path: str, entry: Entry) -> Meta:
-    """Diff metadata of a changed entry of the upper directory (files are hashed)."""
-    kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
-    link = os.readlink(upper / path) if kind == "symlink" else ""
-    digest = ""
-    if kind == "file":
-        with open(upper / path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    size = entry.size if kind == "file" else 0
-    return Meta(kind, size, entry.mode & 0o7777, entry.uid, entry.gid, entry.mtime_ns // 1_000_000_000, link, digest)
-
-
-async def _aiter(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Drive a blocking iterator from a worker thread, one chunk per hop."""
-    done = object()
-    while True:
-        chunk = await asyncio.to_thread(next, iterator, done)
-        if chunk is done:
-            return
-        assert isinstance(chunk, bytes)
-        yield chunk
-
-
-def _holding_store_lock(
-    method: Callable[Concatenate[SnapshotService, P], R],
-) -> Callable[Concatenate[SnapshotService, P], R]:
-    """Run a store-writing method under the store lock (shared), so gc never sees half a snapshot."""
-
-    @functools.wraps(method)
-    def locked(self: SnapshotService, *args: P.args, **kwargs: P.kwargs) -> R:
-        with store_lock(self.store, exclusive=False):
-            return method(self, *args, **kwargs)
-
-    return locked
+__all__ = ["CaptureResult", "ProgressFn", "SnapshotService", "snapshot_tag"]
 
 
 class SnapshotService:
-    """Captures and materializes snapshots."""
+    """Captures, loads, lists, diffs and maintains snapshots."""
 
     def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend) -> None:
         self.settings = settings
         self.db = db
         self.docker = docker
         self.store = Store(settings.home / "store")
-        self._base_cache: dict[str, dict[str, Any]] = {}
-        # The file index of each agent's latest capture, by its blob digest: saves reloading it.
-        self._index_cache: dict[str, tuple[str, Index]] = {}
+        self.snapshot_store = SnapshotStore(self.store, level=settings.zstd_level, fault=crash_hook(settings.crash_at))
+        self._capture = SnapshotCapture(settings, db, docker, self.snapshot_store)
+        self._images = SnapshotImages(docker, self.snapshot_store)
 
     # capture
 
@@ -183,372 +58,29 @@ class SnapshotService:
         progress: ProgressFn | None = None,
         keep_paused: bool = False,
     ) -> CaptureResult:
-        """Capture what the machine changed since the agent's head (the caller holds the agent's lock).
+        """Capture what the machine changed since the agent's head (see :meth:`SnapshotCapture.capture`)."""
+        return await self._capture.capture(agent, machine, label, progress, keep_paused)
 
-        ``keep_paused`` leaves a running machine paused after a successful capture, so nothing
-        changes between the snapshot and the machine's replacement (restore, policy change).
-        """
-        started = time.monotonic()
-        upper = self._readable_upper(machine)
-        head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
-        previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
-        job = _CaptureJob(agent, machine, head, previous, label, progress)
-        if upper is None:
-            snapshot = await self._capture_api(job)
-            if keep_paused and machine.running and not machine.paused:
-                await self.docker.pause(machine.id)
-        else:
-            snapshot = await self._capture_frozen(job, upper, keep_paused)
-        if snapshot is None:
-            assert head is not None
-            return CaptureResult(head, False, round(time.monotonic() - started, 4))
-        return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
-
-    async def _capture_frozen(self, job: _CaptureJob, upper: Path, keep_paused: bool) -> Snapshot | None:
-        """The fast path: a running machine is paused while its upper directory is read, no longer."""
-        machine = job.machine
-        if not (machine.running and not machine.paused):
-            return await asyncio.to_thread(self._capture_upper, job, upper, None)
-        loop = asyncio.get_running_loop()
-        read: asyncio.Future[None] = loop.create_future()
-
-        def mark_read() -> None:
-            if not read.done():
-                read.set_result(None)
-
-        def on_read() -> None:  # from the capture thread
-            loop.call_soon_threadsafe(mark_read)
-
-        await self.docker.pause(machine.id)
-        work: asyncio.Future[Snapshot | None] = asyncio.ensure_future(
-            asyncio.to_thread(self._capture_upper, job, upper, on_read)
-        )
-        try:
-            # The machine runs again as soon as its files are read, while the layer is being stored.
-            waiting: list[asyncio.Future[Any]] = [work] if keep_paused else [work, read]
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not (work.done() or read.done()):  # cancelled: still never run while the files are read
-                either: list[asyncio.Future[Any]] = [work, read]
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            succeeded = work.done() and not work.cancelled() and work.exception() is None
-            try:
-                if not (keep_paused and succeeded):
-                    await self.docker.unpause(machine.id)
-            finally:
-                read.cancel()
-                if not work.done():
-                    await asyncio.wait([work])
-        return await work
-
-    @_holding_store_lock
-    def _capture_upper(self, job: _CaptureJob, upper: Path, on_read: Callable[[], None] | None) -> Snapshot | None:
-        """Blocking: walk the upper directory while tar archives what changed; None if nothing did."""
-        delta_base = self._delta_base(job)
-        serialized: list[bytes] = []
-        progress = job.progress
-        expected: list[int] = []  # content bytes of the changed files, known once the walk is done
-
-        def on_walked(index: Index, layer_plan: LayerPlan) -> None:
-            if progress:
-                files = [index.entries[path] for path in layer_plan.archive]
-                expected.append(sum(entry.size for entry in files if entry.kind == "file"))
-                progress(f"archiving {layer_plan.paths_changed} changed paths ({readable_size(expected[0])})", None)
-            serialized.append(index.dumps(delta_base))  # while tar and zstd finish the layer
-
-        def on_bytes(done: int) -> None:
-            if progress:
-                total = f" of about {readable_size(expected[0])}" if expected else ""
-                progress(f"{readable_size(done)}{total} archived", float(done))
-
-        squash = self._squash_layers(job)
-        planner: Planner | None = None
-        if squash is not None:
-            # The head is as deep as a snapshot may be: this one is a single layer over the base image.
-            index = scan(upper)
-            if job.previous is not None and index.entries == job.previous.entries:
-                return None  # nothing changed since the head
-
-            def planner(on_member: MemberSink) -> tuple[Index, LayerPlan]:
-                return index, union_plan([upper, *squash.layers], squash.base, on_member)
-
-        captured = capture_layer(
-            self.store,
-            upper,
-            job.previous,
-            level=self.settings.zstd_level,
-            always=job.head is None or squash is not None,
-            on_bytes=on_bytes,
-            on_walked=on_walked,
-            on_read=on_read,
-            wrap_sink=_crash_midway,
-            planner=planner,
-            sources=squash.layers if squash is not None else (),
-        )
-        head = job.head
-        if head is not None and captured.plan.empty and (job.previous or self._from_head(job.machine, head)):
-            return None  # nothing changed since the head
-        return self._record(
-            job, captured.index, captured.plan, captured.layer, delta_base, serialized, squashed=squash is not None
-        )
-
-    def _squash_layers(self, job: _CaptureJob) -> _Squash | None:
-        """When the head has ``max_layers`` layers: the machine's snapshot layers as Docker extracted them.
-
-        Docker lists a container's lower directories top first: its init layer, then its image's
-        layers, the snapshot layers above the base image's. None when no squash is due, or when the
-        directories do not add up (then the capture stays incremental, and says so in the log).
-        """
-        head, machine = job.head, job.machine
-        if head is None or head.layers < self.settings.max_layers:
-            return None
-        own = 0
-        if machine.image.startswith(SNAP_REPO + ":"):
-            source = self.db.get_snapshot(machine.image.split(":", 1)[1])
-            own = source.layers if source is not None else -1
-        lowers = machine.lower_dirs
-        if own < 0 or len(lowers) < 1 + own or not lowers[0].endswith("-init/diff"):
-            log.warning(
-                "snapshot %s of agent %s has %d layers but the layers of machine %s cannot be squashed "
-                "(image %s, %d lower directories); the capture stays incremental",
-                head.id, job.agent.name, head.layers, machine.id[:12], machine.image, len(lowers),
-            )  # fmt: skip
-            return None
-        return _Squash([Path(d) for d in lowers[1 : 1 + own]], [Path(d) for d in lowers[1 + own :]])
-
-    async def _capture_api(self, job: _CaptureJob) -> Snapshot | None:
-        """Capture through the Docker API (see ``api_capture``); None if nothing changed."""
-        if job.head is not None and job.head.layers >= self.settings.max_layers:
-            log.warning(
-                "agent %s: snapshot %s has %d layers; snapshots taken through the Docker API are not squashed, and "
-                "Docker refuses images deeper than 125 layers. `spinup agent rebuild %s --image %s` starts afresh.",
-                job.agent.name, job.head.id, job.head.layers, job.agent.name, job.agent.image,
-            )  # fmt: skip
-        current = await api_capture.changed_paths(self.docker, job.machine.id)
-        layer_plan = api_capture.plan_from_changes(job.previous, current)
-        if job.head is not None and layer_plan.empty and job.previous is not None:
-            return None
-        if job.progress:
-            job.progress(f"archiving {layer_plan.paths_changed} changed paths", None)
-        user = exec_user(job.agent.policy)
-        spool = await api_capture.spool_tar(self.docker, job.machine.id, layer_plan.archive, user)
-        try:
-            return await asyncio.to_thread(self._write_snapshot, job, current, layer_plan, self._spool_content(spool))
-        finally:
-            spool.close()
-
-    @staticmethod
-    def _spool_content(spool: IO[bytes]) -> LayerContent:
-        def copy(sink: ByteSink) -> None:
-            while chunk := spool.read(1024 * 1024):
-                sink.write(chunk)
-
-        return copy
-
-    def _readable_upper(self, machine: MachineInfo) -> Path | None:
-        """The machine's overlay upper directory when the fast path can read it, else None."""
-        if self.settings.capture_mode == "api" or not machine.upper_dir or not self.docker.is_local:
-            return None
-        upper = Path(machine.upper_dir)
-        return upper if os.access(upper, os.R_OK | os.X_OK) else None
-
-    def _from_head(self, machine: MachineInfo, head: Snapshot) -> bool:
-        return machine.image == snapshot_tag(head.id)
-
-    async def _index_of(self, snapshot: Snapshot) -> Index | None:
-        manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
-        digest = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "index")
-        if not digest:
-            return None
-        cached = self._index_cache.get(snapshot.agent_id)
-        if cached is not None and cached[0] == digest:
-            return cached[1]
-
-        def load(blob_digest: str) -> Index:
-            with self.store.open_blob(blob_digest) as reader:
-                return Index.loads(reader.read(), resolve=load)
-
-        index = await asyncio.to_thread(load, digest)
-        self._index_cache[snapshot.agent_id] = (digest, index)
-        return index
-
-    @_holding_store_lock
-    def _write_snapshot(
-        self, job: _CaptureJob, current: Index, layer_plan: LayerPlan, content: LayerContent
-    ) -> Snapshot:
-        """Blocking: the layer from ``content`` (unless nothing changed), then the snapshot's records."""
-        new_layer = None
-        if not layer_plan.empty or job.head is None:
-            new_layer = write_layer_from(
-                self.store, layer_plan, content, level=self.settings.zstd_level, wrap_sink=_crash_midway
-            )
-        return self._record(job, current, layer_plan, new_layer, self._delta_base(job), [])
-
-    def _delta_base(self, job: _CaptureJob) -> tuple[str, Index] | None:
-        """The stored index a capture of this machine is a delta over: the head's, if taken from it."""
-        cached = self._index_cache.get(job.agent.id)
-        head = job.head
-        return cached if cached is not None and head is not None and head.machine_id == job.machine.id else None
-
-    def _record(
-        self,
-        job: _CaptureJob,
-        current: Index,
-        layer_plan: LayerPlan,
-        new_layer: LayerResult | None,
-        delta_base: tuple[str, Index] | None,
-        serialized: builtins.list[bytes],
-        squashed: bool = False,
-    ) -> Snapshot:
-        """Blocking, under the store lock: index blob, config, manifest, index.json; then the head moves.
-
-        ``serialized`` holds the index already serialized over ``delta_base``, if it was. A
-        ``squashed`` layer stands alone on the base image instead of on the head's layers.
-        """
-        agent, machine, head, label = job.agent, job.machine, job.head, job.label
-        parent_manifest = self.store.get_json(head.manifest_digest) if head is not None and not squashed else None
-        layers = [Descriptor.from_json(d) for d in (parent_manifest or {}).get("layers", [])]
-        if new_layer is not None:
-            layers.append(
-                Descriptor(
-                    new_layer.descriptor.media_type,
-                    new_layer.descriptor.digest,
-                    new_layer.descriptor.size,
-                    {DIFF_ID: new_layer.diff_id, UNCOMPRESSED_SIZE: str(new_layer.uncompressed_size)},
-                )
-            )
-        # A capture of the same machine as the head stores its index as a delta over the head's.
-        serialized_index = serialized[0] if serialized else current.dumps(delta_base)
-        crash_point("before-manifest")
-        index_blob = self.store.writer()
-        index_blob.write(serialized_index)
-        index_descriptor = index_blob.commit(INDEX_MEDIA_TYPE)
-        stored_depth = 0 if delta_base is None or delta_base[1].depth >= MAX_DELTA_DEPTH else delta_base[1].depth + 1
-        self._index_cache[agent.id] = (index_descriptor.digest, replace(current, depth=stored_depth))
-        base = self._base_info_sync(agent.image)
-        snapshot_id = _new_id()
-        config = self._config(base, layers, {"spinup.snapshot": snapshot_id, **self.settings.label_extra})
-        config_descriptor = self.store.put_json(config, CONFIG_MEDIA_TYPE)
-        created_at = datetime.now(UTC)
-        annotations = {
-            ANNOTATION_PREFIX + "snapshot.id": snapshot_id,
-            ANNOTATION_PREFIX + "agent": agent.id,
-            ANNOTATION_PREFIX + "parent": head.id if head else "",
-            ANNOTATION_PREFIX + "label": label,
-            ANNOTATION_PREFIX + "base": agent.image,
-            ANNOTATION_PREFIX + "base.id": str(base["Id"]),
-            ANNOTATION_PREFIX + "index": index_descriptor.digest,
-            # The package manifest at capture time: a restore or fork gets the agent's manifest from here.
-            ANNOTATION_PREFIX + "packages": json.dumps(
-                [entry.model_dump(mode="json") for entry in self.db.packages(agent.id)], separators=(",", ":")
-            ),
-            "org.opencontainers.image.created": created_at.isoformat(),
-        }
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": config_descriptor.to_json(),
-            "layers": [d.to_json() for d in layers],
-            "annotations": annotations,
-        }
-        manifest_descriptor = self.store.put_json(manifest, MANIFEST_MEDIA_TYPE, {REF_NAME: snapshot_id})
-        crash_point("before-index")
-        self.store.add_manifest(manifest_descriptor)
-        crash_point("before-head")
-        snapshot = Snapshot(
-            id=snapshot_id,
-            agent_id=agent.id,
-            parent_id=head.id if head else None,
-            label=label,
-            created_at=created_at,
-            manifest_digest=manifest_descriptor.digest,
-            machine_id=machine.id,
-            base_image=agent.image,
-            layers=len(layers),
-            layer_size=new_layer.descriptor.size if new_layer else 0,
-            layer_uncompressed=new_layer.uncompressed_size if new_layer else 0,
-            paths_changed=layer_plan.paths_changed,
-        )
-        self.db.add_snapshot(snapshot)
-        return snapshot
-
-    def _base_info_sync(self, image: str) -> dict[str, Any]:
-        info = self._base_cache.get(image)
-        if info is None:
-            raise SpinupError(f"Base image {image} was not inspected before capture")
-        return info
-
-    async def prepare_base(self, image: str) -> dict[str, Any]:
+    async def prepare_base(self, image: str) -> BaseImage:
         """Inspect (and cache) the base image: its id, config and layer diff ids."""
-        if image not in self._base_cache:
-            self._base_cache[image] = await self.docker.image_inspect(image)
-        return self._base_cache[image]
-
-    @staticmethod
-    def _config(base: dict[str, Any], layers: list[Descriptor], labels: dict[str, str]) -> dict[str, Any]:
-        base_config = dict(base.get("Config") or {})
-        base_config["Labels"] = {**(base_config.get("Labels") or {}), **labels}
-        keep = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
-        diff_ids = list(base.get("RootFS", {}).get("Layers", []))
-        diff_ids += [(d.annotations or {})[DIFF_ID] for d in layers]
-        history = [{"created_by": "spinup base image " + str(base.get("Id", ""))}] * len(base["RootFS"]["Layers"])
-        history += [{"created_by": "spinup snapshot layer"}] * len(layers)
-        return {
-            "architecture": base.get("Architecture", "amd64"),
-            "os": base.get("Os", "linux"),
-            "config": {k: base_config[k] for k in keep if base_config.get(k) is not None},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": history,
-        }
+        return await self._capture.prepare_base(image)
 
     # materialize
 
     async def ensure_image(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> str:
         """The Docker image of a snapshot, loading it from the store when Docker does not have it."""
-        tag = snapshot_tag(snapshot.id)
-        if await self.docker.image_exists(tag):
-            return tag
-        try:
-            manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
-            config_descriptor = Descriptor.from_json(manifest["config"])
-            config = await asyncio.to_thread(self._read_blob, config_descriptor)
-            layers = [Descriptor.from_json(d) for d in manifest["layers"]]
-            for layer in layers:  # verify digests and refuse unsafe entries before Docker sees a byte
-                members = await asyncio.to_thread(layer_members, self.store, layer)
-                check_members(members, f"layer {layer.digest[:19]} of {snapshot.id}")
-        except StoreError as exc:
-            raise SpinupError(str(exc)) from exc
-        # The snapshot builds on the exact base image it was taken on (by id, not by tag).
-        base_id = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "base.id", "")
-        if not base_id or not await self.docker.image_exists(base_id):
-            raise NotFound(
-                f"Snapshot {snapshot.id} builds on the image {base_id[:19]} (tagged {snapshot.base_image} when the "
-                f"snapshot was taken), which Docker no longer has. Load that image again (docker load), or fork "
-                f"a newer snapshot taken on the current base image."
-            )
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        image = SaveImage(
-            tag=tag,
-            config=config,
-            config_digest=config_descriptor.digest,
-            base_diff_ids=diff_ids[: len(diff_ids) - len(layers)],
-            layers=layers,
-        )
-        if progress:
-            progress(f"loading {len(layers)} layers of {snapshot.id} into Docker", None)
-        await self.docker.load_image(_aiter(save_stream(self.store, image)))
-        return tag
-
-    def _read_blob(self, descriptor: Descriptor) -> bytes:
-        with self.store.open_blob(descriptor) as reader:
-            data: bytes = reader.read()
-        return data
+        return await self._images.ensure(snapshot, progress)
 
     async def packages(self, snapshot: Snapshot) -> builtins.list[PackageEntry]:
         """The package manifest recorded in the snapshot (empty for snapshots that predate it)."""
-        manifest = await asyncio.to_thread(self.store.get_json, snapshot.manifest_digest)
-        recorded = manifest.get("annotations", {}).get(ANNOTATION_PREFIX + "packages")
-        return [PackageEntry.model_validate(item) for item in json.loads(recorded)] if recorded else []
+        recorded = await asyncio.to_thread(self.snapshot_store.packages, snapshot.manifest_digest)
+        return [PackageEntry.model_validate(item) for item in recorded]
+
+    async def export(self, snapshot: Snapshot, destination: Path) -> int:
+        """Write a ``docker save`` archive (base image included) loadable on any Docker host."""
+        return await self._images.export(snapshot, destination)
+
+    # records
 
     def get(self, snapshot_id: str) -> Snapshot:
         """The snapshot with this id; a clear error if there is none."""
@@ -558,6 +90,10 @@ class SnapshotService:
         if snapshot is None:
             raise NotFound(f"No snapshot {snapshot_id}. List snapshots with snapshot_list.")
         return snapshot
+
+    def list(self, agent: Agent | None = None) -> builtins.list[Snapshot]:
+        """Snapshots (of one agent, or all), oldest first."""
+        return self.db.list_snapshots(agent.id if agent else None)
 
     async def delete(self, snapshot_id: str) -> Snapshot:
         """Delete a snapshot nothing builds on; its blobs go at the next gc."""
@@ -574,14 +110,9 @@ class SnapshotService:
                 f"Snapshot {snapshot_id} is the head of agent(s) {', '.join(heads)}; take a newer snapshot or "
                 f"restore another one first."
             )
-
-        def unlist() -> None:
-            with store_lock(self.store, exclusive=False):
-                self.store.remove_manifest(snapshot_id)
-
-        await asyncio.to_thread(unlist)
+        await asyncio.to_thread(self.snapshot_store.remove, snapshot_id)
         self.db.delete_snapshot(snapshot_id)
-        await self.docker.remove_image(snapshot_tag(snapshot_id))
+        await self._images.remove(snapshot_id)
         return snapshot
 
     async def prune_orphans(self, agent_id: str) -> int:
@@ -596,16 +127,12 @@ class SnapshotService:
             await self.gc()
         return removed
 
-    # inspection and maintenance
-
-    def list(self, agent: Agent | None = None) -> builtins.list[Snapshot]:
-        """Snapshots (of one agent, or all), oldest first."""
-        return self.db.list_snapshots(agent.id if agent else None)
+    # listings and diffs
 
     async def tree(self, snapshot: Snapshot) -> dict[str, Meta]:
         """What the snapshot's layers hold, by path."""
         try:
-            return await asyncio.to_thread(snapshot_tree, self.store, snapshot.manifest_digest)
+            return await asyncio.to_thread(self.snapshot_store.tree, snapshot.manifest_digest)
         except StoreError as exc:
             raise SpinupError(str(exc)) from exc
 
@@ -613,36 +140,26 @@ class SnapshotService:
         """The head's listing with the machine's unsnapshotted changes applied."""
         head = self.get(agent.head_snapshot) if agent.head_snapshot else None
         tree = await self.tree(head) if head is not None else {}
-        upper = self._readable_upper(machine)
+        upper = self._capture.readable_upper(machine)
         if upper is None:
             raise SpinupError(
                 "Diffing against the live machine needs its overlay upper directory (a local overlay2 daemon, "
                 "Spinup running as root). Take a snapshot and diff two snapshots instead."
             )
-        previous = await self._index_of(head) if head is not None and head.machine_id == machine.id else None
-        current, changes = await asyncio.to_thread(scan_and_plan, upper, previous)
-        hidden = [("/" + path, True) for path in changes.whiteouts] + [("/" + p, False) for p in changes.opaque]
-        for root, itself in hidden:
-            for existing in [p for p in tree if p.startswith(root + "/") or (itself and p == root)]:
-                del tree[existing]
-        for path in changes.archive:
-            tree["/" + path] = await asyncio.to_thread(_live_meta, upper, path, current.entries[path])
-        return tree
+        previous = await self._capture.head_index(head, machine)
+        return await asyncio.to_thread(live_tree, tree, upper, previous)
 
     async def diff(self, before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
         """Added, changed and removed paths between two listings."""
         return diff_trees(before, after)
 
+    # upkeep
+
     async def verify(self) -> VerifyReport:
         """Re-hash every blob and check every snapshot's references."""
         known = {s.id: s.manifest_digest for s in self.db.list_snapshots()}
-        return await asyncio.to_thread(verify, self.store, known)
+        return await asyncio.to_thread(self.snapshot_store.verify, known)
 
     async def gc(self) -> GcResult:
         """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken)."""
-        return await asyncio.to_thread(gc, self.store, lambda: {s.id for s in self.db.list_snapshots()})
-
-    async def export(self, snapshot: Snapshot, destination: Path) -> int:
-        """Write a ``docker save`` archive (base image included) loadable on any Docker host."""
-        tag = await self.ensure_image(snapshot)
-        return await self.docker.save_image(tag, destination)
+        return await asyncio.to_thread(self.snapshot_store.gc, lambda: {s.id for s in self.db.list_snapshots()})

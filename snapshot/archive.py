@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import zstandard
 
+from .oci import DIFF_ID, UNCOMPRESSED_SIZE
 from .store import Descriptor, Store
 
-UNCOMPRESSED_SIZE = "dev.spinup.uncompressed.size"
-DIFF_ID = "dev.spinup.diff_id"
 _CHUNK = 1024 * 1024
 _BLOCK = 512
 
@@ -31,6 +30,7 @@ class SaveImage:
     config_digest: str
     base_diff_ids: list[str]
     layers: list[Descriptor]  # Spinup's own layers, bottom first
+    base_id: str = ""  # the base image (by id) the daemon must already have: its layers are not included
 
 
 def _header(name: str, size: int) -> bytes:

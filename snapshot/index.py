@@ -17,7 +17,6 @@ from typing import Any, Literal, NamedTuple
 import zstandard
 
 Kind = Literal["file", "dir", "symlink", "whiteout", "other"]
-INDEX_MEDIA_TYPE = "application/vnd.dev.spinup.index.v1+json+zstd"
 
 
 class Entry(NamedTuple):

@@ -1,18 +1,27 @@
-"""File listings of snapshots (what their layers add on top of the base image), and diffs."""
+"""File listings of snapshots (what their layers add on top of the base image), and diffs.
+
+A listing maps absolute paths to their :class:`Meta`. A snapshot's listing applies its layers
+in order with the OCI whiteout rules (:func:`apply_layer`); the live machine's is its head's
+listing with the changes of its upper directory applied the same way (:func:`live_tree`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import zstandard
 
-from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .errors import BlobCorrupt
+from .index import Entry, Index
+from .oci import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .store import Descriptor, Store
+from .walk import LayerPlan, scan_and_plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +120,36 @@ def snapshot_tree(store: Store, manifest_digest: str) -> dict[str, Meta]:
     for raw in manifest.get("layers", []):
         apply_layer(tree, layer_entries(store, Descriptor.from_json(raw)))
     return tree
+
+
+def apply_plan(tree: dict[str, Meta], changes: LayerPlan, meta_of: Callable[[str], Meta]) -> None:
+    """Apply a planned layer to a listing, in place: whiteouts hide a path and what is below it,
+    an opaque directory hides what is below it, then every archived path gets ``meta_of(path)``."""
+    hidden = [("/" + path, True) for path in changes.whiteouts] + [("/" + p, False) for p in changes.opaque]
+    for root, itself in hidden:
+        for existing in [p for p in tree if p.startswith(root + "/") or (itself and p == root)]:
+            del tree[existing]
+    for path in changes.archive:
+        tree["/" + path] = meta_of(path)
+
+
+def live_meta(upper: Path, path: str, entry: Entry) -> Meta:
+    """Diff metadata of a changed entry of an upper directory (files are hashed)."""
+    kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
+    link = os.readlink(upper / path) if kind == "symlink" else ""
+    digest = ""
+    if kind == "file":
+        with open(upper / path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    size = entry.size if kind == "file" else 0
+    return Meta(kind, size, entry.mode & 0o7777, entry.uid, entry.gid, entry.mtime_ns // 1_000_000_000, link, digest)
+
+
+def live_tree(head_tree: dict[str, Meta], upper: Path, previous: Index | None) -> dict[str, Meta]:
+    """Blocking: ``head_tree`` (changed in place) with what ``upper`` changed since the ``previous`` capture."""
+    current, changes = scan_and_plan(upper, previous)
+    apply_plan(head_tree, changes, lambda path: live_meta(upper, path, current.entries[path]))
+    return head_tree
 
 
 def diff_trees(before: dict[str, Meta], after: dict[str, Meta]) -> Diff:

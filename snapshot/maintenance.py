@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 from .errors import StoreError
 from .index import parse
-from .store import REF_NAME, Descriptor, Store
-
-INDEX_ANNOTATION = "dev.spinup.index"
+from .oci import INDEX, REF_NAME
+from .store import Descriptor, Store
 
 
 @contextlib.contextmanager
@@ -51,7 +50,7 @@ def referenced_blobs(store: Store, manifest: Descriptor) -> list[str]:
     raw = store.get_json(manifest)
     digests = [manifest.digest, raw["config"]["digest"]]
     digests += [layer["digest"] for layer in raw.get("layers", [])]
-    index_digest = raw.get("annotations", {}).get(INDEX_ANNOTATION)
+    index_digest = raw.get("annotations", {}).get(INDEX)
     while index_digest:  # a delta index needs the chain of indexes below it
         digests.append(index_digest)
         with store.open_blob(index_digest) as reader:

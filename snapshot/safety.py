@@ -7,8 +7,8 @@ import posixpath
 import tarfile
 from collections.abc import Iterable
 
-from .capture import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_NAMESPACES
 from .errors import UnsafeLayer
+from .oci import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_NAMESPACES
 
 XATTR_RECORD = "SCHILY.xattr."  # how pax headers carry extended attributes (Docker applies these)
 

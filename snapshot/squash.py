@@ -17,7 +17,8 @@ import os
 import stat
 from pathlib import Path
 
-from .capture import EXCLUDED, OPAQUE_MARKER, OPAQUE_XATTR, LayerPlan, LayerPlanner, Member, MemberSink, whiteout_name
+from .oci import OPAQUE_MARKER, OPAQUE_XATTR, whiteout_name
+from .walk import EXCLUDED, LayerPlan, LayerPlanner, Member, MemberSink
 
 
 def union_plan(

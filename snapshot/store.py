@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import BlobCorrupt, BlobMissing, StoreError
+from .oci import OCI_INDEX_MEDIA_TYPE, REF_NAME
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
-INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
-MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
-LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
-REF_NAME = "org.opencontainers.image.ref.name"
 _READ_CHUNK = 1024 * 1024
 
 
@@ -262,7 +258,7 @@ class Store:
         self._write_index([d for d in self.manifests() if (d.annotations or {}).get(REF_NAME) != ref_name])
 
     def _write_index(self, entries: list[Descriptor]) -> None:
-        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [d.to_json() for d in entries]}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": [d.to_json() for d in entries]}
         self._write_file_atomic(self.root / "index.json", json.dumps(index, indent=1).encode())
 
     def _write_file_atomic(self, path: Path, data: bytes) -> None:

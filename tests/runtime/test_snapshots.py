@@ -17,8 +17,9 @@ from spinup.runtime import AgentState, Policy, Runtime, Settings
 from spinup.runtime.errors import Conflict, NotFound, SpinupError
 from spinup.runtime.models import Snapshot
 from spinup.runtime.snapshots import snapshot_tag
-from spinup.snapshot.capture import LayerResult, LayerSink
-from spinup.snapshot.store import LAYER_MEDIA_TYPE, REF_NAME, Descriptor
+from spinup.snapshot.oci import LAYER_MEDIA_TYPE, REF_NAME
+from spinup.snapshot.sink import LayerResult, LayerSink
+from spinup.snapshot.store import Descriptor
 
 # Prints one line per entry under the given roots (default: the whole machine, mount points of
 # other filesystems left out): path, type, mode, owner, size, mtime, link target, content digest,

@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from spinup.snapshot.capture import ByteSink, LayerPlan, Member, capture_layer, scan, scan_and_plan, write_layer
+from spinup.snapshot.capture import LayerRequest, LayerWriter
 from spinup.snapshot.index import MAX_DELTA_DEPTH, Entry, Index, parse
-from spinup.snapshot.store import LAYER_MEDIA_TYPE, Store
+from spinup.snapshot.oci import LAYER_MEDIA_TYPE
+from spinup.snapshot.sink import ByteSink
+from spinup.snapshot.store import Store
+from spinup.snapshot.walk import LayerPlan, Member, scan, scan_and_plan
 
 PAST_NS = 1_000_000_000 * 1_000_000_000  # 2001-09-09: files start old, so any write moves their mtime
 FIRST_ARCHIVE = [
@@ -195,7 +198,7 @@ def _tar_members(store: Store, digest: str) -> tuple[bytes, list[tarfile.TarInfo
 def test_write_layer_makes_a_zstd_tar_with_oci_whiteouts_and_an_exact_diff_id(upper: Path, tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     layer = _plan(upper)
-    result = write_layer(store, upper, layer)
+    result = LayerWriter(store).write(upper, layer)
 
     blob = store.blob_path(result.descriptor.digest).read_bytes()
     assert blob[:4] == b"\x28\xb5\x2f\xfd", "a zstd frame"
@@ -228,7 +231,7 @@ def test_an_incremental_layer_holds_whiteouts_for_deleted_paths(upper: Path, tmp
     with open(odd, "wb") as fh:
         fh.write(b"latin-1 name")
     layer = _plan(upper, previous)
-    result = write_layer(store, upper, layer)
+    result = LayerWriter(store).write(upper, layer)
     _, members = _tar_members(store, result.descriptor.digest)
     names = sorted(m.name.rstrip("/") for m in members)
     assert names == sorted(
@@ -297,8 +300,10 @@ def _check_layer_order(members: list[tarfile.TarInfo]) -> None:
 def test_a_streamed_capture_writes_the_same_layer_as_the_plan_in_oci_order(upper: Path, tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     walked: list[tuple[int, int]] = []
-    captured = capture_layer(
-        store, upper, None, on_walked=lambda index, layer: walked.append((len(index.entries), len(layer.members)))
+    captured = LayerWriter(store).capture(
+        LayerRequest(
+            upper, None, on_walked=lambda index, layer: walked.append((len(index.entries), len(layer.members)))
+        )
     )
     assert captured.layer is not None
     assert walked == [(len(captured.index.entries), len(captured.plan.members))]
@@ -309,7 +314,7 @@ def test_a_streamed_capture_writes_the_same_layer_as_the_plan_in_oci_order(upper
     _check_layer_order(members)
     names = [m.name.rstrip("/") for m in members]
     assert names.index("opt/app/.wh..wh..opq") == names.index("opt/app") + 1
-    planned = write_layer(store, upper, _plan(upper))
+    planned = LayerWriter(store).write(upper, _plan(upper))
     assert sorted(m.name for m in _tar_members(store, planned.descriptor.digest)[1]) == sorted(m.name for m in members)
     assert list((store.root / "tmp").iterdir()) == []
 
@@ -323,7 +328,7 @@ def test_an_incremental_streamed_capture_puts_each_directorys_whiteouts_first(up
     _file(upper / "workspace" / "sub" / "deep.txt", b"changed!!!")
     (upper / "usr" / "share").mkdir(parents=True)
     _whiteout(upper / "usr" / "share" / "base-file")
-    captured = capture_layer(store, upper, previous)
+    captured = LayerWriter(store).capture(LayerRequest(upper, previous))
     assert captured.layer is not None
     _, members = _tar_members(store, captured.layer.descriptor.digest)
     _check_layer_order(members)
@@ -341,10 +346,10 @@ def test_nothing_changed_starts_no_tar_and_writes_no_blob_unless_a_layer_is_requ
 ) -> None:
     store = Store(tmp_path / "store")
     previous = _stored(scan(upper))
-    captured = capture_layer(store, upper, previous)
+    captured = LayerWriter(store).capture(LayerRequest(upper, previous))
     assert captured.layer is None and captured.plan.empty
     assert list(store.blob_digests()) == [] and list((store.root / "tmp").iterdir()) == []
-    forced = capture_layer(store, upper, previous, always=True)
+    forced = LayerWriter(store).capture(LayerRequest(upper, previous, always=True))
     assert forced.layer is not None
     raw, members = _tar_members(store, forced.layer.descriptor.digest)
     assert members == [] and set(raw) == {0}
@@ -362,7 +367,7 @@ def test_odd_names_reach_the_layer_verbatim(upper: Path, tmp_path: Path, monkeyp
     _file(upper / "--remove-files", b"an option? no, a name")
     _file(upper / "-C", b"a name too")
     _whiteout(upper / "workspace" / ("w" * 150))
-    captured = capture_layer(store, upper, previous)
+    captured = LayerWriter(store).capture(LayerRequest(upper, previous))
     assert captured.layer is not None
     _, members = _tar_members(store, captured.layer.descriptor.digest)
     names = {m.name.rstrip("/") for m in members}
@@ -379,12 +384,12 @@ def test_a_chatty_tar_does_not_block_and_a_failing_one_leaves_nothing(upper: Pat
     for number in range(2500):  # tar warns "socket ignored" for each: ~150 KB of stderr
         with socket.socket(socket.AF_UNIX) as sock:
             sock.bind(str(sockets / f"socket-{number:04}"))
-    captured = capture_layer(store, upper, None)
+    captured = LayerWriter(store).capture(LayerRequest(upper, None))
     assert captured.layer is not None and "workspace/sockets" in captured.plan.archive
 
     missing = LayerPlan(archive=["nope"], members=[Member("workspace"), Member("nope")])
     with pytest.raises(OSError, match="tar failed with exit code 2"):
-        write_layer(store, upper, missing)
+        LayerWriter(store).write(upper, missing)
     assert list((store.root / "tmp").iterdir()) == []
 
 
@@ -406,7 +411,7 @@ def test_a_failing_sink_stops_tar_and_discards_the_partial_blob(upper: Path, tmp
                 raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
-        capture_layer(store, upper, None, wrap_sink=Failing)
+        LayerWriter(store).capture(LayerRequest(upper, None, wrap_sink=Failing))
     assert list((store.root / "tmp").iterdir()) == []
     assert list(store.blob_digests()) == []
 
@@ -429,7 +434,7 @@ def test_a_sink_failing_while_the_walk_still_names_members_reports_the_sinks_err
         return Failing()
 
     with pytest.raises(OSError, match="disk gone"):
-        capture_layer(store, upper, None, wrap_sink=failing)
+        LayerWriter(store).capture(LayerRequest(upper, None, wrap_sink=failing))
     assert list((store.root / "tmp").iterdir()) == []
 
 

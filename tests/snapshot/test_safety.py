@@ -11,8 +11,9 @@ import zstandard
 
 from spinup.snapshot.errors import UnsafeLayer
 from spinup.snapshot.listing import layer_members
+from spinup.snapshot.oci import LAYER_MEDIA_TYPE
 from spinup.snapshot.safety import check_members
-from spinup.snapshot.store import LAYER_MEDIA_TYPE, Store
+from spinup.snapshot.store import Store
 
 Entry = tuple[tarfile.TarInfo, bytes]
 

@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from spinup.snapshot.capture import Member
 from spinup.snapshot.squash import union_plan
+from spinup.snapshot.walk import Member
 
 
 def _file(path: Path, data: bytes = b"x") -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from spinup.snapshot.errors import BlobCorrupt, BlobMissing, StoreError
-from spinup.snapshot.store import LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store
+from spinup.snapshot.oci import LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME
+from spinup.snapshot.store import Descriptor, Store
 
 CONTENT = b"layer bytes " * 10_000
 

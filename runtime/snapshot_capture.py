@@ -1,0 +1,375 @@
+"""Capture: a machine's changes since its agent's head made into a snapshot.
+
+The flow reads top-down from :meth:`SnapshotCapture.capture`: it chooses the path (the overlay
+upper directory when Spinup can read it, else the Docker API, see ``api_capture``), pauses a
+running machine only while its files are read (:meth:`SnapshotCapture._capture_frozen`), and
+hands the layer to the snapshot store (:meth:`SnapshotCapture._capture_upper`: the walk, tar
+and zstd run in ``spinup.snapshot``, which also writes the config, manifest and ``index.json``).
+What stays here is the runtime's: pause and unpause, progress, choosing a squash, and the
+state database's row that moves the head. Callers hold the agent's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
+
+from spinup.snapshot.capture import LayerRequest
+from spinup.snapshot.faults import FaultHook, no_faults
+from spinup.snapshot.image import BaseImage, SnapshotMeta
+from spinup.snapshot.index import Index
+from spinup.snapshot.sink import ByteSink, LayerResult
+from spinup.snapshot.snapshot_store import Committed, NewLayer, Parent, SnapshotStore
+from spinup.snapshot.squash import union_plan
+from spinup.snapshot.walk import LayerPlan, MemberSink, Planner, scan
+
+from . import api_capture
+from .config import Settings
+from .docker import DockerBackend, MachineInfo
+from .errors import SpinupError
+from .models import Agent, Snapshot, readable_size
+from .policy import exec_user
+from .snapshot_images import SNAP_REPO, ProgressFn, snapshot_tag
+from .state import StateDB
+
+log = logging.getLogger(__name__)
+
+LayerContent = Callable[[ByteSink], None]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """The outcome of a snapshot request."""
+
+    snapshot: Snapshot
+    created: bool  # False when nothing had changed and the head was returned
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class _CaptureJob:
+    """One capture: whose, of which machine, on top of which head, and how to report progress."""
+
+    agent: Agent
+    machine: MachineInfo
+    head: Snapshot | None
+    previous: Index | None  # the head's file index, when the head was taken from this same machine
+    label: str
+    progress: ProgressFn | None
+
+
+@dataclass(frozen=True)
+class _Squash:
+    """A machine's layer directories as Docker extracted them, for a squash."""
+
+    layers: list[Path]  # the snapshot layers its image has above the base image, top first
+    base: list[Path]  # the base image's layers
+
+
+def crash_hook(point: str) -> FaultHook:
+    """The fault hook of ``Settings.crash_at``: SIGKILL this process at that point (crash-safety tests only)."""
+    if not point:
+        return no_faults
+
+    def crash(name: str) -> None:
+        if name == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
+
+
+def base_image(inspect: dict[str, Any]) -> BaseImage:
+    """What a snapshot records of its base image, from the image's Docker inspect document."""
+    return BaseImage(
+        id=str(inspect["Id"]),
+        architecture=inspect.get("Architecture", "amd64"),
+        os=inspect.get("Os", "linux"),
+        config=dict(inspect.get("Config") or {}),
+        diff_ids=tuple(inspect.get("RootFS", {}).get("Layers", [])),
+    )
+
+
+def _holding_store_lock(
+    method: Callable[Concatenate[SnapshotCapture, P], R],
+) -> Callable[Concatenate[SnapshotCapture, P], R]:
+    """Run a store-writing method under the store lock (shared), so gc never sees half a snapshot."""
+
+    @functools.wraps(method)
+    def locked(self: SnapshotCapture, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.snapshot_store.writing():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+class SnapshotCapture:
+    """Captures snapshots of agents' machines into the snapshot store and records them."""
+
+    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend, snapshot_store: SnapshotStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.docker = docker
+        self.snapshot_store = snapshot_store
+        self._base_images: dict[str, BaseImage] = {}
+
+    async def capture(
+        self,
+        agent: Agent,
+        machine: MachineInfo,
+        label: str = "",
+        progress: ProgressFn | None = None,
+        keep_paused: bool = False,
+    ) -> CaptureResult:
+        """Capture what the machine changed since the agent's head (the caller holds the agent's lock).
+
+        ``keep_paused`` leaves a running machine paused after a successful capture, so nothing
+        changes between the snapshot and the machine's replacement (restore, policy change).
+        """
+        started = time.monotonic()
+        upper = self.readable_upper(machine)
+        head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
+        previous = await self.head_index(head, machine)
+        job = _CaptureJob(agent, machine, head, previous, label, progress)
+        if upper is None:
+            snapshot = await self._capture_api(job)
+            if keep_paused and machine.running and not machine.paused:
+                await self.docker.pause(machine.id)
+        else:
+            snapshot = await self._capture_frozen(job, upper, keep_paused)
+        if snapshot is None:
+            assert head is not None
+            return CaptureResult(head, False, round(time.monotonic() - started, 4))
+        return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
+
+    async def _capture_frozen(self, job: _CaptureJob, upper: Path, keep_paused: bool) -> Snapshot | None:
+        """The fast path: a running machine is paused while its upper directory is read, no longer."""
+        machine = job.machine
+        if not (machine.running and not machine.paused):
+            return await asyncio.to_thread(self._capture_upper, job, upper, None)
+        loop = asyncio.get_running_loop()
+        read: asyncio.Future[None] = loop.create_future()
+
+        def mark_read() -> None:
+            if not read.done():
+                read.set_result(None)
+
+        def on_read() -> None:  # from the capture thread
+            loop.call_soon_threadsafe(mark_read)
+
+        await self.docker.pause(machine.id)
+        work: asyncio.Future[Snapshot | None] = asyncio.ensure_future(
+            asyncio.to_thread(self._capture_upper, job, upper, on_read)
+        )
+        try:
+            # The machine runs again as soon as its files are read, while the layer is being stored.
+            waiting: list[asyncio.Future[Any]] = [work] if keep_paused else [work, read]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not (work.done() or read.done()):  # cancelled: still never run while the files are read
+                either: list[asyncio.Future[Any]] = [work, read]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            succeeded = work.done() and not work.cancelled() and work.exception() is None
+            try:
+                if not (keep_paused and succeeded):
+                    await self.docker.unpause(machine.id)
+            finally:
+                read.cancel()
+                if not work.done():
+                    await asyncio.wait([work])
+        return await work
+
+    @_holding_store_lock
+    def _capture_upper(self, job: _CaptureJob, upper: Path, on_read: Callable[[], None] | None) -> Snapshot | None:
+        """Blocking: walk the upper directory while tar archives what changed; None if nothing did."""
+        delta_base = self._delta_base(job)
+        serialized: list[bytes] = []
+        progress = job.progress
+        expected: list[int] = []  # content bytes of the changed files, known once the walk is done
+
+        def on_walked(index: Index, layer_plan: LayerPlan) -> None:
+            if progress:
+                files = [index.entries[path] for path in layer_plan.archive]
+                expected.append(sum(entry.size for entry in files if entry.kind == "file"))
+                progress(f"archiving {layer_plan.paths_changed} changed paths ({readable_size(expected[0])})", None)
+            serialized.append(index.dumps(delta_base))  # while tar and zstd finish the layer
+
+        def on_bytes(done: int) -> None:
+            if progress:
+                total = f" of about {readable_size(expected[0])}" if expected else ""
+                progress(f"{readable_size(done)}{total} archived", float(done))
+
+        squash = self._squash_layers(job)
+        planner: Planner | None = None
+        if squash is not None:
+            # The head is as deep as a snapshot may be: this one is a single layer over the base image.
+            index = scan(upper)
+            if job.previous is not None and index.entries == job.previous.entries:
+                return None  # nothing changed since the head
+
+            def planner(on_member: MemberSink) -> tuple[Index, LayerPlan]:
+                return index, union_plan([upper, *squash.layers], squash.base, on_member)
+
+        request = LayerRequest(
+            upper,
+            job.previous,
+            always=job.head is None or squash is not None,
+            on_bytes=on_bytes,
+            on_walked=on_walked,
+            on_read=on_read,
+            planner=planner,
+            sources=squash.layers if squash is not None else (),
+        )
+        captured = self.snapshot_store.layers.capture(request)
+        head = job.head
+        if head is not None and captured.plan.empty and (job.previous or self._from_head(job.machine, head)):
+            return None  # nothing changed since the head
+        new = NewLayer(
+            captured.index, captured.layer, squash is not None, delta_base, serialized[0] if serialized else None
+        )
+        committed = self.snapshot_store.commit(new, self._parent(job), self._meta(job))
+        return self._record(job, committed, captured.layer, captured.plan.paths_changed)
+
+    def _squash_layers(self, job: _CaptureJob) -> _Squash | None:
+        """When the head has ``max_layers`` layers: the machine's snapshot layers as Docker extracted them.
+
+        Docker lists a container's lower directories top first: its init layer, then its image's
+        layers, the snapshot layers above the base image's. None when no squash is due, or when the
+        directories do not add up (then the capture stays incremental, and says so in the log).
+        """
+        head, machine = job.head, job.machine
+        if head is None or head.layers < self.settings.max_layers:
+            return None
+        own = 0
+        if machine.image.startswith(SNAP_REPO + ":"):
+            source = self.db.get_snapshot(machine.image.split(":", 1)[1])
+            own = source.layers if source is not None else -1
+        lowers = machine.lower_dirs
+        if own < 0 or len(lowers) < 1 + own or not lowers[0].endswith("-init/diff"):
+            log.warning(
+                "snapshot %s of agent %s has %d layers but the layers of machine %s cannot be squashed "
+                "(image %s, %d lower directories); the capture stays incremental",
+                head.id, job.agent.name, head.layers, machine.id[:12], machine.image, len(lowers),
+            )  # fmt: skip
+            return None
+        return _Squash([Path(d) for d in lowers[1 : 1 + own]], [Path(d) for d in lowers[1 + own :]])
+
+    async def _capture_api(self, job: _CaptureJob) -> Snapshot | None:
+        """Capture through the Docker API (see ``api_capture``); None if nothing changed."""
+        if job.head is not None and job.head.layers >= self.settings.max_layers:
+            log.warning(
+                "agent %s: snapshot %s has %d layers; snapshots taken through the Docker API are not squashed, and "
+                "Docker refuses images deeper than 125 layers. `spinup agent rebuild %s --image %s` starts afresh.",
+                job.agent.name, job.head.id, job.head.layers, job.agent.name, job.agent.image,
+            )  # fmt: skip
+        current = await api_capture.changed_paths(self.docker, job.machine.id)
+        layer_plan = api_capture.plan_from_changes(job.previous, current)
+        if job.head is not None and layer_plan.empty and job.previous is not None:
+            return None
+        if job.progress:
+            job.progress(f"archiving {layer_plan.paths_changed} changed paths", None)
+        user = exec_user(job.agent.policy)
+        spool = await api_capture.spool_tar(self.docker, job.machine.id, layer_plan.archive, user)
+        try:
+            return await asyncio.to_thread(self._write_snapshot, job, current, layer_plan, self._spool_content(spool))
+        finally:
+            spool.close()
+
+    @staticmethod
+    def _spool_content(spool: IO[bytes]) -> LayerContent:
+        def copy(sink: ByteSink) -> None:
+            while chunk := spool.read(1024 * 1024):
+                sink.write(chunk)
+
+        return copy
+
+    def readable_upper(self, machine: MachineInfo) -> Path | None:
+        """The machine's overlay upper directory when the fast path can read it, else None."""
+        if self.settings.capture_mode == "api" or not machine.upper_dir or not self.docker.is_local:
+            return None
+        upper = Path(machine.upper_dir)
+        return upper if os.access(upper, os.R_OK | os.X_OK) else None
+
+    def _from_head(self, machine: MachineInfo, head: Snapshot) -> bool:
+        return machine.image == snapshot_tag(head.id)
+
+    async def head_index(self, head: Snapshot | None, machine: MachineInfo) -> Index | None:
+        """The file index the head recorded, when it was taken from this same machine (cached per agent)."""
+        if head is None or head.machine_id != machine.id:
+            return None
+        return await asyncio.to_thread(self.snapshot_store.index_of, head.manifest_digest, head.agent_id)
+
+    @_holding_store_lock
+    def _write_snapshot(
+        self, job: _CaptureJob, current: Index, layer_plan: LayerPlan, content: LayerContent
+    ) -> Snapshot:
+        """Blocking: the layer from ``content`` (unless nothing changed), then the snapshot's records."""
+        new_layer = None
+        if not layer_plan.empty or job.head is None:
+            new_layer = self.snapshot_store.layers.write_from(layer_plan, content)
+        new = NewLayer(current, new_layer, delta_base=self._delta_base(job))
+        committed = self.snapshot_store.commit(new, self._parent(job), self._meta(job))
+        return self._record(job, committed, new_layer, layer_plan.paths_changed)
+
+    def _delta_base(self, job: _CaptureJob) -> tuple[str, Index] | None:
+        """The stored index a capture of this machine is a delta over: the head's, if taken from it."""
+        cached = self.snapshot_store.latest_index(job.agent.id)
+        head = job.head
+        return cached if cached is not None and head is not None and head.machine_id == job.machine.id else None
+
+    def _parent(self, job: _CaptureJob) -> Parent | None:
+        return Parent(job.head.id, job.head.manifest_digest) if job.head is not None else None
+
+    def _meta(self, job: _CaptureJob) -> SnapshotMeta:
+        """What the snapshot records beside its layers: whose, which label, which base, which packages."""
+        agent = job.agent
+        return SnapshotMeta(
+            agent_id=agent.id,
+            label=job.label,
+            base_ref=agent.image,
+            base=self._base_image(agent.image),
+            packages=[entry.model_dump(mode="json") for entry in self.db.packages(agent.id)],
+            labels=self.settings.label_extra,
+        )
+
+    def _record(
+        self, job: _CaptureJob, committed: Committed, new_layer: LayerResult | None, paths_changed: int
+    ) -> Snapshot:
+        """The committed snapshot's row in the state database: the head may move to it now."""
+        snapshot = Snapshot(
+            id=committed.snapshot_id,
+            agent_id=job.agent.id,
+            parent_id=job.head.id if job.head else None,
+            label=job.label,
+            created_at=committed.created_at,
+            manifest_digest=committed.manifest_digest,
+            machine_id=job.machine.id,
+            base_image=job.agent.image,
+            layers=committed.layers,
+            layer_size=new_layer.descriptor.size if new_layer else 0,
+            layer_uncompressed=new_layer.uncompressed_size if new_layer else 0,
+            paths_changed=paths_changed,
+        )
+        self.db.add_snapshot(snapshot)
+        return snapshot
+
+    def _base_image(self, image: str) -> BaseImage:
+        base = self._base_images.get(image)
+        if base is None:
+            raise SpinupError(f"Base image {image} was not inspected before capture")
+        return base
+
+    async def prepare_base(self, image: str) -> BaseImage:
+        """Inspect (and cache) the base image: its id, config and layer diff ids."""
+        if image not in self._base_images:
+            self._base_images[image] = base_image(await self.docker.image_inspect(image))
+        return self._base_images[image]

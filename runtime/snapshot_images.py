@@ -1,0 +1,78 @@
+"""Snapshots as Docker images: each snapshot's tag, loaded from the store when Docker lacks it.
+
+A snapshot becomes a machine through the image ``spinup/snap:<id>``. When Docker does not have
+it, the store's layers are streamed into ``docker load`` (zstd decompressed on the fly: Docker
+20.10 rejects zstd layers) on top of the exact base image the snapshot was taken on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+from spinup.snapshot.archive import save_stream
+from spinup.snapshot.errors import StoreError
+from spinup.snapshot.snapshot_store import SnapshotStore
+
+from .docker import DockerBackend
+from .errors import NotFound, SpinupError
+from .models import Snapshot
+
+SNAP_REPO = "spinup/snap"
+ProgressFn = Callable[[str, float | None], None]  # a progress message, and how far (None: unknown)
+
+
+def snapshot_tag(snapshot_id: str) -> str:
+    """The Docker image tag of a snapshot."""
+    return f"{SNAP_REPO}:{snapshot_id}"
+
+
+async def _aiter(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Drive a blocking iterator from a worker thread, one chunk per hop."""
+    done = object()
+    while True:
+        chunk = await asyncio.to_thread(next, iterator, done)
+        if chunk is done:
+            return
+        assert isinstance(chunk, bytes)
+        yield chunk
+
+
+class SnapshotImages:
+    """The Docker images of snapshots: load, export, remove."""
+
+    def __init__(self, docker: DockerBackend, snapshot_store: SnapshotStore) -> None:
+        self.docker = docker
+        self.snapshot_store = snapshot_store
+
+    async def ensure(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> str:
+        """The Docker image of a snapshot, loading it from the store when Docker does not have it."""
+        tag = snapshot_tag(snapshot.id)
+        if await self.docker.image_exists(tag):
+            return tag
+        try:
+            image = await asyncio.to_thread(self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id)
+        except StoreError as exc:
+            raise SpinupError(str(exc)) from exc
+        # The snapshot builds on the exact base image it was taken on (by id, not by tag).
+        base_id = image.base_id
+        if not base_id or not await self.docker.image_exists(base_id):
+            raise NotFound(
+                f"Snapshot {snapshot.id} builds on the image {base_id[:19]} (tagged {snapshot.base_image} when the "
+                f"snapshot was taken), which Docker no longer has. Load that image again (docker load), or fork "
+                f"a newer snapshot taken on the current base image."
+            )
+        if progress:
+            progress(f"loading {len(image.layers)} layers of {snapshot.id} into Docker", None)
+        await self.docker.load_image(_aiter(save_stream(self.snapshot_store.store, image)))
+        return tag
+
+    async def export(self, snapshot: Snapshot, destination: Path) -> int:
+        """Write a ``docker save`` archive (base image included) loadable on any Docker host."""
+        tag = await self.ensure(snapshot)
+        return await self.docker.save_image(tag, destination)
+
+    async def remove(self, snapshot_id: str) -> None:
+        """Remove the snapshot's image from Docker, if it has it."""
+        await self.docker.remove_image(snapshot_tag(snapshot_id))
