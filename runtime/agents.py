@@ -14,10 +14,9 @@ import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 from .config import TOOLBOX_MOUNT, Settings
-from .docker import AGENT_LABEL, DockerBackend, MachineInfo
+from .docker import AGENT_LABEL, DockerBackend, ImageInfo, MachineInfo
 from .errors import AgentExists, DockerFailure, ImageNotFound, InvalidInput, SpinupError
 from .exec import run_command
 from .machines import machine_config, machine_name
@@ -40,7 +39,7 @@ class AgentService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
-        self._image_configs: dict[str, dict[str, Any]] = {}
+        self._image_configs: dict[str, ImageInfo] = {}
         # Called with the id of every machine removed, so caches keyed by machine (quota, limits,
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
@@ -324,8 +323,8 @@ class AgentService:
         await self._start_from(agent, agent.image, kind, f"from base image {agent.image}", prepare=True)
 
     async def _start_from(self, agent: Agent, image: str, kind: str, detail: str, prepare: bool = False) -> None:
-        image_config = await self._image_config(image)
-        config = machine_config(agent, self.settings, image, list(image_config.get("Env") or []))
+        image_info = await self._image_info(image)
+        config = machine_config(agent, self.settings, image, image_info.env)
         name = machine_name(agent)
         try:
             machine_id = await self.docker.create_container(config, name=name)
@@ -335,17 +334,17 @@ class AgentService:
             # A leftover container holds the name (for example after a lost record): replace it.
             await self.docker.remove(name)
             machine_id = await self.docker.create_container(config, name=name)
-        has_dirs = (image_config.get("Labels") or {}).get(AGENT_DIRS_LABEL) == str(AGENT_UID)
+        has_dirs = image_info.labels.get(AGENT_DIRS_LABEL) == str(AGENT_UID)
         if prepare and not is_root(agent.policy) and not has_dirs:
             await self.docker.put_archive(machine_id, "/", _agent_directories())
         await self.docker.start(machine_id)
         self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
         self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
 
-    async def _image_config(self, image: str) -> dict[str, Any]:
-        """The image's config (env, labels), cached per image."""
+    async def _image_info(self, image: str) -> ImageInfo:
+        """The image's id, env and labels, cached per image."""
         if image not in self._image_configs:
-            self._image_configs[image] = dict((await self.docker.image_inspect(image)).get("Config") or {})
+            self._image_configs[image] = await self.docker.image_inspect(image)
         return self._image_configs[image]
 
     async def _remove_machine(self, machine_id: str) -> None:

@@ -34,17 +34,17 @@ _ARGS_PER_EXEC = 64 * 1024  # bytes of paths per tar invocation, well under ARG_
 
 async def changed_paths(docker: DockerBackend, machine_id: str) -> Index:
     """The machine's changes as an index: whiteouts for deletions, 'other' for the rest."""
-    raw = await docker.container_changes(machine_id)
+    changes = await docker.container_changes(machine_id)
     entries: dict[str, Entry] = {}
     parents: set[str] = set()
-    for change in raw:
-        rel = str(change["Path"]).lstrip("/")
+    for change in changes:
+        rel = change.path.lstrip("/")
         if not rel:
             continue
         parents.add(posixpath.dirname(rel))
         if rel in EXCLUDED or any(rel.startswith(e + "/") for e in EXCLUDED):
             continue
-        entries[rel] = Entry.whiteout() if change["Kind"] == DELETED else Entry("other")
+        entries[rel] = Entry.whiteout() if change.kind == DELETED else Entry("other")
     return Index(entries, frozenset(parents))
 
 
@@ -104,8 +104,9 @@ async def _tar_group(
     execution = await docker.exec_create(machine_id, argv, env={}, workdir="/", user=user, stdin=False)
     errors = bytearray()
     held = b""
-    async with execution.start(detach=False) as stream:
-        while (message := await stream.read_out()) is not None:
+    # tar may pause between members, never for long: a silent stream means a hung daemon.
+    async with execution.attach(idle=docker.stream_idle) as stream:
+        while (message := await stream.read()) is not None:
             if message.stream == 2:
                 errors += message.data
                 continue
@@ -116,10 +117,10 @@ async def _tar_group(
                 held = data[-_END_OF_ARCHIVE:]
             else:
                 held = data
-    info = await docker.exec_inspect(execution.id)
-    if info.get("ExitCode") not in (0, None):
+    state = await docker.exec_inspect(execution.id)
+    if state.exit_code not in (0, None):
         raise DockerFailure(
-            f"Archiving the machine's changes failed (toolbox tar exit {info.get('ExitCode')}): "
+            f"Archiving the machine's changes failed (toolbox tar exit {state.exit_code}): "
             f"{errors.decode(errors='replace').strip()[-1000:]}"
         )
     if keep_end:

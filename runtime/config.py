@@ -67,6 +67,12 @@ class Settings:
     # Hibernate agents unused for this many seconds (snapshot, then remove the machine). 0 = never.
     idle_timeout: float = field(default_factory=lambda: float(os.environ.get("SPINUP_IDLE_TIMEOUT", "0") or 0))
     label_extra: dict[str, str] = field(default_factory=dict)
+    # Deadlines of Docker calls (seconds): a request and its answer; a stream (image load/save,
+    # archives) between two chunks. A command's output is bounded by the command's own timeout.
+    docker_timeout: float = field(default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_TIMEOUT") or 60))
+    docker_stream_idle: float = field(
+        default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_STREAM_IDLE") or 300)
+    )
     # Policies MCP clients may ask agent_create for: network=host ("host-network"), user=root ("root").
     mcp_grants: frozenset[str] = field(
         default_factory=lambda: parse_grants(os.environ.get("SPINUP_MCP_GRANTS", DEFAULT_MCP_GRANTS))

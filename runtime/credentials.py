@@ -30,25 +30,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from spinup.snapshot.store import fsync_dir
 
-from .errors import InvalidInput, NotFound, SpinupError
+from .errors import CredentialKeyError, InvalidInput, SecretNotFound, SpinupError
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MIN_SECRET_LENGTH = 4  # shorter values cannot be redacted reliably
 FORMAT_VERSION = 1
 _KEY_BYTES = 32
 _MAKE_KEY = "python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
-
-
-class SecretNotFound(NotFound):
-    """No credential has this name."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"No credential named '{name}'. List them with: spinup secret list")
-        self.name = name
-
-
-class CredentialKeyError(SpinupError):
-    """The master key is missing, malformed, or not the one the store was written with."""
 
 
 def validate_secret_name(name: str) -> str:

@@ -26,7 +26,7 @@ async def diagnose(settings: Settings, docker: DockerBackend | None = None) -> l
     """Run every check; never raises for a failing check."""
     checks: list[Check] = []
     own = docker is None
-    docker = docker or DockerBackend()
+    docker = docker or DockerBackend(call_timeout=settings.docker_timeout, stream_idle=settings.docker_stream_idle)
     try:
         try:
             version = await docker.version()
@@ -34,8 +34,8 @@ async def diagnose(settings: Settings, docker: DockerBackend | None = None) -> l
             checks.append(Check("docker", False, str(exc), "Install docker.io and start dockerd; see README."))
             version = None
         if version is not None:
-            api = str(version.get("ApiVersion", "?"))
-            checks.append(Check("docker", True, f"Docker {version.get('Version', '?')}, API {api}"))
+            api = version.api_version
+            checks.append(Check("docker", True, f"Docker {version.version}, API {api}"))
             wanted = API_VERSION.lstrip("v")
             api_ok = tuple(int(x) for x in api.split(".")) >= tuple(int(x) for x in wanted.split("."))
             checks.append(

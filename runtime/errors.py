@@ -3,12 +3,14 @@
 Every error carries a message that says what was wrong and what to do next, because the
 reader is usually a model deciding its next call. The hierarchy::
 
-    SpinupError
+    SpinupError                (defined in spinup.snapshot.errors, the lowest layer)
+    ├── StoreError             the snapshot store (spinup.snapshot.errors: missing, corrupt, unsafe)
     ├── InvalidInput           bad argument (name, path, size, option)
     ├── NotFound
     │   ├── AgentNotFound      no agent of that name
     │   ├── PathNotFound       no such file or directory in the machine
-    │   └── ImageNotFound      the agent's base image is not in Docker
+    │   ├── ImageNotFound      the agent's base image is not in Docker
+    │   └── SecretNotFound     no credential of that name
     ├── Conflict
     │   ├── AgentExists        the name is taken
     │   ├── IsADirectory       a file operation was given a directory
@@ -16,24 +18,21 @@ reader is usually a model deciding its next call. The hierarchy::
     │   └── DirectoryNotEmpty  delete of a non-empty directory without recursive
     ├── PermissionDenied       the agent's user may not do this to that path
     ├── LimitReached           a policy limit (the disk quota) refuses the operation
+    ├── NotGranted             an MCP client asked for a policy the operator did not grant
+    ├── CredentialKeyError     the master key is missing, malformed or not the store's
+    ├── PackageError           a package manager refused or failed
     ├── DockerUnavailable      the daemon cannot be reached
     └── DockerFailure          the daemon refused an operation for another reason
+        └── DockerTimeout      the daemon did not answer within its deadline
 
 Docker's own exceptions never leave ``runtime/``: ``runtime.docker`` translates them here.
 """
 
 from __future__ import annotations
 
-
-class SpinupError(Exception):
-    """Base of every error the runtime raises on purpose."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+# The root and the store's errors, re-exported: one tree from the snapshot store to the tools.
+from spinup.snapshot.errors import SpinupError as SpinupError
+from spinup.snapshot.errors import StoreError as StoreError
 
 
 class InvalidInput(SpinupError):
@@ -149,3 +148,30 @@ class DockerFailure(SpinupError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DockerTimeout(DockerFailure):
+    """The Docker daemon did not answer within its deadline (a hung or overloaded daemon)."""
+
+    def __init__(self, what: str, seconds: float, host: str) -> None:
+        super().__init__(
+            f"Docker did not answer in {seconds:g} s ({what}). Is the daemon at {host} hung or overloaded? "
+            f"Check with: docker info. A slow host can allow more with SPINUP_DOCKER_TIMEOUT (seconds)."
+        )
+        self.seconds = seconds
+
+
+class SecretNotFound(NotFound):
+    """No credential has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No credential named '{name}'. List them with: spinup secret list")
+        self.name = name
+
+
+class CredentialKeyError(SpinupError):
+    """The master key is missing, malformed, or not the one the store was written with."""
+
+
+class PackageError(SpinupError):
+    """A package manager refused or failed; the message carries its own words."""

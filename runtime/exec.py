@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiodocker.stream import Stream
 
 from .config import TOOLBOX_MOUNT
-from .docker import DockerBackend
+from .docker import DockerBackend, ExecSession
 from .errors import InvalidInput
 from .output import BoundedOutput
 from .redact import Redactor
@@ -124,7 +123,7 @@ async def run_command(
     timed_out = False
     ticker = asyncio.create_task(_tick(on_progress, started, out, err)) if on_progress else None
     try:
-        async with execution.start(detach=False) as stream:
+        async with execution.attach() as stream:
             try:
                 async with asyncio.timeout(timeout):
                     await _pump(stream, stdin, out, err, redactor)
@@ -161,17 +160,17 @@ async def run_command(
 
 
 async def _pump(
-    stream: Stream, stdin: bytes | None, out: BoundedOutput, err: BoundedOutput, redactor: Redactor | None
+    stream: ExecSession, stdin: bytes | None, out: BoundedOutput, err: BoundedOutput, redactor: Redactor | None
 ) -> None:
     helpers = (
-        [asyncio.create_task(_feed_stdin(stream, stdin)), asyncio.create_task(_drop_unread_stdin_at_eof(stream))]
+        [asyncio.create_task(stream.send_stdin(stdin)), asyncio.create_task(stream.drop_unread_stdin_at_eof())]
         if stdin is not None
         else []
     )
     scrub = {1: redactor.stream(), 2: redactor.stream()} if redactor else None
     try:
         while True:
-            message = await stream.read_out()
+            message = await stream.read()
             if message is None:
                 break
             sink = err if message.stream == 2 else out
@@ -187,46 +186,6 @@ async def _pump(
                 await task
 
 
-def _transport(stream: Stream) -> asyncio.Transport | None:
-    response = stream._resp
-    return response.connection.transport if response and response.connection else None
-
-
-async def _feed_stdin(stream: Stream, data: bytes) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), 64 * 1024):
-        await stream.write_in(bytes(view[start : start + 64 * 1024]))
-    # Half-close so the command sees end of input; aiodocker only offers a full close.
-    transport = _transport(stream)
-    if transport is not None and transport.can_write_eof():
-        transport.write_eof()
-
-
-async def _drop_unread_stdin_at_eof(stream: Stream) -> None:
-    """Once Docker has ended the stream, drop the stdin the command never read.
-
-    aiohttp reports the end of the output only after the transport has sent everything written to
-    it, which never happens when the command exits without reading all its input: without this the
-    read would wait until the daemon gives up on the connection (minutes).
-    """
-    response = stream._resp
-    connection = response.connection if response else None
-    if connection is None or connection.transport is None or connection.protocol is None:
-        return
-    transport, protocol = connection.transport, connection.protocol
-    if not transport.is_closing():
-        ended = asyncio.Event()
-        eof_received = protocol.eof_received
-
-        def on_eof() -> None:
-            ended.set()
-            eof_received()
-
-        protocol.eof_received = on_eof  # type: ignore[method-assign]
-        await ended.wait()
-    transport.abort()
-
-
 async def _tick(on_progress: ProgressCallback, started: float, out: BoundedOutput, err: BoundedOutput) -> None:
     while True:
         await asyncio.sleep(PROGRESS_INTERVAL)
@@ -240,19 +199,17 @@ async def _tick(on_progress: ProgressCallback, started: float, out: BoundedOutpu
 async def _exit_status(docker: DockerBackend, exec_id: str) -> tuple[int | None, int]:
     """The exit code (None if the command still runs) and the pid (0 if it never started)."""
     for _ in range(50):
-        info = await docker.exec_inspect(exec_id)
-        if not info.get("Running"):
-            code = info.get("ExitCode")
-            return (None if code is None else int(code)), int(info.get("Pid") or 0)
+        state = await docker.exec_inspect(exec_id)
+        if not state.running:
+            return state.exit_code, state.pid
         await asyncio.sleep(0.02)
-    return None, int(info.get("Pid") or 0)
+    return None, state.pid
 
 
 async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: str, user: str) -> None:
     """Kill the exec's process group from the host when the daemon is local, then sweep the
     machine for any process still carrying the exec marker (daemons that left the group)."""
-    info = await docker.exec_inspect(exec_id)
-    pid = int(info.get("Pid") or 0)
+    pid = (await docker.exec_inspect(exec_id)).pid
     if pid > 0 and docker.is_local and _belongs_to(pid, machine_id):
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -270,9 +227,9 @@ async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: st
         sweeper = await docker.exec_create(
             machine_id, [TOOLBOX_MOUNT, "sh", "-c", sweep], env={}, workdir="/", user=user, stdin=False
         )
-        async with sweeper.start(detach=False) as stream:
+        async with sweeper.attach() as stream:
             async with asyncio.timeout(10):
-                while await stream.read_out() is not None:
+                while await stream.read() is not None:
                     pass
     except Exception:
         log.exception("sweep for the timed-out command's processes failed")

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from .config import DEFAULT_IMAGE
-from .docker import DockerBackend, translate_docker_errors
-from .errors import DockerFailure, InvalidInput, NotFound, SpinupError
+from .docker import DockerBackend
+from .errors import DockerFailure, InvalidInput, SpinupError
 from .policy import AGENT_DIRS_LABEL, AGENT_UID, AGENT_USER, WORKSPACE
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,7 @@ async def _finish(task: asyncio.Task[None]) -> None:
 async def _remove_image(docker: DockerBackend, ref: str) -> None:
     """Remove tag ``ref``, and its image only if no other tag points at it; ignore if absent."""
     try:
-        with translate_docker_errors(f"Remove image {ref}"):
-            await docker.client.images.delete(ref)
-    except NotFound:
-        pass
+        await docker.remove_image(ref, force=False)
     except SpinupError as exc:
         log.warning("could not remove temporary image %s: %s", ref, exc)
 
@@ -247,8 +244,7 @@ async def build_base_image(
         if rc != 0:
             raise failure(rc)
         say(f"spinup: tagging {image_id} as {ref}")
-        with translate_docker_errors(f"Tag image {ref}"):
-            await docker.client.images.tag(staging, repo, tag=tag)
+        await docker.tag_image(staging, repo, tag)
     finally:
         await _stop(proc, stdout)
         await _finish(stderr_task)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import InvalidInput, SpinupError
+from .errors import InvalidInput, PackageError
 from .exec import ExecResult, ProgressCallback
 from .models import Agent, PackageEntry, PackageManager
 from .policy import NPM_PREFIX, SOURCES_MOUNT, VENV, is_root
@@ -39,10 +39,6 @@ _OFFLINE_HINTS = {
     "npm": ("ENOTFOUND", "ENOTCACHED", "EAI_AGAIN", "ECONNREFUSED", "request to"),
     "apt": ("Unable to locate package", "has no installation candidate", "Temporary failure resolving"),
 }
-
-
-class PackageError(SpinupError):
-    """A package manager refused or failed; the message carries its own words."""
 
 
 @dataclass(frozen=True)

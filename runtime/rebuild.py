@@ -9,6 +9,7 @@ not be reinstalled is reported.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from .docker import DockerBackend
 from .errors import SpinupError
 from .models import PackageEntry, PackageManager
 from .policy import NPM_PREFIX, VENV
+
+log = logging.getLogger(__name__)
 
 CARRIED = ("/workspace", "/home/agent")
 # Built for the old base (interpreter paths, native modules): reinstalled from the manifest instead.
@@ -59,8 +62,8 @@ async def replay(
         group = [entry for entry in entries if entry.manager == manager]
         try:
             versions = await install(manager, [pinned(entry) for entry in group])
-        except SpinupError:
-            pass
+        except SpinupError as exc:
+            log.info("reinstalling %d %s packages in one go failed (%s); trying one by one", len(group), manager, exc)
         else:
             outcomes += [Reinstalled(entry, versions.get(entry.name)) for entry in group]
             continue

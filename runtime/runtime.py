@@ -78,7 +78,9 @@ class Runtime:
 
     def __init__(self, settings: Settings | None = None, docker: DockerBackend | None = None) -> None:
         self.settings = settings or Settings()
-        self._docker = docker or DockerBackend()
+        self._docker = docker or DockerBackend(
+            call_timeout=self.settings.docker_timeout, stream_idle=self.settings.docker_stream_idle
+        )
         self._db = StateDB(self.settings.db_path)
         self._snapshots = SnapshotService(self.settings, self._db, self._docker)
         self._agents = AgentService(self.settings, self._db, self._docker, self._snapshots)

@@ -33,7 +33,7 @@ from spinup.snapshot.walk import LayerPlan, MemberSink, Planner, scan
 
 from . import api_capture
 from .config import Settings
-from .docker import DockerBackend, MachineInfo
+from .docker import DockerBackend, ImageInfo, MachineInfo
 from .errors import SpinupError
 from .models import Agent, Snapshot, readable_size
 from .policy import exec_user
@@ -88,15 +88,9 @@ def crash_hook(point: str) -> FaultHook:
     return crash
 
 
-def base_image(inspect: dict[str, Any]) -> BaseImage:
-    """What a snapshot records of its base image, from the image's Docker inspect document."""
-    return BaseImage(
-        id=str(inspect["Id"]),
-        architecture=inspect.get("Architecture", "amd64"),
-        os=inspect.get("Os", "linux"),
-        config=dict(inspect.get("Config") or {}),
-        diff_ids=tuple(inspect.get("RootFS", {}).get("Layers", [])),
-    )
+def base_image(image: ImageInfo) -> BaseImage:
+    """What a snapshot records of its base image, from what Docker says of it."""
+    return BaseImage(image.id, image.architecture, image.os, dict(image.config), image.diff_ids)
 
 
 def _holding_store_lock(

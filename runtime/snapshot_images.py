@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from spinup.snapshot.archive import save_stream
-from spinup.snapshot.errors import StoreError
 from spinup.snapshot.snapshot_store import SnapshotStore
 
 from .docker import DockerBackend
-from .errors import NotFound, SpinupError
+from .errors import NotFound
 from .models import Snapshot
 
 SNAP_REPO = "spinup/snap"
@@ -51,10 +50,8 @@ class SnapshotImages:
         tag = snapshot_tag(snapshot.id)
         if await self.docker.image_exists(tag):
             return tag
-        try:
-            image = await asyncio.to_thread(self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id)
-        except StoreError as exc:
-            raise SpinupError(str(exc)) from exc
+        # A missing or corrupt blob raises a StoreError, itself a SpinupError that says what to do.
+        image = await asyncio.to_thread(self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id)
         # The snapshot builds on the exact base image it was taken on (by id, not by tag).
         base_id = image.base_id
         if not base_id or not await self.docker.image_exists(base_id):

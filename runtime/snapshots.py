@@ -18,7 +18,6 @@ import asyncio
 import builtins
 from pathlib import Path
 
-from spinup.snapshot.errors import StoreError
 from spinup.snapshot.image import BaseImage
 from spinup.snapshot.listing import Diff, Meta, diff_trees, live_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport
@@ -131,10 +130,7 @@ class SnapshotService:
 
     async def tree(self, snapshot: Snapshot) -> dict[str, Meta]:
         """What the snapshot's layers hold, by path."""
-        try:
-            return await asyncio.to_thread(self.snapshot_store.tree, snapshot.manifest_digest)
-        except StoreError as exc:
-            raise SpinupError(str(exc)) from exc
+        return await asyncio.to_thread(self.snapshot_store.tree, snapshot.manifest_digest)
 
     async def live_tree(self, agent: Agent, machine: MachineInfo) -> dict[str, Meta]:
         """The head's listing with the machine's unsnapshotted changes applied."""

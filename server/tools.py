@@ -78,8 +78,8 @@ def _tool_errors(fn: Callable[..., Awaitable[R]], redact: Callable[[str], str]) 
         except Exception as exc:
             log.exception("tool %s failed", fn.__name__)
             raise ToolError(
-                f"Internal error in {fn.__name__}: {redact(f'{type(exc).__name__}: {exc}')}. The server keeps "
-                f"serving; if it repeats, run: spinup doctor"
+                f"Internal error in {fn.__name__} ({type(exc).__name__}); the details are in the Spinup server's "
+                f"log. The server keeps serving; if it repeats, run: spinup doctor"
             ) from exc
 
     return wrapper

@@ -1,17 +1,31 @@
-"""Errors of the snapshot store and layer handling.
+"""Errors of the snapshot store and layer handling, and the root of every Spinup error.
 
-    StoreError
-    ├── BlobMissing      a referenced blob is not in the store
-    ├── BlobCorrupt      a blob's bytes do not match its digest
-    └── UnsafeLayer      a layer tries to escape its root or create a device
+    SpinupError              the root (re-exported by ``spinup.runtime``, whose errors derive from it)
+    └── StoreError
+        ├── BlobMissing      a referenced blob is not in the store
+        ├── BlobCorrupt      a blob's bytes do not match its digest
+        └── UnsafeLayer      a layer tries to escape its root or create a device
 
-``runtime`` maps these onto its own errors; ``snapshot`` knows nothing of MCP or Docker.
+The root lives here, in the lowest layer, so that ``snapshot`` (which imports nothing from
+``runtime``) and ``runtime`` share one tree: a store error reaches a tool as it is.
+``snapshot`` knows nothing of MCP or Docker.
 """
 
 from __future__ import annotations
 
 
-class StoreError(Exception):
+class SpinupError(Exception):
+    """Base of every error Spinup raises on purpose; the message says what was wrong and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StoreError(SpinupError):
     """Base of snapshot store errors; the message says what to do."""
 
 

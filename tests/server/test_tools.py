@@ -358,3 +358,18 @@ async def test_packages_install_list_export_and_remove_through_mcp(
     assert "network policy is 'none'" in missing
     removed = await call(client, "package_remove", agent=agent_name, manager="pip", packages=["spinup-mcp-demo"])
     assert removed["packages"] == []
+
+
+async def test_an_unexpected_error_names_its_type_not_its_text_and_the_server_keeps_serving(
+    client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Runtime) -> list[Any]:
+        raise RuntimeError("internal detail /var/lib/spinup/secret-path")
+
+    monkeypatch.setattr(Runtime, "list_agents", broken)
+    text = await fails(client, "agent_list")
+    assert "Internal error in agent_list (RuntimeError)" in text and "server's log" in text
+    assert "secret-path" not in text
+    assert "secret-path" in caplog.text, "the details go to the log"
+    monkeypatch.undo()
+    assert "agents" in await call(client, "agent_list")

@@ -1,18 +1,20 @@
 """The Docker backend: the one place that talks to the daemon through aiodocker.
 
-Raw Docker JSON and ``aiodocker.DockerError`` stop here; callers get typed values and
-:mod:`runtime.errors`.
+Raw Docker JSON and ``aiodocker.DockerError`` stop here; callers get typed values
+(:mod:`.values`) and :mod:`runtime.errors`. Every call has a deadline: ``call_timeout`` for a
+request and its answer, ``stream_idle`` between two chunks of a stream (image load and save,
+archives, walks of a writable layer); a command's output stream is bounded by the command's own
+timeout instead. A call that misses its deadline raises :class:`~runtime.errors.DockerTimeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +22,35 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from .errors import DockerFailure, DockerUnavailable, NotFound
+from ..errors import DockerFailure, DockerTimeout, DockerUnavailable, NotFound
+from .execs import Execution
+from .values import (
+    Change,
+    DaemonVersion,
+    ExecState,
+    ImageInfo,
+    MachineInfo,
+    PathStat,
+    parse_changes,
+    parse_exec,
+    parse_image,
+    parse_machine,
+    parse_path_stat,
+    parse_version,
+)
 
 MANAGED_LABEL = "spinup.managed"
 AGENT_LABEL = "spinup.agent"
 API_VERSION = "v1.41"
 PAUSED_WAIT = 120.0  # seconds an exec waits for a machine paused by a snapshot
+CALL_TIMEOUT = 60.0  # seconds a request may take, its answer included
+STREAM_IDLE = 300.0  # seconds a stream may go without a byte
+CONNECT_TIMEOUT = 10.0
 
 
 @contextmanager
-def translate_docker_errors(what: str) -> Iterator[None]:
-    """Turn aiodocker and connection errors raised inside the block into Spinup errors."""
+def translate_docker_errors(what: str, seconds: float = CALL_TIMEOUT, host: str = "") -> Iterator[None]:
+    """Turn aiodocker, connection and deadline errors raised inside the block into Spinup errors."""
     try:
         yield
     except DockerError as exc:
@@ -39,80 +59,57 @@ def translate_docker_errors(what: str) -> Iterator[None]:
         if exc.status == 404:
             raise NotFound(f"{what}: {exc.message}") from exc
         raise DockerFailure(f"{what} failed: Docker said: {exc.message}", exc.status) from exc
+    except TimeoutError as exc:  # aiohttp's deadlines (its ServerTimeoutError is a TimeoutError too)
+        raise DockerTimeout(what, seconds, host or _docker_host()) from exc
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
         raise DockerUnavailable(str(exc)) from exc
 
 
-@dataclass(frozen=True)
-class MachineInfo:
-    """What the runtime needs to know about a container."""
-
-    id: str
-    running: bool
-    paused: bool
-    status: str
-    pid: int
-    image: str
-    image_id: str
-    labels: dict[str, str]
-    upper_dir: str | None  # overlay2 upper directory, when the daemon uses overlay2
-    lower_dirs: tuple[str, ...] = ()  # overlay2 lower directories, top first: Docker's init layer, the image's
-    started_at: str = ""  # when the container last started (Docker's RFC 3339 time)
-
-
-@dataclass(frozen=True)
-class PathStat:
-    """Stat of a path inside a container, from the archive API's stat header."""
-
-    name: str
-    size: int
-    mode: int  # Go os.FileMode bits
-    mtime: str
-    link_target: str
-
-    # Go's os.FileMode type bits
-    _DIR = 1 << 31
-    _SYMLINK = 1 << 27
-
-    @property
-    def is_dir(self) -> bool:
-        return bool(self.mode & self._DIR)
-
-    @property
-    def is_symlink(self) -> bool:
-        return bool(self.mode & self._SYMLINK)
-
-    @property
-    def permissions(self) -> int:
-        return self.mode & 0o7777
-
-
-def _parse_path_stat(header: str | None) -> PathStat:
-    if not header:
-        raise DockerFailure("Docker returned no path stat header for an archive request")
-    raw = json.loads(base64.b64decode(header))
-    return PathStat(
-        name=raw.get("name", ""),
-        size=int(raw.get("size", 0)),
-        mode=int(raw.get("mode", 0)),
-        mtime=str(raw.get("mtime", "")),
-        link_target=raw.get("linkTarget", "") or "",
-    )
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 class DockerBackend:
-    """Typed, error-translating access to the Docker daemon."""
+    """Typed, error-translating access to the Docker daemon, every call under a deadline."""
 
-    def __init__(self, client: aiodocker.Docker | None = None) -> None:
+    def __init__(
+        self,
+        client: aiodocker.Docker | None = None,
+        *,
+        url: str | None = None,
+        call_timeout: float = CALL_TIMEOUT,
+        stream_idle: float = STREAM_IDLE,
+    ) -> None:
         self._client = client
         self._owns_client = client is None
+        self._url = url
+        self.call_timeout = call_timeout
+        self.stream_idle = stream_idle
 
     @property
     def client(self) -> aiodocker.Docker:
+        """The aiodocker client (made on first use); its requests default to the call deadline."""
         if self._client is None:
-            with translate_docker_errors("connect to Docker"):
-                self._client = aiodocker.Docker(api_version=API_VERSION)
+            with translate_docker_errors("connect to Docker", self.call_timeout):
+                self._client = aiodocker.Docker(
+                    url=self._url,
+                    api_version=API_VERSION,
+                    timeout=aiohttp.ClientTimeout(total=self.call_timeout, sock_connect=CONNECT_TIMEOUT),
+                )
         return self._client
+
+    @property
+    def host(self) -> str:
+        """Where the daemon is reached, for messages."""
+        return self._url or str(getattr(self._client, "docker_host", "")) or _docker_host()
+
+    def _calling(self, what: str, seconds: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """Translate the errors of one call whose deadline is ``seconds`` (default: the call deadline)."""
+        return translate_docker_errors(what, self.call_timeout if seconds is None else seconds, self.host)
+
+    def _streaming(self) -> aiohttp.ClientTimeout:
+        """The deadline of a stream: no total, ``stream_idle`` between chunks."""
+        return aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=self.stream_idle)
 
     async def close(self) -> None:
         """Close the HTTP session if this backend created it."""
@@ -122,11 +119,10 @@ class DockerBackend:
 
     # daemon
 
-    async def version(self) -> dict[str, Any]:
-        """The daemon's version document."""
-        with translate_docker_errors("Ask Docker for its version"):
-            result: dict[str, Any] = await self.client.version()
-            return result
+    async def version(self) -> DaemonVersion:
+        """The daemon's version and API version."""
+        with self._calling("Ask Docker for its version"):
+            return parse_version(await self.client.version())
 
     @property
     def is_local(self) -> bool:
@@ -139,25 +135,29 @@ class DockerBackend:
     async def image_exists(self, ref: str) -> bool:
         """Whether Docker has the image ``ref``."""
         try:
-            with translate_docker_errors(f"Inspect image {ref}"):
+            with self._calling(f"Inspect image {ref}"):
                 await self.client.images.inspect(ref)
         except NotFound:
             return False
         return True
 
-    async def image_inspect(self, ref: str) -> dict[str, Any]:
-        """The image's inspect document (id, config, rootfs diff ids)."""
-        with translate_docker_errors(f"Inspect image {ref}"):
-            result: dict[str, Any] = await self.client.images.inspect(ref)
-            return result
+    async def image_inspect(self, ref: str) -> ImageInfo:
+        """The image's id, platform, runtime config and layer diff ids."""
+        with self._calling(f"Inspect image {ref}"):
+            return parse_image(await self.client.images.inspect(ref))
 
-    async def remove_image(self, ref: str) -> None:
+    async def remove_image(self, ref: str, *, force: bool = True) -> None:
         """Remove an image tag; an absent image is fine."""
         try:
-            with translate_docker_errors(f"Remove image {ref}"):
-                await self.client.images.delete(ref, force=True)
+            with self._calling(f"Remove image {ref}"):
+                await self.client.images.delete(ref, force=force)
         except NotFound:
             return
+
+    async def tag_image(self, ref: str, repo: str, tag: str) -> None:
+        """Tag the image ``ref`` as ``repo:tag``."""
+        with self._calling(f"Tag image {ref} as {repo}:{tag}"):
+            await self.client.images.tag(ref, repo, tag=tag)
 
     async def load_image(self, tar_stream: AsyncIterator[bytes]) -> None:
         """Load a ``docker save``-format tar stream into the daemon."""
@@ -165,14 +165,14 @@ class DockerBackend:
 
     async def _post_tar(self, path: str, params: dict[str, Any], tar_stream: AsyncIterator[bytes], what: str) -> None:
         """Stream a tar body to the daemon and fail on any error line of its JSON progress answer."""
-        with translate_docker_errors(what):
+        with self._calling(what, self.stream_idle):
             async with self.client._query(
                 path,
                 method="POST",
                 params=params,
                 data=tar_stream,
                 headers={"Content-Type": "application/x-tar"},
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=self._streaming(),
             ) as response:
                 body = await response.text()
         for line in body.splitlines():
@@ -183,10 +183,8 @@ class DockerBackend:
         """Stream ``docker save`` of an image to a file (atomically); returns the bytes written."""
         tmp = destination.with_name(destination.name + ".part")
         written = 0
-        with translate_docker_errors(f"Save image {ref}"):
-            async with self.client._query(
-                f"images/{ref}/get", method="GET", timeout=aiohttp.ClientTimeout(total=None)
-            ) as response:
+        with self._calling(f"Save image {ref}", self.stream_idle):
+            async with self.client._query(f"images/{ref}/get", method="GET", timeout=self._streaming()) as response:
                 with open(tmp, "wb") as fh:  # noqa: ASYNC230 - sequential local writes of streamed chunks
                     async for chunk in response.content.iter_chunked(1024 * 1024):
                         fh.write(chunk)
@@ -198,7 +196,7 @@ class DockerBackend:
 
     async def pause(self, container_id: str) -> None:
         """Freeze every process of a running container."""
-        with translate_docker_errors(f"Pause machine {container_id[:12]}"):
+        with self._calling(f"Pause machine {container_id[:12]}"):
             await self.client.containers.container(container_id).pause()
 
     async def import_image(self, tar_stream: AsyncIterator[bytes], ref: str, changes: list[str]) -> str:
@@ -208,84 +206,74 @@ class DockerBackend:
         if changes:
             params["changes"] = "\n".join(changes)
         await self._post_tar("images/create", params, tar_stream, f"Import of {ref}")
-        info = await self.image_inspect(ref)
-        return str(info["Id"])
+        return (await self.image_inspect(ref)).id
 
     # containers
 
     async def create_container(self, config: dict[str, Any], name: str | None = None) -> str:
         """Create a container from a full config; returns its id."""
-        with translate_docker_errors("Create machine"):
+        with self._calling("Create machine"):
             container = await self.client.containers.create(config, name=name)
             return str(container.id)
 
     async def inspect(self, container_id: str) -> MachineInfo | None:
         """The container's state, or None if it does not exist."""
         try:
-            with translate_docker_errors(f"Inspect machine {container_id[:12]}"):
+            with self._calling(f"Inspect machine {container_id[:12]}"):
                 raw = await self.client.containers.container(container_id).show()
         except NotFound:
             return None
-        state = raw.get("State", {})
-        graph = (raw.get("GraphDriver") or {}).get("Data") or {}
-        return MachineInfo(
-            id=raw["Id"],
-            running=bool(state.get("Running")),
-            paused=bool(state.get("Paused")),
-            status=str(state.get("Status", "")),
-            pid=int(state.get("Pid") or 0),
-            image=str(raw.get("Config", {}).get("Image", "")),
-            image_id=str(raw.get("Image", "")),
-            labels=dict(raw.get("Config", {}).get("Labels") or {}),
-            upper_dir=graph.get("UpperDir"),
-            lower_dirs=tuple(part for part in str(graph.get("LowerDir") or "").split(":") if part),
-            started_at=str(state.get("StartedAt", "")),
-        )
+        return parse_machine(raw)
 
     async def writable_size(self, container_id: str) -> int:
         """Bytes in the container's writable layer, as Docker measures them (walks the layer: slow)."""
-        with translate_docker_errors(f"Measure machine {container_id[:12]}"):
-            raw = await self.client._query_json(f"containers/{container_id}/json", method="GET", params={"size": "1"})
+        # Docker walks the whole writable layer to answer: a stream's deadline, not a call's.
+        with self._calling(f"Measure machine {container_id[:12]}", self.stream_idle):
+            raw = await self.client._query_json(
+                f"containers/{container_id}/json", method="GET", params={"size": "1"}, timeout=self._streaming()
+            )
         return int(raw.get("SizeRw") or 0)
 
     async def cpu_count(self) -> int:
         """CPUs the daemon's host has."""
-        with translate_docker_errors("Ask Docker about its host"):
+        with self._calling("Ask Docker about its host"):
             info = await self.client.system.info()
         return int(info.get("NCPU") or os.cpu_count() or 1)
 
-    async def container_changes(self, container_id: str) -> list[dict[str, Any]]:
-        """Paths the container added (1), modified (0) or deleted (2) relative to its image."""
-        with translate_docker_errors(f"List changes of machine {container_id[:12]}"):
-            result = await self.client._query_json(f"containers/{container_id}/changes", method="GET")
-        return list(result or [])
+    async def container_changes(self, container_id: str) -> list[Change]:
+        """Paths the container added, modified or deleted relative to its image."""
+        with self._calling(f"List changes of machine {container_id[:12]}", self.stream_idle):
+            result = await self.client._query_json(
+                f"containers/{container_id}/changes", method="GET", timeout=self._streaming()
+            )
+        return parse_changes(result)
 
     async def start(self, container_id: str) -> None:
         """Start a stopped container."""
-        with translate_docker_errors(f"Start machine {container_id[:12]}"):
+        with self._calling(f"Start machine {container_id[:12]}"):
             await self.client.containers.container(container_id).start()
 
     async def unpause(self, container_id: str) -> None:
         """Resume a paused container."""
-        with translate_docker_errors(f"Unpause machine {container_id[:12]}"):
+        with self._calling(f"Unpause machine {container_id[:12]}"):
             await self.client.containers.container(container_id).unpause()
 
     async def stop(self, container_id: str, grace_seconds: int = 5) -> None:
         """Stop a container, killing it after ``grace_seconds``."""
-        with translate_docker_errors(f"Stop machine {container_id[:12]}"):
+        with self._calling(f"Stop machine {container_id[:12]}"):
             await self.client.containers.container(container_id).stop(t=grace_seconds)
 
     async def remove(self, container_id: str) -> None:
         """Force-remove a container; a container that is already gone is fine."""
         try:
-            with translate_docker_errors(f"Remove machine {container_id[:12]}"):
+            with self._calling(f"Remove machine {container_id[:12]}"):
                 await self.client.containers.container(container_id).delete(force=True, v=True)
         except NotFound:
             return
 
     async def list_by_label(self, label: str) -> list[str]:
         """Ids of all containers (running or not) carrying ``label`` (``key`` or ``key=value``)."""
-        with translate_docker_errors("List machines"):
+        with self._calling("List machines"):
             containers = await self.client.containers.list(all=True, filters={"label": [label]})
         return [str(c.id) for c in containers]
 
@@ -300,7 +288,7 @@ class DockerBackend:
         workdir: str | None,
         user: str,
         stdin: bool,
-    ) -> aiodocker.execs.Exec:
+    ) -> Execution:
         """Create an exec instance (not started).
 
         A machine paused for a snapshot takes no exec: wait (up to ``PAUSED_WAIT`` seconds) for the
@@ -311,8 +299,8 @@ class DockerBackend:
         delay = 0.02
         while True:
             try:
-                with translate_docker_errors("Start command"):
-                    return await container.exec(
+                with self._calling("Start command"):
+                    execution = await container.exec(
                         argv,
                         stdin=stdin,
                         stdout=True,
@@ -322,17 +310,17 @@ class DockerBackend:
                         environment=env,
                         workdir=workdir,
                     )
+                    return Execution(execution)
             except DockerFailure as exc:
                 if exc.status != 409 or "paused" not in str(exc) or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        """Exec state: ``Running``, ``ExitCode``, ``Pid``."""
-        with translate_docker_errors("Inspect command"):
-            result: dict[str, Any] = await self.client._query_json(f"exec/{exec_id}/json", method="GET")
-            return result
+    async def exec_inspect(self, exec_id: str) -> ExecState:
+        """Whether the command runs, its exit code and its pid."""
+        with self._calling("Inspect command"):
+            return parse_exec(await self.client._query_json(f"exec/{exec_id}/json", method="GET"))
 
     # archive
 
@@ -341,41 +329,41 @@ class DockerBackend:
         # aiodocker cannot read HEAD errors (no body), so this request is made directly.
         client = self.client
         url = client._canonicalize_url(f"containers/{container_id}/archive")
-        with translate_docker_errors(f"Stat {path}"):
+        with self._calling(f"Stat {path}"):
             try:
                 async with client.session.head(url, params={"path": path}) as response:
                     if response.status == 404:
                         raise DockerError(404, f"no such path {path} (or no such machine)")
                     if response.status >= 400:
                         raise DockerError(response.status, response.reason or "archive stat failed")
-                    return _parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
+                    return parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
             except aiohttp.ClientConnectionError as exc:
                 raise DockerError(900, str(exc)) from exc
 
     @asynccontextmanager
     async def get_archive(self, container_id: str, path: str) -> AsyncIterator[tuple[PathStat, aiohttp.StreamReader]]:
         """Stream a tar of ``path`` out of the container, with the path's stat."""
-        with translate_docker_errors(f"Read {path}"):
+        with self._calling(f"Read {path}", self.stream_idle):
             async with self.client._query(
                 f"containers/{container_id}/archive",
                 method="GET",
                 params={"path": path},
                 # aiohttp asks for gzip by default, which makes the daemon compress what we unpack at once.
                 headers={"Accept-Encoding": "identity"},
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=self._streaming(),
             ) as response:
-                stat = _parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
+                stat = parse_path_stat(response.headers.get("X-Docker-Container-Path-Stat"))
                 yield stat, response.content
 
     async def put_archive(self, container_id: str, path: str, tar: AsyncIterator[bytes] | bytes) -> None:
         """Extract a tar (bytes or a stream of chunks) into directory ``path`` of the container."""
-        with translate_docker_errors(f"Write into {path}"):
+        with self._calling(f"Write into {path}", self.stream_idle):
             async with self.client._query(
                 f"containers/{container_id}/archive",
                 method="PUT",
                 params={"path": path, "noOverwriteDirNonDir": "true"},
                 data=tar,
                 headers={"Content-Type": "application/x-tar"},
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=self._streaming(),
             ) as response:
                 await response.read()

@@ -1,0 +1,39 @@
+"""The Docker backend (:class:`DockerBackend`) and the typed values it returns.
+
+``backend`` talks to the daemon (every call under a deadline, errors translated), ``values``
+parses Docker's JSON into what the rest of the runtime reads, ``execs`` holds a running
+command's streams. Nothing outside this package touches aiodocker.
+"""
+
+from .backend import (
+    AGENT_LABEL,
+    API_VERSION,
+    CALL_TIMEOUT,
+    MANAGED_LABEL,
+    PAUSED_WAIT,
+    STREAM_IDLE,
+    DockerBackend,
+    translate_docker_errors,
+)
+from .execs import ExecSession, Execution, Output
+from .values import Change, DaemonVersion, ExecState, ImageInfo, MachineInfo, PathStat
+
+__all__ = [
+    "AGENT_LABEL",
+    "API_VERSION",
+    "CALL_TIMEOUT",
+    "MANAGED_LABEL",
+    "PAUSED_WAIT",
+    "STREAM_IDLE",
+    "Change",
+    "DaemonVersion",
+    "DockerBackend",
+    "ExecSession",
+    "ExecState",
+    "Execution",
+    "ImageInfo",
+    "MachineInfo",
+    "Output",
+    "PathStat",
+    "translate_docker_errors",
+]
