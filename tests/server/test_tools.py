@@ -163,7 +163,7 @@ async def test_exec_sends_progress_when_the_client_asks_for_it(
 async def test_snapshot_create_reports_what_it_archives(
     client: Client, agent_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spinup.server.tools.REPORT_INTERVAL", 0.0)
+    monkeypatch.setattr("spinup.server.tools.common.REPORT_INTERVAL", 0.0)
     write = "for i in 1 2 3; do head -c 20971520 /dev/urandom > /workspace/big$i; done"
     await call(client, "exec", agent=agent_name, command=write)
     messages: list[str] = []

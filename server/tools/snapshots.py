@@ -1,0 +1,88 @@
+"""The MCP tools snapshot_create, snapshot_list, snapshot_restore, snapshot_fork, snapshot_diff, snapshot_delete."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from mcp.server.mcpserver import Context
+from pydantic import Field
+
+from ..schemas import (
+    AgentInfo,
+    DiffResult,
+    RestoreResult,
+    SnapshotCreated,
+    SnapshotInfo,
+    SnapshotList,
+)
+from .common import (
+    ADDITIVE,
+    DESTRUCTIVE,
+    READ_ONLY,
+    AgentArg,
+    Registrar,
+    SnapshotArg,
+    progress_reporter,
+)
+
+
+def register(reg: Registrar) -> None:
+    """Register these tools through ``reg``."""
+    get_runtime = reg.get_runtime
+    tool = reg.tool
+
+    @tool("snapshot_create", ADDITIVE)
+    async def snapshot_create(
+        ctx: Context,
+        agent: AgentArg,
+        label: Annotated[str, Field(max_length=200, description="A note to find it by, e.g. 'before upgrade'.")] = "",
+    ) -> SnapshotCreated:
+        """Save the agent's machine (files, installed packages) as a snapshot you can restore or fork later. Only
+        what changed since the last snapshot is stored. Take one before risky work."""
+        return SnapshotCreated.of(await get_runtime().snapshot(agent, label, progress_reporter(ctx)))
+
+    @tool("snapshot_list", READ_ONLY)
+    async def snapshot_list(agent: AgentArg) -> SnapshotList:
+        """List an agent's snapshots, oldest first, and its current head."""
+        runtime = get_runtime()
+        return SnapshotList(
+            snapshots=[SnapshotInfo.of(s) for s in runtime.list_snapshots(agent)],
+            head=runtime.get_agent(agent).head_snapshot,
+        )
+
+    @tool("snapshot_restore", DESTRUCTIVE)
+    async def snapshot_restore(ctx: Context, agent: AgentArg, snapshot: SnapshotArg) -> RestoreResult:
+        """Replace the agent's machine with the state saved in a snapshot. Work not yet snapshotted is saved first
+        (saved_before_restore), so a restore can itself be undone."""
+        started = time.monotonic()
+        result = await get_runtime().restore(agent, snapshot, progress_reporter(ctx))
+        return RestoreResult(
+            agent=AgentInfo.of(result.agent),
+            restored=snapshot,
+            saved_before_restore=result.saved_before_restore,
+            duration_s=round(time.monotonic() - started, 4),
+        )
+
+    @tool("snapshot_fork", ADDITIVE, takes_agent=False)
+    async def snapshot_fork(
+        snapshot: SnapshotArg,
+        name: Annotated[str, Field(description="Name of the new agent (lowercase letters, digits, '-').")],
+    ) -> AgentInfo:
+        """Create a new, independent agent whose machine starts from a snapshot (e.g. to try two approaches)."""
+        return AgentInfo.of(await get_runtime().fork(snapshot, name))
+
+    @tool("snapshot_diff", READ_ONLY)
+    async def snapshot_diff(
+        agent: AgentArg,
+        source: Annotated[str | None, Field(description="Snapshot to compare from; default the agent's head.")] = None,
+        target: Annotated[str | None, Field(description="Snapshot to compare to; default the live machine.")] = None,
+    ) -> DiffResult:
+        """List files added, changed and removed between two snapshots, or between a snapshot and the live
+        machine (by default: what changed since the last snapshot)."""
+        return DiffResult.of(await get_runtime().diff(agent, source, target))
+
+    @tool("snapshot_delete", DESTRUCTIVE, takes_agent=False)
+    async def snapshot_delete(snapshot: SnapshotArg) -> SnapshotInfo:
+        """Delete a snapshot. Refused for a snapshot that another builds on or that is an agent's head."""
+        return SnapshotInfo.of(await get_runtime().delete_snapshot(snapshot))
