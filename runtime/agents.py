@@ -36,6 +36,7 @@ class AgentService:
         self.db = db
         self.docker = docker
         self.snapshots = snapshots
+        self._capturer = snapshots.capturer  # the snapshot flow starts at SnapshotCapture.capture
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
@@ -127,7 +128,7 @@ class AgentService:
                 self.db.set_machine(agent.id, None, state)
                 return self.get(name)
             if snapshot:
-                await self._capture(agent, info, "stop")
+                await self._capturer.capture(agent, info, "stop")
             if hibernate:
                 await self._remove_machine(info.id)
                 self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
@@ -150,7 +151,7 @@ class AgentService:
                 agent = self.get(name)
                 info = await self.machine(agent)
                 assert info is not None
-            return await self._capture(self.get(name), info, label, progress)
+            return await self._capturer.capture(self.get(name), info, label, progress)
 
     async def restore(
         self, name: str, snapshot_id: str, progress: ProgressFn | None = None
@@ -173,7 +174,7 @@ class AgentService:
             if info is not None:
                 # Captured and left paused: the old machine stops changing at once.
                 label = f"before restore to {snapshot_id}"
-                result = await self._capture(agent, info, label, progress, keep_paused=True)
+                result = await self._capturer.capture(agent, info, label, progress, keep_paused=True)
                 saved = result.snapshot.id if result.created else None
             try:
                 image = await self.snapshots.ensure_image(target, progress)
@@ -205,7 +206,7 @@ class AgentService:
                     await self._hand_over_to_agent_user(info)
                     info = await self.machine(agent) or info  # the hand-over may have started it
                 # Captured and left paused: the old machine stops changing at once.
-                await self._capture(agent, info, "before policy change", progress, keep_paused=True)
+                await self._capturer.capture(agent, info, "before policy change", progress, keep_paused=True)
                 self._remove_later(info.id)
                 self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
             self.db.set_policy(agent.id, policy)
@@ -284,17 +285,6 @@ class AgentService:
             await self.stop(agent.name, hibernate=True)
             hibernated.append(agent.name)
         return hibernated
-
-    async def _capture(
-        self,
-        agent: Agent,
-        info: MachineInfo,
-        label: str,
-        progress: ProgressFn | None = None,
-        keep_paused: bool = False,
-    ) -> CaptureResult:
-        await self.snapshots.prepare_base(agent.image)
-        return await self.snapshots.capture(agent, info, label, progress, keep_paused)
 
     async def remove(self, name: str) -> Agent:
         """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""

@@ -130,6 +130,7 @@ class SnapshotCapture:
         changes between the snapshot and the machine's replacement (restore, policy change).
         """
         started = time.monotonic()
+        await self.prepare_base(agent.image)
         upper = self.readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self.head_index(head, machine)

@@ -18,7 +18,6 @@ import asyncio
 import builtins
 from pathlib import Path
 
-from spinup.snapshot.image import BaseImage
 from spinup.snapshot.listing import Diff, Meta, diff_trees, live_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport
 from spinup.snapshot.snapshot_store import SnapshotStore
@@ -44,25 +43,9 @@ class SnapshotService:
         self.docker = docker
         self.store = Store(settings.home / "store")
         self.snapshot_store = SnapshotStore(self.store, level=settings.zstd_level, fault=crash_hook(settings.crash_at))
-        self._capture = SnapshotCapture(settings, db, docker, self.snapshot_store)
+        self.capturer = SnapshotCapture(settings, db, docker, self.snapshot_store)
         self._images = SnapshotImages(docker, self.snapshot_store)
 
-    # capture
-
-    async def capture(
-        self,
-        agent: Agent,
-        machine: MachineInfo,
-        label: str = "",
-        progress: ProgressFn | None = None,
-        keep_paused: bool = False,
-    ) -> CaptureResult:
-        """Capture what the machine changed since the agent's head (see :meth:`SnapshotCapture.capture`)."""
-        return await self._capture.capture(agent, machine, label, progress, keep_paused)
-
-    async def prepare_base(self, image: str) -> BaseImage:
-        """Inspect (and cache) the base image: its id, config and layer diff ids."""
-        return await self._capture.prepare_base(image)
 
     # materialize
 
@@ -136,13 +119,13 @@ class SnapshotService:
         """The head's listing with the machine's unsnapshotted changes applied."""
         head = self.get(agent.head_snapshot) if agent.head_snapshot else None
         tree = await self.tree(head) if head is not None else {}
-        upper = self._capture.readable_upper(machine)
+        upper = self.capturer.readable_upper(machine)
         if upper is None:
             raise SpinupError(
                 "Diffing against the live machine needs its overlay upper directory (a local overlay2 daemon, "
                 "Spinup running as root). Take a snapshot and diff two snapshots instead."
             )
-        previous = await self._capture.head_index(head, machine)
+        previous = await self.capturer.head_index(head, machine)
         return await asyncio.to_thread(live_tree, tree, upper, previous)
 
     async def diff(self, before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
