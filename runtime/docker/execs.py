@@ -36,6 +36,9 @@ class ExecSession:
 
     async def read(self) -> Output | None:
         """The next chunk of output, or None once the command's output has ended."""
+        if self._idle is None:
+            message = await self._stream.read_out()
+            return None if message is None else Output(message.stream, message.data)
         try:
             async with asyncio.timeout(self._idle):
                 message = await self._stream.read_out()
