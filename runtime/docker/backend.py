@@ -312,7 +312,11 @@ class DockerBackend:
                     )
                     return Execution(execution)
             except DockerFailure as exc:
-                if exc.status != 409 or "paused" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                # Docker answers 409 both for a paused machine and for a stopped one: ask which it is.
+                if exc.status != 409 or asyncio.get_running_loop().time() > deadline:
+                    raise
+                machine = await self.inspect(container_id)
+                if machine is None or not (machine.paused or machine.running):
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)

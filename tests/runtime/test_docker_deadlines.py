@@ -14,7 +14,7 @@ import pytest
 from conftest import unique_name
 from spinup.runtime import Runtime, Settings
 from spinup.runtime.docker import DockerBackend
-from spinup.runtime.errors import DockerTimeout
+from spinup.runtime.errors import DockerFailure, DockerTimeout
 
 
 @pytest.fixture
@@ -95,3 +95,22 @@ async def test_the_event_loop_is_free_while_a_call_waits(hung_daemon: str) -> No
         ticker.cancel()
         await backend.close()
     assert ticks >= 10
+
+
+async def test_an_exec_waits_out_a_pause_but_not_a_stopped_machine(runtime: Runtime, agent: str) -> None:
+    machine_id = runtime.get_agent(agent).machine_id
+    assert machine_id is not None
+    docker = runtime._docker
+    await docker.pause(machine_id)  # as a snapshot does (a wake would unpause it: go to the backend)
+    command = asyncio.create_task(
+        docker.exec_create(machine_id, ["true"], env={}, workdir=None, user="", stdin=False)
+    )
+    await asyncio.sleep(0.5)
+    assert not command.done(), "a paused machine takes no exec: the command waits"
+    await docker.unpause(machine_id)
+    assert (await command).id
+    await docker.stop(machine_id)
+    started = time.monotonic()
+    with pytest.raises(DockerFailure) as refused:
+        await docker.exec_create(machine_id, ["true"], env={}, workdir=None, user="", stdin=False)
+    assert refused.value.status == 409 and time.monotonic() - started < 5, "a stopped machine is refused at once"
