@@ -11,6 +11,8 @@ from .errors import InvalidInput
 DEFAULT_IMAGE = "spinup/base:bookworm"
 DEFAULT_OUTPUT_CAP = 1024 * 1024
 DEFAULT_EXEC_TIMEOUT = 600.0
+DEFAULT_DOCKER_TIMEOUT = 60.0  # seconds a Docker request may take, its answer included
+DEFAULT_DOCKER_STREAM_IDLE = 300.0  # seconds a Docker stream may go without a byte
 TOOLBOX_HOST_PATH = "/bin/busybox"
 TOOLBOX_MOUNT = "/.spinup/busybox"
 
@@ -69,9 +71,11 @@ class Settings:
     label_extra: dict[str, str] = field(default_factory=dict)
     # Deadlines of Docker calls (seconds): a request and its answer; a stream (image load/save,
     # archives) between two chunks. A command's output is bounded by the command's own timeout.
-    docker_timeout: float = field(default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_TIMEOUT") or 60))
+    docker_timeout: float = field(
+        default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_TIMEOUT") or DEFAULT_DOCKER_TIMEOUT)
+    )
     docker_stream_idle: float = field(
-        default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_STREAM_IDLE") or 300)
+        default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_STREAM_IDLE") or DEFAULT_DOCKER_STREAM_IDLE)
     )
     # Policies MCP clients may ask agent_create for: network=host ("host-network"), user=root ("root").
     mcp_grants: frozenset[str] = field(

@@ -46,7 +46,6 @@ class SnapshotService:
         self.capturer = SnapshotCapture(settings, db, docker, self.snapshot_store)
         self._images = SnapshotImages(docker, self.snapshot_store)
 
-
     # materialize
 
     async def ensure_image(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> str:

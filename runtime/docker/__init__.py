@@ -8,12 +8,9 @@ command's streams. Nothing outside this package touches aiodocker.
 from .backend import (
     AGENT_LABEL,
     API_VERSION,
-    CALL_TIMEOUT,
     MANAGED_LABEL,
     PAUSED_WAIT,
-    STREAM_IDLE,
     DockerBackend,
-    translate_docker_errors,
 )
 from .execs import ExecSession, Execution, Output
 from .values import Change, DaemonVersion, ExecState, ImageInfo, MachineInfo, PathStat
@@ -21,10 +18,8 @@ from .values import Change, DaemonVersion, ExecState, ImageInfo, MachineInfo, Pa
 __all__ = [
     "AGENT_LABEL",
     "API_VERSION",
-    "CALL_TIMEOUT",
     "MANAGED_LABEL",
     "PAUSED_WAIT",
-    "STREAM_IDLE",
     "Change",
     "DaemonVersion",
     "DockerBackend",
@@ -35,5 +30,4 @@ __all__ = [
     "MachineInfo",
     "Output",
     "PathStat",
-    "translate_docker_errors",
 ]

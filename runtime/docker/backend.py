@@ -22,6 +22,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from ..config import DEFAULT_DOCKER_STREAM_IDLE, DEFAULT_DOCKER_TIMEOUT
 from ..errors import DockerFailure, DockerTimeout, DockerUnavailable, NotFound
 from .execs import Execution
 from .values import (
@@ -43,8 +44,8 @@ MANAGED_LABEL = "spinup.managed"
 AGENT_LABEL = "spinup.agent"
 API_VERSION = "v1.41"
 PAUSED_WAIT = 120.0  # seconds an exec waits for a machine paused by a snapshot
-CALL_TIMEOUT = 60.0  # seconds a request may take, its answer included
-STREAM_IDLE = 300.0  # seconds a stream may go without a byte
+CALL_TIMEOUT = DEFAULT_DOCKER_TIMEOUT
+STREAM_IDLE = DEFAULT_DOCKER_STREAM_IDLE
 CONNECT_TIMEOUT = 10.0
 
 

@@ -38,14 +38,13 @@ class ExecSession:
         """The next chunk of output, or None once the command's output has ended."""
         if self._idle is None:
             message = await self._stream.read_out()
-            return None if message is None else Output(message.stream, message.data)
-        try:
-            async with asyncio.timeout(self._idle):
-                message = await self._stream.read_out()
-        except TimeoutError as exc:
-            raise DockerTimeout(
-                "read a command's output", self._idle or 0, str(self._stream.docker.docker_host)
-            ) from exc
+        else:
+            try:
+                async with asyncio.timeout(self._idle):
+                    message = await self._stream.read_out()
+            except TimeoutError as exc:
+                host = str(self._stream.docker.docker_host)
+                raise DockerTimeout("read a command's output", self._idle, host) from exc
         return None if message is None else Output(message.stream, message.data)
 
     async def send_stdin(self, data: bytes) -> None:
