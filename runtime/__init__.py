@@ -3,11 +3,13 @@
 :class:`Runtime` is the one surface; everything else exported here is a value it takes or returns.
 """
 
+from .actors import Actor, acting_as, current_actor
 from .config import DEFAULT_IMAGE, MCP_GRANTS, Settings
 from .credentials import SecretInfo, decode_key
 from .doctor import Check, diagnose
 from .errors import InvalidInput, SpinupError
 from .exec import ExecResult
+from .exec_history import ExecLog, ExecRecord
 from .files import FileContent, FileInfo
 from .models import (
     Agent,
@@ -31,12 +33,15 @@ from .snapshots import CaptureResult, GcResult, ProgressFn, VerifyReport
 __all__ = [
     "DEFAULT_IMAGE",
     "MCP_GRANTS",
+    "Actor",
     "Agent",
     "AgentState",
     "AgentStatus",
     "CaptureResult",
     "Check",
     "Event",
+    "ExecLog",
+    "ExecRecord",
     "ExecResult",
     "FileContent",
     "FileInfo",
@@ -59,7 +64,9 @@ __all__ = [
     "SnapshotDiff",
     "SpinupError",
     "VerifyReport",
+    "acting_as",
     "check_granted",
+    "current_actor",
     "decode_key",
     "diagnose",
     "readable_size",

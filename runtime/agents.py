@@ -14,10 +14,12 @@ import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, DockerBackend, ImageInfo, MachineInfo
-from .errors import AgentExists, DockerFailure, ImageNotFound, InvalidInput, SpinupError
+from .errors import AgentExists, AgentPaused, DockerFailure, ImageNotFound, InvalidInput, SpinupError, WrongState
 from .exec import run_command
 from .machines import machine_config, machine_name
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
@@ -26,6 +28,10 @@ from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
 log = logging.getLogger(__name__)
+
+# How long a call waits for a machine frozen by a snapshot in progress (in this or another Spinup
+# process) before deciding the freeze was left behind by a crash and thawing it.
+FREEZE_WAIT = 30.0
 
 
 class AgentService:
@@ -91,19 +97,26 @@ class AgentService:
         return await self.docker.inspect(agent.machine_id)
 
     async def wake(self, name: str) -> Agent:
-        """Make sure the agent's machine is running and return the fresh record."""
+        """Make sure the agent's machine is running and return the fresh record.
+
+        A paused agent is refused at once (:class:`AgentPaused`); a machine frozen by a snapshot in
+        progress is waited for.
+        """
         agent = self.get(name)
         self._last_used[agent.id] = time.monotonic()
         async with self._locks[agent.id]:
             agent = self.get(name)
             info = await self.machine(agent)
+            if info is not None and info.paused:
+                if agent.paused_at is not None:
+                    raise AgentPaused(name, agent.paused_at.isoformat(timespec="seconds"), agent.paused_by)
+                info = await self._wait_for_thaw(agent, info)
+            elif agent.paused_at is not None:
+                self.db.set_paused(agent.id, None, "resumed", "the machine is no longer frozen (thawed outside Spinup)")
             if info is None:
                 if agent.machine_id is not None:
                     self.db.record_event(agent.id, "machine-missing", f"machine {agent.machine_id[:12]} is gone")
                 await self._create_machine(agent, recreated=agent.machine_id is not None)
-            elif info.paused:
-                await self.docker.unpause(info.id)
-                self.db.record_event(agent.id, "machine-unpaused", info.id[:12])
             elif not info.running:
                 await self.docker.start(info.id)
                 self.db.set_machine(agent.id, info.id, AgentState.RUNNING)
@@ -111,6 +124,80 @@ class AgentService:
             elif agent.state is not AgentState.RUNNING:
                 self.db.set_machine(agent.id, info.id, AgentState.RUNNING)
             return self.get(name)
+
+    async def _wait_for_thaw(self, agent: Agent, info: MachineInfo) -> MachineInfo | None:
+        """Wait for a snapshot's freeze to end; thaw a freeze left behind by a crashed process."""
+        deadline = time.monotonic() + FREEZE_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            current = await self.docker.inspect(info.id)
+            if current is None or not current.paused:
+                return current
+            if self.get(agent.name).paused_at is not None:
+                raise AgentPaused(agent.name, "just now", self.get(agent.name).paused_by)
+        await self.docker.unpause(info.id)
+        self.db.record_event(agent.id, "machine-unpaused", f"{info.id[:12]} was left frozen for over {FREEZE_WAIT:g}s")
+        return await self.docker.inspect(info.id)
+
+    async def pause(self, name: str) -> Agent:
+        """Freeze every process of the agent's machine (the cgroup freezer, through Docker).
+
+        Until :meth:`resume`, calls that need the machine fail at once saying who paused it; stop,
+        kill, snapshot and remove still work.
+        """
+        agent = self.get(name)
+        async with self._locks[agent.id]:
+            agent = self.get(name)
+            info = await self.machine(agent)
+            if info is None or not info.running:
+                raise WrongState(
+                    f"Agent '{name}' is {agent.state.value}: only a running agent can be paused "
+                    f"(nothing of it is running now)."
+                )
+            if info.paused and agent.paused_at is not None:
+                raise WrongState(
+                    f"Agent '{name}' is already paused (since {agent.paused_at.isoformat(timespec='seconds')}"
+                    f" by {agent.paused_by}); resume it with agent_resume (CLI: spinup resume {name})."
+                )
+            if not info.paused:
+                await self.docker.pause(info.id)
+            actor = current_actor()
+            by = actor.describe() if actor is not None else "spinup"
+            self.db.set_paused(agent.id, by, "paused", f"machine {info.id[:12]} frozen by {by}")
+            return self.get(name)
+
+    async def resume(self, name: str) -> Agent:
+        """Thaw a paused agent: its processes go on where they stopped."""
+        agent = self.get(name)
+        async with self._locks[agent.id]:
+            agent = self.get(name)
+            info = await self.machine(agent)
+            if info is None or not info.paused or agent.paused_at is None:
+                state = (
+                    "frozen for a moment by a snapshot"
+                    if info is not None and info.paused
+                    else ("running" if info is not None and info.running else agent.state.value)
+                )
+                raise WrongState(f"Agent '{name}' is not paused (it is {state}); there is nothing to resume.")
+            await self.docker.unpause(info.id)
+            paused_for = (datetime.now(UTC) - agent.paused_at).total_seconds()
+            self.db.set_paused(agent.id, None, "resumed", f"machine {info.id[:12]} thawed after {paused_for:.1f}s")
+            return self.get(name)
+
+    async def kill(self, name: str) -> Agent:
+        """SIGKILL every process of the agent's machine now: no snapshot, its files stay, the next call
+        starts it again. Does not wait for a snapshot in progress (which still completes)."""
+        agent = self.get(name)
+        info = await self.machine(agent)
+        if info is None or not info.running:
+            raise WrongState(
+                f"Agent '{name}' is {agent.state.value}: nothing of it is running, so there is nothing to kill."
+            )
+        await self.docker.kill(info.id)
+        self.db.set_machine(agent.id, info.id, AgentState.STOPPED)
+        was = " (it was paused)" if info.paused else ""
+        self.db.set_paused(agent.id, None, "killed", f"every process of machine {info.id[:12]} killed{was}")
+        return self.get(name)
 
     async def stop(self, name: str, *, snapshot: bool = True, hibernate: bool = False) -> Agent:
         """Stop the agent's machine, first capturing a snapshot when anything changed.
@@ -129,11 +216,15 @@ class AgentService:
                 return self.get(name)
             if snapshot:
                 await self._capturer.capture(agent, info, "stop")
+            if agent.paused_at is not None:
+                self.db.set_paused(agent.id, None, "resumed", "stopped while paused")
             if hibernate:
                 await self._remove_machine(info.id)
                 self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
                 self.db.record_event(agent.id, "machine-hibernated", info.id[:12])
             elif info.running:
+                if info.paused:  # thawed first, so its processes get SIGTERM and their grace period
+                    await self.docker.unpause(info.id)
                 await self.docker.stop(info.id)
                 self.db.set_machine(agent.id, info.id, AgentState.STOPPED)
                 self.db.record_event(agent.id, "machine-stopped", info.id[:12])
@@ -291,7 +382,7 @@ class AgentService:
         agent = self.get(name)
         async with self._locks[agent.id]:
             await self._remove_machines(agent)
-            self.db.delete_agent(agent.id)
+            self.db.delete_agent(agent.id, ("removed", f"agent {agent.name} and its machine removed"))
         self._locks.pop(agent.id, None)
         self._last_used.pop(agent.id, None)
         await self.snapshots.prune_orphans(agent.id)

@@ -13,6 +13,10 @@ DEFAULT_OUTPUT_CAP = 1024 * 1024
 DEFAULT_EXEC_TIMEOUT = 600.0
 DEFAULT_DOCKER_TIMEOUT = 60.0  # seconds a Docker request may take, its answer included
 DEFAULT_DOCKER_STREAM_IDLE = 300.0  # seconds a Docker stream may go without a byte
+DEFAULT_EVENTS_KEEP = 10_000  # events kept per agent (SPINUP_EVENTS_KEEP)
+DEFAULT_EVENTS_MAX_AGE_DAYS = 30.0  # events older than this are trimmed (SPINUP_EVENTS_MAX_AGE_DAYS)
+DEFAULT_EXEC_LOGS_KEEP = 200  # exec outputs kept per agent (SPINUP_EXEC_LOGS_KEEP)
+DEFAULT_EXEC_LOGS_BYTES = 64 * 1024 * 1024  # compressed exec output kept per agent (SPINUP_EXEC_LOGS_BYTES)
 TOOLBOX_HOST_PATH = "/bin/busybox"
 TOOLBOX_MOUNT = "/.spinup/busybox"
 
@@ -83,6 +87,17 @@ class Settings:
     )
     # The credential store's key: base64 of 32 bytes. Unset: a 0600 key file in the state directory.
     master_key: str | None = field(default_factory=lambda: os.environ.get("SPINUP_MASTER_KEY") or None, repr=False)
+    # Retention of the event log (per agent, and by age) and of exec outputs (per agent).
+    events_keep: int = field(default_factory=lambda: int(os.environ.get("SPINUP_EVENTS_KEEP") or DEFAULT_EVENTS_KEEP))
+    events_max_age_days: float = field(
+        default_factory=lambda: float(os.environ.get("SPINUP_EVENTS_MAX_AGE_DAYS") or DEFAULT_EVENTS_MAX_AGE_DAYS)
+    )
+    exec_logs_keep: int = field(
+        default_factory=lambda: int(os.environ.get("SPINUP_EXEC_LOGS_KEEP") or DEFAULT_EXEC_LOGS_KEEP)
+    )
+    exec_logs_bytes: int = field(
+        default_factory=lambda: int(os.environ.get("SPINUP_EXEC_LOGS_BYTES") or DEFAULT_EXEC_LOGS_BYTES)
+    )
     # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
     # which the process kills itself with SIGKILL. Empty: none.
     crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))
@@ -112,3 +127,8 @@ class Settings:
     def db_path(self) -> Path:
         """The SQLite database holding agents and events."""
         return self.home / "state.db"
+
+    @property
+    def exec_logs_dir(self) -> Path:
+        """Compressed, redacted output of past commands, one directory per agent (beside the database)."""
+        return self.home / "exec-logs"

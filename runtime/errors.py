@@ -10,12 +10,15 @@ reader is usually a model deciding its next call. The hierarchy::
     │   ├── AgentNotFound      no agent of that name
     │   ├── PathNotFound       no such file or directory in the machine
     │   ├── ImageNotFound      the agent's base image is not in Docker
-    │   └── SecretNotFound     no credential of that name
+    │   ├── SecretNotFound     no credential of that name
+    │   └── ExecNotFound       no recorded command with that exec id
     ├── Conflict
     │   ├── AgentExists        the name is taken
     │   ├── IsADirectory       a file operation was given a directory
     │   ├── NotADirectory      a directory operation was given a file
-    │   └── DirectoryNotEmpty  delete of a non-empty directory without recursive
+    │   ├── DirectoryNotEmpty  delete of a non-empty directory without recursive
+    │   ├── AgentPaused        a client paused the agent: nothing runs until it is resumed
+    │   └── WrongState         pause of a stopped agent, resume of a running one, kill of a finished exec
     ├── PermissionDenied       the agent's user may not do this to that path
     ├── LimitReached           a policy limit (the disk quota) refuses the operation
     ├── NotGranted             an MCP client asked for a policy the operator did not grant
@@ -113,6 +116,22 @@ class DirectoryNotEmpty(Conflict):
         self.path = path
 
 
+class AgentPaused(Conflict):
+    """A client paused the agent; calls that need its machine fail at once until it is resumed."""
+
+    def __init__(self, name: str, since: str, by: str | None) -> None:
+        who = f" by {by}" if by else ""
+        super().__init__(
+            f"Agent '{name}' is paused (since {since}{who}): its processes are frozen and nothing runs in it. "
+            f"Resume it with agent_resume (CLI: spinup resume {name}), or stop or kill it."
+        )
+        self.name = name
+
+
+class WrongState(Conflict):
+    """The agent or command is not in a state the operation applies to."""
+
+
 class NotGranted(SpinupError):
     """An MCP client asked for a policy the operator does not let MCP clients grant."""
 
@@ -175,3 +194,13 @@ class CredentialKeyError(SpinupError):
 
 class PackageError(SpinupError):
     """A package manager refused or failed; the message carries its own words."""
+
+
+class ExecNotFound(NotFound):
+    """No recorded command has this id (for this agent)."""
+
+    def __init__(self, exec_id: str, agent: str) -> None:
+        super().__init__(
+            f"No command with exec id '{exec_id}' for agent '{agent}' (old outputs are trimmed). List recent "
+            f"commands with agent_events kind=exec (CLI: spinup events {agent} --kind exec)."
+        )

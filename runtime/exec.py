@@ -41,6 +41,8 @@ class ExecResult:
     timed_out: bool
     duration_s: float
     limit: str | None = None  # "memory" or "pids" when that limit hit the command
+    id: str = ""  # the exec id under which the runtime keeps the command's record and output
+    killed_by: str | None = None  # who killed the command by its exec id, if someone did
 
     @property
     def truncated(self) -> bool:
@@ -104,22 +106,27 @@ async def run_command(
     user: str = "",
     on_progress: ProgressCallback | None = None,
     redactor: Redactor | None = None,
+    marker: str | None = None,
+    on_created: Callable[[str], None] | None = None,
 ) -> ExecResult:
     """Run ``command`` in the machine and collect its result.
 
     On timeout the command's whole process group (and anything else carrying its exec marker)
     is killed, and the result says ``timed_out``. With a ``redactor``, credential values are
     replaced in both streams as they arrive (also when a value is split across chunks), before
-    the output cap applies.
+    the output cap applies. ``marker`` (default: a new one) tags every process of the command, so
+    :func:`kill_command` can find them; ``on_created`` is told Docker's exec id before it starts.
     """
     env = dict(env or {})
     _validate(cwd, env, timeout, output_cap)
     argv = build_argv(command)
-    marker = uuid.uuid4().hex
+    marker = marker or uuid.uuid4().hex
     env[EXEC_MARKER] = marker
     out, err = BoundedOutput(output_cap), BoundedOutput(output_cap)
     started = time.monotonic()
     execution = await docker.exec_create(machine_id, argv, env=env, workdir=cwd, user=user, stdin=stdin is not None)
+    if on_created is not None:
+        on_created(execution.id)
     timed_out = False
     ticker = asyncio.create_task(_tick(on_progress, started, out, err)) if on_progress else None
     try:
@@ -129,7 +136,7 @@ async def run_command(
                     await _pump(stream, stdin, out, err, redactor)
             except TimeoutError:
                 timed_out = True
-                await _kill(docker, machine_id, execution.id, marker, user)
+                await kill_command(docker, machine_id, execution.id, marker, user)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -206,8 +213,8 @@ async def _exit_status(docker: DockerBackend, exec_id: str) -> tuple[int | None,
     return None, state.pid
 
 
-async def _kill(docker: DockerBackend, machine_id: str, exec_id: str, marker: str, user: str) -> None:
-    """Kill the exec's process group from the host when the daemon is local, then sweep the
+async def kill_command(docker: DockerBackend, machine_id: str, exec_id: str, marker: str, user: str) -> None:
+    """Kill a command: its process group from the host when the daemon is local, then sweep the
     machine for any process still carrying the exec marker (daemons that left the group)."""
     pid = (await docker.exec_inspect(exec_id)).pid
     if pid > 0 and docker.is_local and _belongs_to(pid, machine_id):

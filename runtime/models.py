@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -152,6 +152,8 @@ class Agent(BaseModel):
     machine_id: str | None
     state: AgentState
     head_snapshot: str | None = None
+    paused_at: datetime | None = Field(default=None, description="When a client paused the agent (None: not paused).")
+    paused_by: str | None = Field(default=None, description="Who paused it, e.g. 'claude-code 2.1.0 over stdio'.")
 
     @property
     def network(self) -> str:
@@ -185,15 +187,25 @@ class PackageEntry(BaseModel):
 
 
 class Event(BaseModel):
-    """One thing that happened to an agent."""
+    """One thing that happened: to an agent (``agent_id`` set) or to the runtime as a whole."""
 
     model_config = ConfigDict(frozen=True)
 
     id: int
-    agent_id: str
+    agent_id: str | None
+    agent: str | None = Field(default=None, description="The agent's name when the event was recorded.")
     at: datetime
     kind: str
     detail: str
+    data: dict[str, Any] = Field(default_factory=dict, description="Small structured payload (redacted).")
+    actor: dict[str, str] | None = Field(
+        default=None, description="The client that caused it: client, version, transport, session."
+    )
+
+    @property
+    def client(self) -> str | None:
+        """The name of the client that caused the event, if a client did."""
+        return self.actor.get("client") if self.actor else None
 
 
 class Snapshot(BaseModel):

@@ -9,20 +9,24 @@ never reach past this surface.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+from .actors import current_actor
 from .agents import AgentService
 from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
-from .exec import ExecResult, ProgressCallback, run_command
+from .errors import AgentNotFound, InvalidInput
+from .exec import ExecResult, ProgressCallback, kill_command, run_command
+from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, FileAccess, Files
 from .image import build_base_image
 from .limits import LimitCounters, LimitWatch, note_limits
 from .logredact import add_log_redactor, remove_log_redactor
-from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBinding, Snapshot
+from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBinding, Snapshot, validate_agent_name
 from .packages import InstallResult, PackageService
 from .policy import NPM_PREFIX, VENV, exec_user, is_root, owner
 from .quota import DiskQuota
@@ -51,6 +55,7 @@ class AgentStatus:
     events: list[Event]
     disk_used: int | None = None  # bytes the machine's writable layer uses, when measured
     packages: list[PackageEntry] = field(default_factory=list)
+    running_execs: list[ExecRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,11 @@ class Runtime:
             call_timeout=self.settings.docker_timeout, stream_idle=self.settings.docker_stream_idle
         )
         self._db = StateDB(self.settings.db_path)
+        self._db.events_keep = self.settings.events_keep
+        self._db.events_max_age_days = self.settings.events_max_age_days
+        self._execs = ExecHistory(
+            self._db, self.settings.exec_logs_dir, self.settings.exec_logs_keep, self.settings.exec_logs_bytes
+        )
         self._snapshots = SnapshotService(self.settings, self._db, self._docker)
         self._agents = AgentService(self.settings, self._db, self._docker, self._snapshots)
         self._quota = DiskQuota(self._docker)
@@ -127,9 +137,43 @@ class Runtime:
         """All agents, oldest first."""
         return self._agents.list()
 
-    def events(self, name: str, limit: int = 20) -> builtins.list[Event]:
-        """The agent's most recent events (at most ``limit``), oldest first."""
-        return self._agents.events(self._agents.get(name), limit)
+    def events(
+        self,
+        name: str | None = None,
+        limit: int = 20,
+        *,
+        kinds: Sequence[str] = (),
+        since: datetime | None = None,
+        after: int | None = None,
+        before: int | None = None,
+    ) -> builtins.list[Event]:
+        """Events, oldest first: of agent ``name`` (also after its removal) or of everything when None;
+        the newest ``limit`` (below id ``before``), or with ``after`` the first ``limit`` past that id."""
+        if limit < 1:
+            raise InvalidInput(f"limit must be >= 1, got {limit}.")
+        if name is not None:
+            validate_agent_name(name)
+            if self._db.find_agent(name) is None and not self._db.events(agent_name=name, limit=1):
+                raise AgentNotFound(name)
+        return self._db.events(limit=limit, kinds=kinds, since=since, after=after, before=before, agent_name=name)
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 if none): poll it to notice events recorded by any Spinup process."""
+        return self._db.last_event_id()
+
+    def on_event(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener`` with every event this process records (from the thread that recorded it);
+        returns a function that stops it."""
+        self._db.event_listeners.append(listener)
+        return lambda: self._db.event_listeners.remove(listener)
+
+    def record_call(self, tool: str, agent: str | None, outcome: str, duration_s: float, error: str = "") -> None:
+        """Record a tool call (by the current actor) as a ``tool-call`` event of ``agent`` or of the runtime."""
+        known = self._db.find_agent(agent) if agent else None
+        data = {"tool": tool, "outcome": outcome, "duration_ms": round(duration_s * 1000, 1)}
+        if error:
+            data["error"] = error[:500]
+        self._db.record_event(known.id if known else None, "tool-call", f"{tool}: {outcome}", data)
 
     async def wake(self, name: str) -> Agent:
         """Make sure the agent's machine is running (start it, or rebuild it from its head) and return it."""
@@ -144,7 +188,40 @@ class Runtime:
         agent = self._agents.get(name)
         machine = await self._agents.machine(agent)
         used = await self._quota.measure(machine.id) if machine is not None else None
-        return AgentStatus(agent, machine, self._agents.events(agent), used, self._db.packages(agent.id))
+        return AgentStatus(
+            agent, machine, self._agents.events(agent), used, self._db.packages(agent.id), self._execs.running(agent)
+        )
+
+    async def pause(self, name: str) -> Agent:
+        """Freeze every process of the agent's machine; calls that need it fail at once until :meth:`resume`."""
+        return await self._agents.pause(name)
+
+    async def resume(self, name: str) -> Agent:
+        """Thaw a paused agent."""
+        return await self._agents.resume(name)
+
+    async def kill(self, name: str) -> Agent:
+        """SIGKILL every process of the agent's machine now (no snapshot; files kept; the next call wakes it)."""
+        agent = self._agents.get(name)
+        self._execs.mark_killed(agent, _actor_name())
+        return await self._agents.kill(name)
+
+    async def kill_exec(self, name: str, exec_id: str) -> ExecRecord:
+        """Kill one running command (its process group and everything carrying its marker) by exec id."""
+        agent = self._agents.get(name)
+        record = self._execs.request_kill(agent, exec_id, _actor_name())
+        assert record.docker_exec is not None
+        await kill_command(self._docker, record.machine_id, record.docker_exec, record.marker, record.user)
+        self._db.record_event(agent.id, "exec-killed", f"{exec_id} killed by {record.killed_by}", {"id": exec_id})
+        return record
+
+    def exec_log(self, name: str, exec_id: str) -> ExecLog:
+        """A past command's record and its output (capped and redacted as returned), by exec id."""
+        return self._execs.read(self._agents.get(name), exec_id)
+
+    def recent_execs(self, name: str, limit: int = 20) -> builtins.list[ExecRecord]:
+        """The agent's most recent commands, newest first."""
+        return self._execs.recent(self._agents.get(name), limit)
 
     async def stop_agent(self, name: str, *, snapshot: bool = True, hibernate: bool = False) -> Agent:
         """Stop the agent's machine, first capturing a snapshot when anything changed; ``hibernate`` also
@@ -153,7 +230,9 @@ class Runtime:
 
     async def remove_agent(self, name: str) -> Agent:
         """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
-        return await self._agents.remove(name)
+        agent = await self._agents.remove(name)
+        self._execs.forget(agent.id)
+        return agent
 
     async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
         """Give the agent a new policy; its machine is rebuilt under it from a snapshot of its state."""
@@ -219,7 +298,10 @@ class Runtime:
         await self._quota.check(agent)
         await self._secrets.sync_files(agent, agent.machine_id)
         before = await self._counters(agent.machine_id)
+        user = exec_user(agent.policy)
+        exec_id, marker = self._execs.begin(agent, command_text(command), cwd, user)
         try:
+            self._secrets.record_use(agent)
             result = await run_command(
                 self._docker,
                 agent.machine_id,
@@ -230,14 +312,19 @@ class Runtime:
                 stdin=stdin,
                 timeout=timeout if timeout is not None else self.settings.exec_timeout,
                 output_cap=output_cap if output_cap is not None else self.settings.output_cap,
-                user=exec_user(agent.policy),
+                user=user,
                 on_progress=on_progress,
+                marker=marker,
+                on_created=lambda docker_exec: self._execs.attach(exec_id, docker_exec),
             )
+        except BaseException as exc:
+            self._execs.abandon(agent, exec_id, exc)
+            raise
         finally:
             self._quota.changed(agent)
             self._access.forget(agent.machine_id)
         after = await self._counters(agent.machine_id)
-        return note_limits(result, agent, before, after)
+        return await self._execs.finish(agent, exec_id, note_limits(result, agent, before, after))
 
     async def _counters(self, machine_id: str) -> LimitCounters | None:
         if not self._docker.is_local:
@@ -267,6 +354,7 @@ class Runtime:
             redact=self._secrets.redactor().redact_bytes,
             write_guard=lambda: self._quota.check(agent),
             on_written=lambda: self._quota.changed(agent),
+            record=lambda kind, detail, data: self._db.record_event(agent.id, kind, detail, data),
         )
 
     # packages
@@ -387,3 +475,8 @@ class Runtime:
     def redact(self, text: str) -> str:
         """``text`` with every credential value (and its encodings) replaced by ``[REDACTED:NAME]``."""
         return self._secrets.redact(text)
+
+
+def _actor_name() -> str:
+    actor = current_actor()
+    return actor.describe() if actor is not None else "spinup"

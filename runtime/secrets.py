@@ -140,6 +140,12 @@ class SecretService:
         values = self.store.values([b.secret for b in bindings])
         return {b.env: values[b.secret] for b in bindings if b.env and b.secret in values}
 
+    def record_use(self, agent: Agent) -> None:
+        """Record that a command gets the agent's bound credentials (their names, never values)."""
+        names = sorted({b.secret for b in self.bindings(agent)})
+        if names:
+            self.db.record_event(agent.id, "secret-used", ", ".join(names), {"secrets": names})
+
     async def sync_files(self, agent: Agent, machine_id: str) -> None:
         """Make the machine's /run/spinup/secrets hold exactly the agent's bound credential files.
 

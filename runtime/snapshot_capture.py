@@ -34,7 +34,7 @@ from spinup.snapshot.walk import LayerPlan, MemberSink, Planner, scan
 from . import api_capture
 from .config import Settings
 from .docker import DockerBackend, ImageInfo, MachineInfo
-from .errors import SpinupError
+from .errors import DockerFailure, SpinupError
 from .models import Agent, Snapshot, readable_size
 from .policy import exec_user
 from .snapshot_images import SNAP_REPO, ProgressFn, snapshot_tag
@@ -146,6 +146,16 @@ class SnapshotCapture:
             return CaptureResult(head, False, round(time.monotonic() - started, 4))
         return CaptureResult(snapshot, True, round(time.monotonic() - started, 4))
 
+    async def _thaw(self, machine_id: str) -> None:
+        """Unpause after reading; a machine killed meanwhile (agent_kill) has nothing left to thaw."""
+        try:
+            await self.docker.unpause(machine_id)
+        except DockerFailure:
+            info = await self.docker.inspect(machine_id)
+            if info is not None and info.running:
+                raise
+            log.info("machine %s was killed while its snapshot was read; the snapshot goes on", machine_id[:12])
+
     async def _capture_frozen(self, job: _CaptureJob, upper: Path, keep_paused: bool) -> Snapshot | None:
         """The fast path: a running machine is paused while its upper directory is read, no longer."""
         machine = job.machine
@@ -176,7 +186,7 @@ class SnapshotCapture:
             succeeded = work.done() and not work.cancelled() and work.exception() is None
             try:
                 if not (keep_paused and succeeded):
-                    await self.docker.unpause(machine.id)
+                    await self._thaw(machine.id)
             finally:
                 read.cancel()
                 if not work.done():

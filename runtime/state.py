@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import sqlite3
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from .actors import current_actor
 from .errors import AgentExists, AgentNotFound
 from .models import Agent, AgentState, Event, PackageEntry, Policy, SecretBinding, Snapshot
 
@@ -74,9 +80,59 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (agent_id, manager, name)
     );
     """,
+    # Events: of the runtime too (no agent), named after their agent (kept past its removal), with a
+    # JSON payload and the client that caused them. Exec history. Who paused an agent, and when.
+    """
+    CREATE TABLE events_v5 (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent_id  TEXT,
+        agent     TEXT,
+        at        TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        detail    TEXT NOT NULL,
+        data      TEXT NOT NULL DEFAULT '{}',
+        actor     TEXT
+    );
+    INSERT INTO events_v5 (id, agent_id, agent, at, kind, detail)
+        SELECT e.id, e.agent_id, a.name, e.at, e.kind, e.detail FROM events e LEFT JOIN agents a ON a.id = e.agent_id;
+    DROP TABLE events;
+    ALTER TABLE events_v5 RENAME TO events;
+    CREATE INDEX events_by_agent ON events (agent_id, id);
+    CREATE INDEX events_by_kind ON events (kind, id);
+    CREATE INDEX events_by_time ON events (at);
+    CREATE TABLE execs (
+        id           TEXT PRIMARY KEY,
+        agent_id     TEXT NOT NULL,
+        agent        TEXT NOT NULL,
+        command      TEXT NOT NULL,
+        cwd          TEXT,
+        started_at   TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        machine_id   TEXT NOT NULL,
+        docker_exec  TEXT,
+        marker       TEXT NOT NULL,
+        user         TEXT NOT NULL,
+        actor        TEXT,
+        kill_by      TEXT,
+        exit_code    INTEGER,
+        duration_s   REAL,
+        stdout_bytes INTEGER,
+        stderr_bytes INTEGER,
+        truncated    INTEGER,
+        timed_out    INTEGER,
+        limit_hit    TEXT,
+        log_bytes    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX execs_by_agent ON execs (agent_id, started_at);
+    ALTER TABLE agents ADD COLUMN paused_at TEXT;
+    ALTER TABLE agents ADD COLUMN paused_by TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+TRIM_EVERY = 500  # events recorded by one process between two trims of the log
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -94,9 +150,17 @@ class StateDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
         # Applied to every event detail before it is stored (the runtime sets credential redaction).
         self.redact: Callable[[str], str] = lambda text: text
+        # Called with every event this process records, after its transaction commits.
+        self.event_listeners: list[Callable[[Event], None]] = []
+        # Retention: events kept per agent, and the oldest kept (days). Trimmed in the background.
+        self.events_keep = 10_000
+        self.events_max_age_days = 30.0
+        self._pending: list[Event] = []
+        self._since_trim = 0
+        self._trimming = threading.Lock()
+        self._migrate()
 
     def close(self) -> None:
         """Close the connection."""
@@ -109,8 +173,19 @@ class StateDB:
             yield self._conn
         except BaseException:
             self._conn.execute("ROLLBACK")
+            self._pending.clear()
             raise
         self._conn.execute("COMMIT")
+        if self._pending:
+            self._announce()
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) for callers keeping their own tables here."""
+        return self._tx()
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query."""
+        return self._conn.execute(sql, parameters).fetchall()
 
     def _migrate(self) -> None:
         with self._tx() as conn:
@@ -197,13 +272,27 @@ class StateDB:
                 "UPDATE agents SET machine_id = ?, state = ? WHERE id = ?", (machine_id, state.value, agent_id)
             )
 
-    def delete_agent(self, agent_id: str) -> None:
-        """Remove the agent record and its events."""
+    def delete_agent(self, agent_id: str, event: tuple[str, str] | None = None) -> None:
+        """Remove the agent record; its events stay (under its name) until retention trims them.
+
+        ``event`` (kind, detail) is recorded in the same transaction, e.g. ``("removed", ...)``.
+        """
         with self._tx() as conn:
+            if event is not None:
+                self._insert_event(conn, agent_id, *event)
             conn.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
-            conn.execute("DELETE FROM events WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM secret_bindings WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
+            conn.execute("DELETE FROM execs WHERE agent_id = ?", (agent_id,))
+
+    def set_paused(self, agent_id: str, by: str | None, kind: str, detail: str) -> None:
+        """Record that a client paused the agent (``by`` set) or that it no longer is (None), with an event."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE agents SET paused_at = ?, paused_by = ? WHERE id = ?",
+                (_now().isoformat() if by is not None else None, by, agent_id),
+            )
+            self._insert_event(conn, agent_id, kind, detail)
 
     def set_policy(self, agent_id: str, policy: Policy) -> None:
         """Replace the agent's policy."""
@@ -364,26 +453,143 @@ class StateDB:
 
     # events
 
-    def record_event(self, agent_id: str, kind: str, detail: str = "") -> None:
-        """Append an event to the agent's history."""
+    def record_event(
+        self, agent_id: str | None, kind: str, detail: str = "", data: dict[str, Any] | None = None
+    ) -> None:
+        """Append an event (of an agent, or of the runtime when ``agent_id`` is None), with who caused it."""
         with self._tx() as conn:
-            self._insert_event(conn, agent_id, kind, detail)
+            self._insert_event(conn, agent_id, kind, detail, data)
 
-    def events(self, agent_id: str, limit: int = 50) -> list[Event]:
-        """The agent's most recent events, oldest first."""
+    def events(
+        self,
+        agent_id: str | None = None,
+        limit: int = 50,
+        *,
+        kinds: Sequence[str] = (),
+        since: datetime | None = None,
+        after: int | None = None,
+        before: int | None = None,
+        agent_name: str | None = None,
+    ) -> list[Event]:
+        """Matching events, oldest first: the first ``limit`` with an id above ``after`` when it is given
+        (to follow the log), else the newest ``limit`` (below ``before``, to page back).
+
+        ``agent_name`` matches events recorded under that name, also of a removed agent.
+        """
+        where: list[str] = []
+        args: list[str | int] = []
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        if agent_name is not None:
+            where.append("agent = ?")
+            args.append(agent_name)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(kinds)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since.astimezone(UTC).isoformat())
+        if after is not None:
+            where.append("id > ?")
+            args.append(after)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "ASC" if after is not None else "DESC"
         rows = self._conn.execute(
-            "SELECT * FROM events WHERE agent_id = ? ORDER BY id DESC LIMIT ?", (agent_id, limit)
+            f"SELECT * FROM events {clause} ORDER BY id {order} LIMIT ?", (*args, limit)
         ).fetchall()
-        return [
-            Event(id=r["id"], agent_id=r["agent_id"], at=r["at"], kind=r["kind"], detail=r["detail"])
-            for r in reversed(rows)
-        ]
+        events = [_event(row) for row in rows]
+        return events if after is not None else events[::-1]
 
-    def _insert_event(self, conn: sqlite3.Connection, agent_id: str, kind: str, detail: str) -> None:
-        conn.execute(
-            "INSERT INTO events (agent_id, at, kind, detail) VALUES (?, ?, ?, ?)",
-            (agent_id, _now().isoformat(), kind, self.redact(detail)),
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 when there is none): cheap, for noticing new events."""
+        row = self._conn.execute("SELECT MAX(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def last_events(self, agent_ids: Sequence[str]) -> dict[str, Event]:
+        """Each agent's newest event, in one query."""
+        if not agent_ids:
+            return {}
+        marks = ", ".join("?" * len(agent_ids))
+        rows = self._conn.execute(
+            f"SELECT * FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE agent_id IN ({marks}) "
+            f"GROUP BY agent_id)",
+            tuple(agent_ids),
+        ).fetchall()
+        return {row["agent_id"]: _event(row) for row in rows}
+
+    def trim_events(self) -> int:
+        """Apply retention now: drop events older than the age limit and beyond the per-agent count.
+
+        Runs on its own connection, so it never holds up this one's callers; returns how many went.
+        """
+        with self._trimming:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                cutoff = (_now() - timedelta(days=self.events_max_age_days)).isoformat()
+                gone = conn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+                crowded = conn.execute(
+                    "SELECT agent_id FROM events GROUP BY agent_id HAVING COUNT(*) > ?", (self.events_keep,)
+                ).fetchall()
+                for (agent_id,) in crowded:
+                    match = "agent_id IS ?" if agent_id is None else "agent_id = ?"
+                    gone += conn.execute(
+                        f"DELETE FROM events WHERE {match} AND id <= (SELECT id FROM events WHERE {match} "
+                        f"ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                        (agent_id, agent_id, self.events_keep),
+                    ).rowcount
+                return gone
+            finally:
+                conn.close()
+
+    def _insert_event(
+        self,
+        conn: sqlite3.Connection,
+        agent_id: str | None,
+        kind: str,
+        detail: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        actor = current_actor()
+        payload = _redacted(data or {}, self.redact)
+        row = (
+            agent_id,
+            agent_id,
+            _now().isoformat(),
+            kind,
+            self.redact(detail),
+            json.dumps(payload, separators=(",", ":"), default=str),
+            json.dumps(actor.as_dict()) if actor is not None else None,
         )
+        cursor = conn.execute(
+            "INSERT INTO events (agent_id, agent, at, kind, detail, data, actor) "
+            "VALUES (?, (SELECT name FROM agents WHERE id = ?), ?, ?, ?, ?, ?) RETURNING *",
+            row,
+        )
+        self._pending.append(_event(cursor.fetchone()))
+        cursor.close()
+
+    def _announce(self) -> None:
+        events, self._pending = self._pending, []
+        for event in events:
+            for listener in self.event_listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("an event listener failed on event %d", event.id)
+        self._since_trim += len(events)
+        if self._since_trim >= TRIM_EVERY and not self._trimming.locked():
+            self._since_trim = 0
+            threading.Thread(target=self._trim_quietly, name="spinup-event-trim", daemon=True).start()
+
+    def _trim_quietly(self) -> None:
+        try:
+            self.trim_events()
+        except sqlite3.Error:
+            log.exception("trimming the event log failed; it is tried again later")
 
     @staticmethod
     def _agent(row: sqlite3.Row) -> Agent:
@@ -396,4 +602,30 @@ class StateDB:
             machine_id=row["machine_id"],
             state=AgentState(row["state"]),
             head_snapshot=row["head_snapshot"],
+            paused_at=row["paused_at"],
+            paused_by=row["paused_by"],
         )
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(
+        id=row["id"],
+        agent_id=row["agent_id"],
+        agent=row["agent"],
+        at=row["at"],
+        kind=row["kind"],
+        detail=row["detail"],
+        data=json.loads(row["data"]),
+        actor=json.loads(row["actor"]) if row["actor"] else None,
+    )
+
+
+def _redacted(value: Any, redact: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like) with every string in it redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {str(key): _redacted(item, redact) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(item, redact) for item in value]
+    return value

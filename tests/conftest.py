@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 from mcp import Client
 
-from spinup.runtime import Policy, Runtime, Settings
+from spinup.runtime import Event, Policy, Runtime, Settings
 from spinup.server.app import build_server
 from spinup.snapshot.store import Store
 
@@ -40,6 +40,15 @@ def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
 def store_of(runtime: Runtime) -> Store:
     """The runtime's snapshot store, opened on its directory (for tests that read its blobs)."""
     return Store(runtime.settings.home / "store")
+
+
+# Events of what a caller did rather than of the agent's lifecycle.
+ACTIVITY_KINDS = frozenset({"exec", "tool-call", "file-written", "file-moved", "file-deleted", "secret-used"})
+
+
+def lifecycle_kinds(events: list[Event]) -> list[str]:
+    """The kinds of ``events`` that are lifecycle steps (no execs, tool calls, file changes)."""
+    return [e.kind for e in events if e.kind not in ACTIVITY_KINDS]
 
 
 def unique_name(prefix: str = "a") -> str:

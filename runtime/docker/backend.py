@@ -264,6 +264,11 @@ class DockerBackend:
         with self._calling(f"Stop machine {container_id[:12]}"):
             await self.client.containers.container(container_id).stop(t=grace_seconds)
 
+    async def kill(self, container_id: str) -> None:
+        """SIGKILL every process of a container now (also a paused one); it stops, its files stay."""
+        with self._calling(f"Kill machine {container_id[:12]}"):
+            await self.client.containers.container(container_id).kill(signal="SIGKILL")
+
     async def remove(self, container_id: str) -> None:
         """Force-remove a container; a container that is already gone is fine."""
         try:

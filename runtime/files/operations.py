@@ -13,7 +13,7 @@ import posixpath
 import tarfile
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from ..docker import DockerBackend
 from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
@@ -42,6 +42,7 @@ class Files:
         redact: Callable[[bytes], bytes] | None = None,
         write_guard: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] | None = None,
+        record: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.docker = docker
         self.machine_id = machine_id
@@ -52,6 +53,8 @@ class Files:
         self._redact = redact
         self._write_guard = write_guard
         self._on_written = on_written
+        # Told of each change a caller made: (event kind, detail, data), e.g. ("file-written", ...).
+        self._record = record or (lambda kind, detail, data: None)
 
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
@@ -136,7 +139,9 @@ class Files:
             target = await self._write(path, content, encoding, perm, create_parents, check)
         finally:
             drop(check)
-        return await self.stat(target)
+        info = await self.stat(target)
+        self._record("file-written", f"{target} ({info.size} bytes)", {"path": target, "size": info.size})
+        return info
 
     async def _write(
         self,
@@ -261,6 +266,7 @@ class Files:
         if not await self._paths.exists(parent):
             await self.mkdir(parent)
         await self._toolbox(["mv", "-f", "--", source, destination], f"move {source} to {destination}")
+        self._record("file-moved", f"{source} -> {destination}", {"path": source, "destination": destination})
         return await self.stat(destination)
 
     async def delete(self, path: str, *, recursive: bool = False) -> FileInfo:
@@ -276,6 +282,7 @@ class Files:
                 await self._toolbox(["rmdir", "--", path], f"delete {path}", directory=path)
         else:
             await self._toolbox(["rm", "-f", "--", path], f"delete {path}")
+        self._record("file-deleted", f"{path} ({info.type})", {"path": path, "type": info.type, "size": info.size})
         return info
 
     async def _toolbox(self, argv: builtins.list[str], what: str, *, directory: str | None = None) -> None:

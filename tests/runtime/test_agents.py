@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import RUN_ID, TEST_LABEL, docker_cli, unique_name
+from conftest import RUN_ID, TEST_LABEL, docker_cli, lifecycle_kinds, unique_name
 from spinup.runtime import AgentState, Policy, Runtime
 from spinup.runtime.errors import AgentExists, AgentNotFound, ImageNotFound, InvalidInput
 
@@ -58,8 +58,7 @@ async def test_wake_starts_a_stopped_machine_and_records_it(runtime: Runtime, ag
     assert stopped.machine_id and _inspect(stopped.machine_id, "{{.State.Running}}") == "false"
     woken = await runtime.wake(agent)
     assert woken.state is AgentState.RUNNING and woken.machine_id == stopped.machine_id
-    kinds = [e.kind for e in runtime.events(agent)]
-    assert kinds[-2:] == ["machine-stopped", "machine-started"]
+    assert lifecycle_kinds(runtime.events(agent))[-2:] == ["machine-stopped", "machine-started"]
 
 
 async def test_a_machine_removed_behind_our_back_is_recreated_and_recorded(runtime: Runtime, agent: str) -> None:
@@ -70,8 +69,7 @@ async def test_a_machine_removed_behind_our_back_is_recreated_and_recorded(runti
     assert result.stdout == "back\n"
     after = runtime.get_agent(agent)
     assert after.machine_id and after.machine_id != before.machine_id
-    kinds = [e.kind for e in runtime.events(agent)]
-    assert kinds[-2:] == ["machine-missing", "machine-recreated"]
+    assert lifecycle_kinds(runtime.events(agent))[-2:] == ["machine-missing", "machine-recreated"]
 
 
 async def test_a_paused_machine_is_resumed_on_wake(runtime: Runtime, agent: str) -> None:

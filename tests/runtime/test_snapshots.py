@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import docker_cli, store_of, unique_name
+from conftest import docker_cli, lifecycle_kinds, store_of, unique_name
 from spinup.runtime import AgentState, Policy, Runtime, Settings
 from spinup.runtime.errors import Conflict, NotFound, SpinupError
 from spinup.runtime.models import Snapshot
@@ -157,7 +157,7 @@ def layer_names(runtime: Runtime, snapshot: Snapshot) -> list[str]:
 
 
 def _events(runtime: Runtime, agent: str) -> list[str]:
-    return [e.kind for e in runtime.events(agent, limit=100)]
+    return lifecycle_kinds(runtime.events(agent, limit=100))
 
 
 # round trips

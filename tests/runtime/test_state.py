@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from spinup.runtime.actors import Actor, acting_as
 from spinup.runtime.errors import AgentExists, AgentNotFound
 from spinup.runtime.models import AgentState, Policy
 from spinup.runtime.state import MIGRATIONS, SCHEMA_VERSION, StateDB
@@ -65,7 +67,7 @@ def test_policy_defaults_to_no_network_and_survives_a_round_trip(tmp_path: Path)
         db.close()
 
 
-def test_machine_state_and_events_are_recorded_and_deleted_with_the_agent(tmp_path: Path) -> None:
+def test_machine_state_and_events_are_recorded_and_outlive_the_agent(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "state.db")
     try:
         agent = db.create_agent("ev", "img", Policy())
@@ -74,10 +76,89 @@ def test_machine_state_and_events_are_recorded_and_deleted_with_the_agent(tmp_pa
         fresh = db.get_agent("ev")
         assert (fresh.machine_id, fresh.state) == ("abc", AgentState.RUNNING)
         assert [e.kind for e in db.events(agent.id)] == ["created", "machine-started"]
-        db.delete_agent(agent.id)
+        db.delete_agent(agent.id, ("removed", "gone"))
         with pytest.raises(AgentNotFound):
             db.get_agent("ev")
-        assert db.events(agent.id) == []
+        # The history stays under the agent's name until retention trims it.
+        assert [e.kind for e in db.events(agent_name="ev")] == ["created", "machine-started", "removed"]
+        assert {e.agent for e in db.events(agent.id)} == {"ev"}
+    finally:
+        db.close()
+
+
+def test_events_carry_the_actor_a_payload_and_filter_by_kind_time_and_id(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    seen: list[str] = []
+    db.event_listeners.append(lambda event: seen.append(event.kind))
+    try:
+        agent = db.create_agent("ev", "img", Policy())
+        with acting_as(Actor("claude-code", "2.1.0", "stdio", "s1")):
+            db.record_event(agent.id, "exec", "ls", {"exit_code": 0, "nested": ["a", {"b": 1}]})
+        db.record_event(None, "tool-call", "agent_list: ok", {"tool": "agent_list"})
+        assert seen == ["created", "exec", "tool-call"]
+        everything = db.events()
+        assert [e.kind for e in everything] == ["created", "exec", "tool-call"]
+        exec_event = everything[1]
+        assert exec_event.client == "claude-code" and exec_event.actor == {
+            "client": "claude-code",
+            "version": "2.1.0",
+            "transport": "stdio",
+            "session": "s1",
+        }
+        assert exec_event.data == {"exit_code": 0, "nested": ["a", {"b": 1}]}
+        assert everything[0].client is None and everything[2].agent_id is None
+        assert [e.kind for e in db.events(kinds=["exec", "tool-call"])] == ["exec", "tool-call"]
+        assert [e.kind for e in db.events(after=everything[0].id, limit=1)] == ["exec"]
+        assert [e.kind for e in db.events(before=everything[2].id, limit=1)] == ["exec"]
+        assert db.events(since=datetime.now(UTC) + timedelta(minutes=1)) == []
+        assert db.last_event_id() == everything[2].id
+        assert db.last_events([agent.id])[agent.id].kind == "exec"
+    finally:
+        db.close()
+
+
+def test_retention_trims_by_count_per_agent_and_by_age(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    try:
+        db.events_keep = 5
+        one = db.create_agent("one", "img", Policy())
+        two = db.create_agent("two", "img", Policy())
+        for index in range(12):
+            db.record_event(one.id, "note", str(index))
+        db.record_event(two.id, "note", "kept")
+        old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+        with db.transaction() as conn:
+            conn.execute("UPDATE events SET at = ? WHERE agent_id = ? AND detail = 'kept'", (old, two.id))
+        gone = db.trim_events()
+        assert gone == 8 + 1
+        assert [e.detail for e in db.events(one.id)] == ["7", "8", "9", "10", "11"]
+        assert [e.kind for e in db.events(two.id)] == ["created"]
+    finally:
+        db.close()
+
+
+def test_events_written_before_this_schema_are_migrated_with_their_agent_name(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    for statement in ";".join(MIGRATIONS[:4]).split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO agents (id, name, image, policy, created_at, state) VALUES ('a1', 'old', 'img', ?, ?, 'running')",
+        (Policy().model_dump_json(), datetime.now(UTC).isoformat()),
+    )
+    conn.execute(
+        "INSERT INTO events (agent_id, at, kind, detail) VALUES ('a1', ?, 'created', 'x')",
+        (datetime.now(UTC).isoformat(),),
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    db = StateDB(path)
+    try:
+        (event,) = db.events("a1")
+        assert (event.agent, event.kind, event.data, event.actor) == ("old", "created", {}, None)
+        assert db.get_agent("old").paused_at is None
     finally:
         db.close()
 
