@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from spinup.runtime import Runtime, Settings
+from spinup.runtime import Actor, Runtime, Settings, acting_as
 
 Handler = Callable[[Runtime, argparse.Namespace], Awaitable[int]]
 SubParsers = argparse._SubParsersAction
@@ -35,13 +37,27 @@ def progress_printer(interval: float = 0.5) -> Callable[[str, float | None], Non
     return report
 
 
+def spinup_version() -> str:
+    """The installed Spinup's version."""
+    try:
+        return version("spinup")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cli_actor() -> Actor:
+    """Who the CLI acts as in events and pause records: ``spinup-cli`` with its version and pid."""
+    return Actor("spinup-cli", spinup_version(), "cli", f"pid-{os.getpid()}")
+
+
 def with_runtime(handler: Handler, args: argparse.Namespace) -> int:
-    """Run ``handler`` on a runtime opened for this one command (and closed after it)."""
+    """Run ``handler`` on a runtime opened for this one command (and closed after it), as the CLI's actor."""
 
     async def run() -> int:
         runtime = Runtime(Settings())
         try:
-            return await handler(runtime, args)
+            with acting_as(cli_actor()):
+                return await handler(runtime, args)
         finally:
             await runtime.close()
 
