@@ -17,7 +17,7 @@ def serve_stdio(args: argparse.Namespace) -> int:
     """Serve MCP over stdio until the client closes it."""
     from ..app import build_server
 
-    build_server(Settings(), agent=args.agent).run()
+    build_server(Settings(), agent=args.agent, transport="stdio").run()
     return 0
 
 
@@ -34,7 +34,7 @@ def serve_http(args: argparse.Namespace) -> int:
             f"Set SPINUP_TOKEN (or pass --token), or bind 127.0.0.1."
         )
     settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
-    server = build_server(settings, agent=args.agent)
+    server = build_server(settings, agent=args.agent, transport="streamable-http")
     app: Any = server.streamable_http_app(host=args.host, transport_security=rebinding_protection(args.host))
     if token:
         app = BearerAuth(app, token)
