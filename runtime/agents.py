@@ -259,6 +259,7 @@ class AgentService:
                 f"Snapshot {snapshot_id} is of another agent on another base image; use snapshot_fork to make "
                 f"a new agent from it."
             )
+        started = time.monotonic()
         async with self._locks[agent.id]:
             saved: str | None = None
             info = await self.machine(agent)
@@ -278,6 +279,13 @@ class AgentService:
             await self._start_from(self.get(name), image, "machine-restored", f"from snapshot {target.id}")
             if info is not None:
                 self._remove_later(info.id)
+            took = round(time.monotonic() - started, 4)
+            self.db.record_event(
+                agent.id,
+                "snapshot-restored",
+                f"{target.id} in {took:.2f}s" + (f" (work saved first as {saved})" if saved else ""),
+                {"id": target.id, "saved_before_restore": saved, "duration_s": took},
+            )
             return self.get(name), saved
 
     async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
@@ -346,6 +354,7 @@ class AgentService:
     async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
         """Create a new agent whose machine starts from ``snapshot_id``."""
         validate_agent_name(name)
+        started = time.monotonic()
         source = self.snapshots.get(snapshot_id)
         image = await self.snapshots.ensure_image(source)
         parent = next((a for a in self.db.list_agents() if a.id == source.agent_id), None)
@@ -359,6 +368,10 @@ class AgentService:
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id)
             raise
+        took = round(time.monotonic() - started, 4)
+        self.db.record_event(
+            agent.id, "forked", f"from snapshot {source.id} in {took:.2f}s", {"id": source.id, "duration_s": took}
+        )
         return self.get(name)
 
     async def hibernate_idle(self, idle_seconds: float) -> builtins.list[str]:

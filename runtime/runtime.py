@@ -268,6 +268,12 @@ class Runtime:
             [o.entry.model_copy(update={"version": o.version}) for o in outcomes if o.version is not None],
         )
         head = (await self._agents.snapshot(name, f"rebuilt on {image}")).snapshot
+        self._db.record_event(
+            agent.id,
+            "rebuilt",
+            f"on {image}: {len(outcomes)} packages replayed, head {head.id}",
+            {"image": image, "saved": saved.id, "head": head.id, "packages": len(outcomes)},
+        )
         return RebuildResult(self._agents.get(name), saved.id, head.id, outcomes)
 
     async def build_base_image(self, tag: str, on_line: Callable[[str], None] | None = None) -> str:

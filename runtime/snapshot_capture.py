@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
@@ -66,6 +66,7 @@ class _CaptureJob:
     previous: Index | None  # the head's file index, when the head was taken from this same machine
     label: str
     progress: ProgressFn | None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -364,7 +365,7 @@ class SnapshotCapture:
             layer_uncompressed=new_layer.uncompressed_size if new_layer else 0,
             paths_changed=paths_changed,
         )
-        self.db.add_snapshot(snapshot)
+        self.db.add_snapshot(snapshot, duration_s=round(time.monotonic() - job.started, 4))
         return snapshot
 
     def _base_image(self, image: str) -> BaseImage:

@@ -307,7 +307,7 @@ class StateDB:
 
     # snapshots
 
-    def add_snapshot(self, snapshot: Snapshot, move_head: bool = True) -> None:
+    def add_snapshot(self, snapshot: Snapshot, move_head: bool = True, duration_s: float | None = None) -> None:
         """Record a snapshot (already durable in the store) and, by default, make it the agent's head."""
         with self._tx() as conn:
             conn.execute(
@@ -336,6 +336,15 @@ class StateDB:
                 snapshot.agent_id,
                 "snapshot-created",
                 f"{snapshot.id} label={snapshot.label!r} paths={snapshot.paths_changed} bytes={snapshot.layer_size}",
+                {
+                    "id": snapshot.id,
+                    "label": snapshot.label,
+                    "paths": snapshot.paths_changed,
+                    "bytes": snapshot.layer_size,
+                    "uncompressed": snapshot.layer_uncompressed,
+                    "layers": snapshot.layers,
+                    "duration_s": duration_s,
+                },
             )
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:

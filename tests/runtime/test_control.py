@@ -1,0 +1,103 @@
+"""Pause, resume and kill against the real daemon: the states around them and what they leave behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from conftest import docker_cli, lifecycle_kinds
+from spinup.runtime import Runtime
+from spinup.runtime import agents as agents_module
+from spinup.runtime.errors import AgentPaused, WrongState
+
+
+def _docker_state(machine_id: str) -> str:
+    return docker_cli("inspect", "-f", "{{.State.Status}}", machine_id).stdout.strip()
+
+
+async def test_a_paused_agent_can_be_stopped_snapshotted_killed_and_removed(runtime: Runtime, agent: str) -> None:
+    await runtime.exec(agent, "echo before > /workspace/f")
+    await runtime.pause(agent)
+    snapshot = await runtime.snapshot(agent, "while paused")
+    assert snapshot.created
+    stopped = await runtime.stop_agent(agent)
+    assert stopped.paused_at is None and stopped.machine_id is not None
+    assert _docker_state(stopped.machine_id) == "exited"
+    assert (await runtime.exec(agent, "cat /workspace/f")).stdout == "before\n"
+
+    await runtime.pause(agent)
+    killed = await runtime.kill(agent)
+    assert killed.paused_at is None and killed.machine_id is not None
+    assert _docker_state(killed.machine_id) == "exited"
+    await runtime.wake(agent)
+    await runtime.pause(agent)
+    removed = await runtime.remove_agent(agent)
+    assert docker_cli("inspect", removed.machine_id or "", check=False).returncode != 0
+    kinds = lifecycle_kinds(runtime.events(agent, 100))
+    assert kinds[-1] == "removed" and kinds.count("paused") == 3 and "killed" in kinds
+
+
+async def test_pausing_twice_resuming_a_running_agent_and_killing_a_stopped_one_are_refused(
+    runtime: Runtime, agent: str
+) -> None:
+    with pytest.raises(WrongState, match="is not paused"):
+        await runtime.resume(agent)
+    await runtime.pause(agent)
+    with pytest.raises(WrongState, match="already paused"):
+        await runtime.pause(agent)
+    with pytest.raises(AgentPaused, match="is paused"):
+        await runtime.files(agent)
+    await runtime.resume(agent)
+    await runtime.stop_agent(agent, snapshot=False)
+    with pytest.raises(WrongState, match="only a running agent can be paused"):
+        await runtime.pause(agent)
+    with pytest.raises(WrongState, match="nothing to kill"):
+        await runtime.kill(agent)
+    assert (await runtime.exec(agent, "echo ok")).stdout == "ok\n"
+
+
+async def test_a_call_waits_out_a_snapshot_freeze_and_thaws_one_left_behind(
+    runtime: Runtime, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = runtime.get_agent(agent).machine_id
+    assert machine is not None
+    # Frozen by someone else's snapshot (no pause record): the call waits for the thaw.
+    docker_cli("pause", machine)
+    waiting = asyncio.create_task(runtime.exec(agent, "echo thawed"))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    docker_cli("unpause", machine)
+    assert (await asyncio.wait_for(waiting, 10)).stdout == "thawed\n"
+    # A freeze nobody ends (its process crashed) is thawed after the wait.
+    monkeypatch.setattr(agents_module, "FREEZE_WAIT", 0.5)
+    docker_cli("pause", machine)
+    assert (await asyncio.wait_for(runtime.exec(agent, "echo again"), 10)).stdout == "again\n"
+    assert lifecycle_kinds(runtime.events(agent))[-1] == "machine-unpaused"
+
+
+async def test_a_kill_during_a_snapshot_lets_the_snapshot_complete(runtime: Runtime, agent: str) -> None:
+    made = await runtime.exec(agent, "head -c 150000000 /dev/urandom > /workspace/big && echo small > /workspace/s")
+    assert made.exit_code == 0
+    machine = runtime.get_agent(agent).machine_id
+    assert machine is not None
+    capture = asyncio.create_task(runtime.snapshot(agent, "killed meanwhile"))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        info = await runtime.machine(agent)
+        if info is not None and info.paused:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the snapshot never froze the machine")
+    killed = await runtime.kill(agent)
+    assert killed.paused_at is None
+    result = await asyncio.wait_for(capture, 120)
+    assert result.created and result.snapshot.paths_changed >= 2
+    assert runtime.get_agent(agent).head_snapshot == result.snapshot.id
+    assert _docker_state(machine) == "exited"
+    report = await runtime.verify_store()
+    assert report.ok, report
+    back = await runtime.exec(agent, "cat /workspace/s; stat -c %s /workspace/big")
+    assert back.stdout == "small\n150000000\n"
