@@ -160,6 +160,7 @@ class StateDB:
         self._pending: list[Event] = []
         self._since_trim = 0
         self._trimming = threading.Lock()
+        self._tx_lock = threading.RLock()
         self._migrate()
 
     def close(self) -> None:
@@ -168,16 +169,20 @@ class StateDB:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            self._pending.clear()
-            raise
-        self._conn.execute("COMMIT")
-        if self._pending:
-            self._announce()
+        # One connection serves the event loop and worker threads (a snapshot records itself from
+        # one): their transactions take turns.
+        with self._tx_lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._pending.clear()
+                raise
+            self._conn.execute("COMMIT")
+            events, self._pending = self._pending, []
+        if events:
+            self._announce(events)
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT) for callers keeping their own tables here."""
@@ -581,8 +586,7 @@ class StateDB:
         self._pending.append(_event(cursor.fetchone()))
         cursor.close()
 
-    def _announce(self) -> None:
-        events, self._pending = self._pending, []
+    def _announce(self, events: list[Event]) -> None:
         for event in events:
             for listener in self.event_listeners:
                 try:
