@@ -139,6 +139,16 @@ class AgentService:
         self.db.record_event(agent.id, "machine-unpaused", f"{info.id[:12]} was left frozen for over {FREEZE_WAIT:g}s")
         return await self.docker.inspect(info.id)
 
+    async def _thaw(self, machine_id: str) -> None:
+        """Unpause a machine; one that is no longer paused (thawed meanwhile) is fine."""
+        try:
+            await self.docker.unpause(machine_id)
+        except DockerFailure:
+            current = await self.docker.inspect(machine_id)
+            if current is not None and current.paused:
+                raise
+            log.info("machine %s was already thawed", machine_id[:12])
+
     async def pause(self, name: str) -> Agent:
         """Freeze every process of the agent's machine (the cgroup freezer, through Docker).
 
@@ -224,7 +234,7 @@ class AgentService:
                 self.db.record_event(agent.id, "machine-hibernated", info.id[:12])
             elif info.running:
                 if info.paused:  # thawed first, so its processes get SIGTERM and their grace period
-                    await self.docker.unpause(info.id)
+                    await self._thaw(info.id)
                 await self.docker.stop(info.id)
                 self.db.set_machine(agent.id, info.id, AgentState.STOPPED)
                 self.db.record_event(agent.id, "machine-stopped", info.id[:12])

@@ -95,7 +95,7 @@ class ExecHistory:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO execs (id, agent_id, agent, command, cwd, started_at, state, machine_id, marker, "
-                "user, actor) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                "user, actor, owner_pid) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
                 (
                     exec_id,
                     agent.id,
@@ -107,6 +107,7 @@ class ExecHistory:
                     marker,
                     user,
                     json.dumps(actor.as_dict()) if actor is not None else None,
+                    os.getpid(),
                 ),
             )
         return exec_id, marker
@@ -164,11 +165,18 @@ class ExecHistory:
         return self._row(agent, exec_id)
 
     def running(self, agent: Agent) -> list[ExecRecord]:
-        """The agent's commands recorded as running, oldest first."""
+        """The agent's running commands, oldest first. A command whose Spinup process is gone (it
+        crashed or was killed while waiting on it) is marked ``lost`` here and not listed."""
         rows = self.db.query(
             "SELECT * FROM execs WHERE agent_id = ? AND state = 'running' ORDER BY started_at", (agent.id,)
         )
-        return [_record(row) for row in rows]
+        orphans = [row["id"] for row in rows if not _alive(int(row["owner_pid"]))]
+        if orphans:
+            with self.db.transaction() as conn:
+                conn.executemany(
+                    "UPDATE execs SET state = 'lost' WHERE id = ? AND state = 'running'", [(i,) for i in orphans]
+                )
+        return [_record(row) for row in rows if row["id"] not in orphans]
 
     def recent(self, agent: Agent, limit: int = 20) -> list[ExecRecord]:
         """The agent's most recent commands, newest first."""
@@ -261,6 +269,19 @@ class ExecHistory:
                 conn.executemany("DELETE FROM execs WHERE id = ?", [(exec_id,) for exec_id in doomed])
         except sqlite3.Error:
             log.exception("dropping old exec records of agent %s failed", agent_id)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` (a Spinup process on this host) still runs."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _record(row: sqlite3.Row) -> ExecRecord:

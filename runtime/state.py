@@ -113,6 +113,7 @@ MIGRATIONS: tuple[str, ...] = (
         marker       TEXT NOT NULL,
         user         TEXT NOT NULL,
         actor        TEXT,
+        owner_pid    INTEGER NOT NULL,
         kill_by      TEXT,
         exit_code    INTEGER,
         duration_s   REAL,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from conftest import docker_cli, lifecycle_kinds
-from spinup.runtime import Runtime
+from spinup.runtime import Runtime, Settings
 from spinup.runtime import agents as agents_module
-from spinup.runtime.errors import AgentPaused, WrongState
+from spinup.runtime.errors import AgentPaused, ExecNotFound, WrongState
 
 
 def _docker_state(machine_id: str) -> str:
@@ -101,3 +102,23 @@ async def test_a_kill_during_a_snapshot_lets_the_snapshot_complete(runtime: Runt
     assert report.ok, report
     back = await runtime.exec(agent, "cat /workspace/s; stat -c %s /workspace/big")
     assert back.stdout == "small\n150000000\n"
+
+
+async def test_exec_outputs_are_bounded_per_agent_and_orphaned_commands_are_marked_lost(
+    settings: Settings, agent: str
+) -> None:
+    bounded = Runtime(replace(settings, exec_logs_keep=2))
+    try:
+        ids = [(await bounded.exec(agent, f"echo {i}")).id for i in range(3)]
+        with pytest.raises(ExecNotFound):
+            bounded.exec_log(agent, ids[0])
+        assert [bounded.exec_log(agent, i).stdout for i in ids[1:]] == ["1\n", "2\n"]
+        kept = list((settings.exec_logs_dir / bounded.get_agent(agent).id).iterdir())
+        assert sorted(p.name for p in kept) == sorted(f"{i}.json.zst" for i in ids[1:])
+        # A command whose server died while waiting on it: no longer listed as running.
+        with bounded._db.transaction() as conn:
+            conn.execute("UPDATE execs SET state = 'running', owner_pid = 999999999 WHERE id = ?", (ids[2],))
+        assert (await bounded.status(agent)).running_execs == []
+        assert bounded.exec_log(agent, ids[2]).record.state == "lost"
+    finally:
+        await bounded.close()
