@@ -8,13 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
 
 from spinup.runtime import Runtime, Settings, validate_agent_name
 
 from .tools import register_tools
+
+if TYPE_CHECKING:
+    from .metrics import SpinupMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +53,24 @@ async def _hibernate_idle(runtime: Runtime, idle_seconds: float) -> None:
             log.exception("idle hibernation failed; retrying at the next interval")
 
 
-def build_server(settings: Settings | None = None, agent: str | None = None) -> MCPServer[Any]:
-    """An MCP server exposing the runtime; bound to ``agent`` when given."""
+def build_server(
+    settings: Settings | None = None, agent: str | None = None, metrics: SpinupMetrics | None = None
+) -> MCPServer[Any]:
+    """An MCP server exposing the runtime; bound to ``agent`` when given; ``metrics`` count its runtime's events."""
     settings = settings or Settings()
     if agent is not None:
         validate_agent_name(agent)
     holder = _RuntimeHolder(settings)
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
+    async def lifespan(mcp_server: MCPServer[Any]) -> AsyncIterator[None]:
         # Streamable HTTP runs the lifespan once per session: share one runtime among them.
         if holder.runtime is None:
             holder.runtime = Runtime(settings)
             if settings.idle_timeout > 0:
                 holder.reaper = asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout))
+            if metrics is not None:
+                metrics.attach(holder.runtime, [tool.name for tool in await mcp_server.list_tools()])
         holder.users += 1
         try:
             yield None
@@ -75,6 +82,8 @@ def build_server(settings: Settings | None = None, agent: str | None = None) -> 
                     with contextlib.suppress(asyncio.CancelledError):
                         await holder.reaper
                     holder.reaper = None
+                if metrics is not None:
+                    metrics.detach()
                 await holder.runtime.close()
                 holder.runtime = None
 
