@@ -11,9 +11,12 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from spinup.runtime import Runtime, Settings, validate_agent_name
 
+from .observe import ToolCallRecorder
+from .resources import ResourceNotifier, register_resources, serve_legacy_subscriptions
 from .tools import register_tools
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ class _RuntimeHolder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runtime: Runtime | None = None
-        self.reaper: asyncio.Task[None] | None = None
+        self.background: list[asyncio.Task[None]] = []
         self.users = 0
 
     def get(self) -> Runtime:
@@ -54,21 +57,29 @@ async def _hibernate_idle(runtime: Runtime, idle_seconds: float) -> None:
 
 
 def build_server(
-    settings: Settings | None = None, agent: str | None = None, metrics: SpinupMetrics | None = None
+    settings: Settings | None = None,
+    agent: str | None = None,
+    transport: str = "in-memory",
+    metrics: SpinupMetrics | None = None,
 ) -> MCPServer[Any]:
-    """An MCP server exposing the runtime; bound to ``agent`` when given; ``metrics`` count its runtime's events."""
+    """An MCP server exposing the runtime; bound to ``agent`` when given. ``transport`` (stdio,
+    streamable-http, in-memory) is recorded with every tool call's client; ``metrics`` count the
+    runtime's events."""
     settings = settings or Settings()
     if agent is not None:
         validate_agent_name(agent)
     holder = _RuntimeHolder(settings)
+    bus = InMemorySubscriptionBus()
+    notifier = ResourceNotifier(bus, agent)
 
     @asynccontextmanager
     async def lifespan(mcp_server: MCPServer[Any]) -> AsyncIterator[None]:
         # Streamable HTTP runs the lifespan once per session: share one runtime among them.
         if holder.runtime is None:
             holder.runtime = Runtime(settings)
+            holder.background.append(asyncio.create_task(notifier.run(holder.runtime)))
             if settings.idle_timeout > 0:
-                holder.reaper = asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout))
+                holder.background.append(asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout)))
             if metrics is not None:
                 metrics.attach(holder.runtime, [tool.name for tool in await mcp_server.list_tools()])
         holder.users += 1
@@ -77,11 +88,11 @@ def build_server(
         finally:
             holder.users -= 1
             if holder.users == 0 and holder.runtime is not None:
-                if holder.reaper is not None:
-                    holder.reaper.cancel()
+                for task in holder.background:
+                    task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await holder.reaper
-                    holder.reaper = None
+                        await task
+                holder.background.clear()
                 if metrics is not None:
                     metrics.detach()
                 await holder.runtime.close()
@@ -91,9 +102,17 @@ def build_server(
     if agent is not None:
         instructions += f"\nThis server is bound to the agent '{agent}': tools take no agent argument.\n"
     server: MCPServer[Any] = MCPServer(
-        name="spinup", title="Spinup", instructions=instructions, lifespan=lifespan, log_level="WARNING"
+        name="spinup",
+        title="Spinup",
+        instructions=instructions,
+        lifespan=lifespan,
+        log_level="WARNING",
+        subscriptions=bus,
     )
+    server.middleware.append(ToolCallRecorder(holder.get, transport, agent))
     register_tools(server, holder.get, agent, settings.mcp_grants)
+    register_resources(server, holder.get, agent)
+    serve_legacy_subscriptions(server, notifier)
 
     @server.resource("spinup://guide", name="guide", mime_type="text/markdown")
     def guide() -> str:

@@ -63,7 +63,10 @@ HARNESSES: dict[str, Harness] = {
     h.name: h
     for h in (
         Harness(
-            "claude-code", "Claude Code", ".mcp.json", "json",
+            "claude-code",
+            "Claude Code",
+            ".mcp.json",
+            "json",
             stdio=lambda cmd, args: {"type": "stdio", "command": cmd, "args": args, "env": {}},
             http=lambda url: {"type": "http", "url": url, "headers": _bearer("${SPINUP_TOKEN}")},
             note="Claude Code asks before it starts a project's .mcp.json servers: run `claude` in the project "
@@ -71,10 +74,16 @@ HARNESSES: dict[str, Harness] = {
             "Long commands: export MCP_TOOL_TIMEOUT=600000 (ms), at least exec's timeout.",
         ),
         Harness(
-            "codex", "Codex CLI", "~/.codex/config.toml", "toml",
+            "codex",
+            "Codex CLI",
+            "~/.codex/config.toml",
+            "toml",
             stdio=lambda cmd, args: {
-                "command": cmd, "args": args, "env_vars": list(SPINUP_ENV_VARS),
-                "startup_timeout_sec": 20, "tool_timeout_sec": TOOL_TIMEOUT_S,
+                "command": cmd,
+                "args": args,
+                "env_vars": list(SPINUP_ENV_VARS),
+                "startup_timeout_sec": 20,
+                "tool_timeout_sec": TOOL_TIMEOUT_S,
             },
             http=lambda url: {"url": url, "bearer_token_env_var": TOKEN_VAR, "tool_timeout_sec": TOOL_TIMEOUT_S},
             key="mcp_servers",
@@ -82,35 +91,52 @@ HARNESSES: dict[str, Harness] = {
             "Spinup reads. tool_timeout_sec bounds one tool call (default 60 s in Codex).",
         ),
         Harness(
-            "gemini", "Gemini CLI", "~/.gemini/settings.json", "json",
+            "gemini",
+            "Gemini CLI",
+            "~/.gemini/settings.json",
+            "json",
             stdio=lambda cmd, args: {"command": cmd, "args": args, "env": {}, "timeout": TOOL_TIMEOUT_S * 1000},
             http=lambda url: {
-                "httpUrl": url, "headers": _bearer("$SPINUP_TOKEN"), "timeout": TOOL_TIMEOUT_S * 1000,
+                "httpUrl": url,
+                "headers": _bearer("$SPINUP_TOKEN"),
+                "timeout": TOOL_TIMEOUT_S * 1000,
             },
             note="Gemini CLI disables the servers of a folder it does not trust: trust it when asked "
             "(~/.gemini/trustedFolders.json). timeout is in milliseconds.",
         ),
         Harness(
-            "cursor", "Cursor", ".cursor/mcp.json", "json",
+            "cursor",
+            "Cursor",
+            ".cursor/mcp.json",
+            "json",
             stdio=lambda cmd, args: {"command": cmd, "args": args, "env": {}},
             http=lambda url: {"url": url, "headers": _bearer("${env:SPINUP_TOKEN}")},
         ),
         Harness(
-            "vscode", "VS Code", ".vscode/mcp.json", "json",
+            "vscode",
+            "VS Code",
+            ".vscode/mcp.json",
+            "json",
             stdio=lambda cmd, args: {"type": "stdio", "command": cmd, "args": args},
             http=lambda url: {"type": "http", "url": url, "headers": _bearer("${env:SPINUP_TOKEN}")},
             key="servers",
         ),
         Harness(
-            "inspector", "MCP Inspector", "spinup.inspector.json", "json",
+            "inspector",
+            "MCP Inspector",
+            "spinup.inspector.json",
+            "json",
             stdio=lambda cmd, args: {"type": "stdio", "command": cmd, "args": args, "env": {}},
             http=lambda url: {"type": "streamable-http", "url": url},
             note="mcp-inspector --config FILE --server spinup [--cli --method tools/list]. Inspector 2.x passes a "
             "stdio server only HOME, PATH and a few more: add -e SPINUP_HOME=... if you set it. Over HTTP add "
-            "--header \"Authorization: Bearer $SPINUP_TOKEN\" (Inspector 2.x; 0.15 cannot send a token).",
+            '--header "Authorization: Bearer $SPINUP_TOKEN" (Inspector 2.x; 0.15 cannot send a token).',
         ),
         Harness(
-            "generic", "Any MCP client", "spinup.mcp.json", "json",
+            "generic",
+            "Any MCP client",
+            "spinup.mcp.json",
+            "json",
             stdio=lambda cmd, args: {"command": cmd, "args": args, "env": {}},
             http=lambda url: {"url": url, "headers": _bearer("${SPINUP_TOKEN}")},
         ),
@@ -384,8 +410,11 @@ def run_config_command(args: argparse.Namespace) -> int:
     if args.write:
         path = Path(args.path or spec.path).expanduser()
         backup = write(args.harness, server, path)
-        print(f"spinup config: wrote the {SERVER_NAME!r} server into {path}"
-              + (f" (previous file: {backup})" if backup else ""), file=sys.stderr)
+        print(
+            f"spinup config: wrote the {SERVER_NAME!r} server into {path}"
+            + (f" (previous file: {backup})" if backup else ""),
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(render(args.harness, {SERVER_NAME: server}))
     if spec.note:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from spinup.runtime import Event, Runtime
 
 OTHER = "other"
-OUTCOMES = frozenset({"ok", "error", "internal-error"})
+OUTCOMES = frozenset({"ok", "error", "internal-error", "rejected"})
 EXEC_STATES = frozenset({"exited", "timed-out", "killed", "lost"})
 AGENT_STATES = ("running", "paused", "stopped", "hibernated", "missing", "created")
 EVENT_KINDS = frozenset(

@@ -55,6 +55,8 @@ class AgentInfo(FromRuntime):
     )
     machine_id: ShortId = Field(description="Short id of the Docker container embodying the agent now.")
     created_at: IsoTime
+    paused_at: IsoTime | None = Field(default=None, description="When a client paused it; null when not paused.")
+    paused_by: str | None = Field(default=None, description="Who paused it (client, version, transport).")
 
 
 class AgentList(BaseModel):
@@ -64,11 +66,20 @@ class AgentList(BaseModel):
 
 
 class EventInfo(FromRuntime):
-    """Something that happened to an agent."""
+    """Something that happened to an agent (or to the runtime), and which client caused it."""
 
+    id: int = Field(description="Increasing event id: pass it as `after` to read only newer events.")
     at: IsoTime
-    kind: str
+    agent: str | None = Field(default=None, description="The agent's name; null for runtime-wide events.")
+    kind: str = Field(
+        description="e.g. created, machine-started, paused, resumed, killed, exec, file-written, snapshot-created, "
+        "packages-installed, secret-used, tool-call."
+    )
     detail: str
+    data: dict[str, Any] = Field(default_factory=dict, description="Structured payload (exec: id, exit_code, ...).")
+    actor: dict[str, str] | None = Field(
+        default=None, description="The client that caused it: client, version, transport, session."
+    )
 
 
 class AgentStatusResult(BaseModel):
@@ -80,6 +91,9 @@ class AgentStatusResult(BaseModel):
     disk_used: int | None = Field(description="Bytes the machine has written (its writable layer); null if absent.")
     packages: list[str] = Field(description="The package manifest as manager:name==version.")
     events: list[EventInfo]
+    running_execs: list[ExecRecordInfo] = Field(
+        default_factory=list, description="Commands running now (kill one with exec_kill and its id)."
+    )
 
     @classmethod
     def of(cls, status: AgentStatus) -> AgentStatusResult:
@@ -91,6 +105,7 @@ class AgentStatusResult(BaseModel):
             disk_used=status.disk_used,
             packages=[f"{e.manager}:{e.name}=={e.version}" for e in status.packages],
             events=[EventInfo.of(e) for e in status.events],
+            running_execs=[ExecRecordInfo.of(r) for r in status.running_execs],
         )
 
 
@@ -109,6 +124,8 @@ class ExecOutput(FromRuntime):
     stderr_truncated: bool
     stdout_dropped_bytes: int
     stderr_dropped_bytes: int
+    id: str = Field(description="Exec id: read the output again with exec_log, or kill it while it runs.")
+    killed_by: str | None = Field(default=None, description="Who killed the command by its exec id, if anyone.")
 
 
 class FileEntry(FromRuntime):
@@ -244,3 +261,42 @@ class PackageManifest(BaseModel):
     export: str | None = Field(
         default=None, description="requirements.txt (pip), package.json (npm) or 'name=version' lines (apt)."
     )
+
+
+class EventPage(BaseModel):
+    """Events, oldest first."""
+
+    events: list[EventInfo]
+    next_before: int | None = Field(
+        description="Pass as `before` for the page of older events; null when there are none."
+    )
+    last_id: int | None = Field(description="Pass as `after` to get only events newer than this page.")
+
+
+class ExecRecordInfo(FromRuntime):
+    """A command run in an agent's machine."""
+
+    id: str
+    agent: str
+    command: str
+    cwd: str | None
+    started_at: IsoTime
+    state: str = Field(description="running, exited, timed-out, killed or lost (the server went away).")
+    exit_code: int | None
+    duration_s: float | None
+    stdout_bytes: int | None
+    stderr_bytes: int | None
+    truncated: bool
+    timed_out: bool
+    limit: str | None
+    killed_by: str | None
+    actor: dict[str, str] | None = Field(description="The client that ran it.")
+
+
+class ExecLogResult(BaseModel):
+    """A past command and its output as it was returned (capped, credentials redacted)."""
+
+    record: ExecRecordInfo
+    stdout: str
+    stderr: str
+    output_kept: bool = Field(description="False when retention already dropped this command's output.")

@@ -17,7 +17,7 @@ def serve_stdio(args: argparse.Namespace) -> int:
     """Serve MCP over stdio until the client closes it."""
     from ..app import build_server
 
-    build_server(Settings(), agent=args.agent).run()
+    build_server(Settings(), agent=args.agent, transport="stdio").run()
     return 0
 
 
@@ -36,7 +36,7 @@ def serve_http(args: argparse.Namespace) -> int:
         )
     settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
     metrics = SpinupMetrics()
-    server = build_server(settings, agent=args.agent, metrics=metrics)
+    server = build_server(settings, agent=args.agent, transport="streamable-http", metrics=metrics)
     security = rebinding_protection(args.host)
     # Beside /mcp, behind the same token and the same Host/Origin checks.
     server.custom_route("/metrics", methods=["GET"], include_in_schema=False)(metrics.endpoint(security))

@@ -18,6 +18,8 @@ from pydantic import Field, ValidationError
 
 from spinup.runtime import Runtime, SpinupError
 
+from ..observe import note_internal_error
+
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 AgentArg = Annotated[str, Field(description="Name of the agent to act on (see agent_list).")]
@@ -52,6 +54,7 @@ def _tool_errors(fn: Callable[..., Awaitable[R]], redact: Callable[[str], str]) 
         except (ToolError, ValidationError):
             raise
         except Exception as exc:
+            note_internal_error()
             log.exception("tool %s failed", fn.__name__)
             raise ToolError(
                 f"Internal error in {fn.__name__} ({type(exc).__name__}); the details are in the Spinup server's "

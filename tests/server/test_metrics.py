@@ -143,6 +143,7 @@ async def test_serve_exposes_metrics_behind_its_token_and_never_a_credential(set
                         await call(client, "agent_status", agent=name)
                         await failed_call(client, "agent_status", agent="no-such-agent")
                         await failed_call(client, "file_read", agent=name, path=f"/workspace/{secret}")
+                        await failed_call(client, f"tool_{secret}", agent=name)
                         snapshot = await call(client, "snapshot_create", agent=name)
                         await call(client, "snapshot_restore", agent=name, snapshot=snapshot["snapshot"]["id"])
                         response = await http.get(metrics_url)
@@ -163,11 +164,20 @@ async def test_serve_exposes_metrics_behind_its_token_and_never_a_credential(set
     assert value(found, "spinup_events_total", kind="created") == 1
     assert value(found, "spinup_events_total", kind="secret-used") >= 1
     assert value(found, "spinup_events_total", kind="machine-restored") == 1
-    if any(name == "spinup_tool_calls_total" for name, _ in found):  # once the tools record their calls
-        assert value(found, "spinup_tool_calls_total", tool="agent_create", outcome="ok") == 1
-        assert value(found, "spinup_tool_calls_total", tool="exec", outcome="ok") == 2
-        assert value(found, "spinup_tool_calls_total", tool="agent_status", outcome="ok") == 1
-        assert value(found, "spinup_tool_calls_total", tool="agent_status", outcome="error") == 1
-        assert value(found, "spinup_errors_total", tool="agent_status") == 1
-        assert value(found, "spinup_errors_total", tool="file_read") == 1
-        assert value(found, "spinup_tool_call_duration_seconds_count", tool="exec") == 2
+    assert value(found, "spinup_tool_calls_total", tool="agent_create", outcome="ok") == 1
+    assert value(found, "spinup_tool_calls_total", tool="exec", outcome="ok") == 2
+    assert value(found, "spinup_tool_calls_total", tool="agent_status", outcome="ok") == 1
+    assert value(found, "spinup_tool_calls_total", tool="agent_status", outcome="error") == 1
+    assert value(found, "spinup_tool_calls_total", tool="file_read", outcome="error") == 1
+    assert value(found, "spinup_errors_total", tool="agent_status") == 1
+    assert value(found, "spinup_errors_total", tool="file_read") == 1
+    assert value(found, "spinup_errors_total", tool="exec") == 0
+    assert value(found, "spinup_tool_call_duration_seconds_count", tool="exec") == 2
+    assert value(found, "spinup_tool_call_duration_seconds_count", tool="agent_create") == 1
+    # A tool name the server does not have is the client's text: counted, under "other".
+    assert (
+        sum(v for (n, labels), v in found.items() if n == "spinup_tool_calls_total" and ("tool", "other") in labels)
+        == 1
+    )
+    assert value(found, "spinup_errors_total", tool="other") == 1
+    assert value(found, "spinup_tool_calls_total", tool="other", outcome="other") == 0, "every outcome is a known one"

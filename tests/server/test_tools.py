@@ -38,6 +38,12 @@ EXPECTED_TOOLS = {
     "package_install",
     "package_remove",
     "package_list",
+    "agent_events",
+    "exec_log",
+    "agent_pause",
+    "agent_resume",
+    "agent_kill",
+    "exec_kill",
 }
 
 
@@ -77,6 +83,12 @@ async def test_every_tool_is_listed_with_a_description_output_schema_and_annotat
     assert tools["file_mkdir"].annotations.idempotent_hint is True  # type: ignore[union-attr]
     assert tools["exec"].annotations.read_only_hint is False  # type: ignore[union-attr]
     assert "agent" in tools["exec"].input_schema["required"]
+    assert tools["agent_events"].annotations.read_only_hint is True  # type: ignore[union-attr]
+    assert tools["exec_log"].annotations.read_only_hint is True  # type: ignore[union-attr]
+    assert tools["agent_kill"].annotations.destructive_hint is True  # type: ignore[union-attr]
+    assert tools["exec_kill"].annotations.destructive_hint is True  # type: ignore[union-attr]
+    assert tools["agent_pause"].annotations.idempotent_hint is True  # type: ignore[union-attr]
+    assert tools["agent_pause"].annotations.destructive_hint is False  # type: ignore[union-attr]
 
 
 async def test_agent_tools_create_list_status_stop_and_remove(client: Client) -> None:
