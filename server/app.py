@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus
@@ -18,6 +18,9 @@ from spinup.runtime import Runtime, Settings, validate_agent_name
 from .observe import ToolCallRecorder
 from .resources import ResourceNotifier, register_resources, serve_legacy_subscriptions
 from .tools import register_tools
+
+if TYPE_CHECKING:
+    from .metrics import SpinupMetrics
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,14 @@ async def _hibernate_idle(runtime: Runtime, idle_seconds: float) -> None:
 
 
 def build_server(
-    settings: Settings | None = None, agent: str | None = None, transport: str = "in-memory"
+    settings: Settings | None = None,
+    agent: str | None = None,
+    transport: str = "in-memory",
+    metrics: SpinupMetrics | None = None,
 ) -> MCPServer[Any]:
     """An MCP server exposing the runtime; bound to ``agent`` when given. ``transport`` (stdio,
-    streamable-http, in-memory) is recorded with every tool call's client."""
+    streamable-http, in-memory) is recorded with every tool call's client; ``metrics`` count the
+    runtime's events."""
     settings = settings or Settings()
     if agent is not None:
         validate_agent_name(agent)
@@ -66,13 +73,15 @@ def build_server(
     notifier = ResourceNotifier(bus, agent)
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
+    async def lifespan(mcp_server: MCPServer[Any]) -> AsyncIterator[None]:
         # Streamable HTTP runs the lifespan once per session: share one runtime among them.
         if holder.runtime is None:
             holder.runtime = Runtime(settings)
             holder.background.append(asyncio.create_task(notifier.run(holder.runtime)))
             if settings.idle_timeout > 0:
                 holder.background.append(asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout)))
+            if metrics is not None:
+                metrics.attach(holder.runtime, [tool.name for tool in await mcp_server.list_tools()])
         holder.users += 1
         try:
             yield None
@@ -84,6 +93,8 @@ def build_server(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 holder.background.clear()
+                if metrics is not None:
+                    metrics.detach()
                 await holder.runtime.close()
                 holder.runtime = None
 

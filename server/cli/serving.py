@@ -26,6 +26,7 @@ def serve_http(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..app import build_server
+    from ..metrics import SpinupMetrics
 
     token = args.token or os.environ.get("SPINUP_TOKEN") or None
     if not is_loopback(args.host) and not token:
@@ -34,12 +35,16 @@ def serve_http(args: argparse.Namespace) -> int:
             f"Set SPINUP_TOKEN (or pass --token), or bind 127.0.0.1."
         )
     settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
-    server = build_server(settings, agent=args.agent, transport="streamable-http")
-    app: Any = server.streamable_http_app(host=args.host, transport_security=rebinding_protection(args.host))
+    metrics = SpinupMetrics()
+    server = build_server(settings, agent=args.agent, transport="streamable-http", metrics=metrics)
+    security = rebinding_protection(args.host)
+    # Beside /mcp, behind the same token and the same Host/Origin checks.
+    server.custom_route("/metrics", methods=["GET"], include_in_schema=False)(metrics.endpoint(security))
+    app: Any = server.streamable_http_app(host=args.host, transport_security=security)
     if token:
         app = BearerAuth(app, token)
     print(
-        f"spinup: serving MCP at http://{url_host(args.host)}:{args.port}/mcp"
+        f"spinup: serving MCP at http://{url_host(args.host)}:{args.port}/mcp, metrics at /metrics"
         + (" (bearer token required)" if token else ""),
         file=sys.stderr,
     )
@@ -53,7 +58,7 @@ def register(sub: SubParsers) -> None:
     mcp.add_argument("--agent", help="bind every tool to this agent (created on first use)")
     mcp.set_defaults(func=serve_stdio)
 
-    serve = sub.add_parser("serve", help="serve MCP over streamable HTTP at /mcp")
+    serve = sub.add_parser("serve", help="serve MCP over streamable HTTP at /mcp (and Prometheus metrics at /metrics)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--token", help="bearer token required on every request (default: $SPINUP_TOKEN)")
