@@ -19,7 +19,7 @@ from .agents import AgentService
 from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
-from .errors import AgentNotFound, InvalidInput
+from .errors import AgentNotFound, AgentPaused, InvalidInput
 from .exec import ExecResult, ProgressCallback, kill_command, run_command
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, FileAccess, Files
@@ -207,8 +207,13 @@ class Runtime:
         return await self._agents.kill(name)
 
     async def kill_exec(self, name: str, exec_id: str) -> ExecRecord:
-        """Kill one running command (its process group and everything carrying its marker) by exec id."""
+        """Kill one running command (its process group and everything carrying its marker) by exec id.
+
+        Refused while the agent is paused: the kill sweeps the machine with a command of its own, and
+        nothing runs in a frozen machine (resume it first, or kill the whole agent)."""
         agent = self._agents.get(name)
+        if agent.paused_at is not None:
+            raise AgentPaused(name, agent.paused_at.isoformat(timespec="seconds"), agent.paused_by)
         record = self._execs.request_kill(agent, exec_id, _actor_name())
         assert record.docker_exec is not None
         await kill_command(self._docker, record.machine_id, record.docker_exec, record.marker, record.user)
