@@ -1,4 +1,5 @@
-"""The Spinup runtime: agents and their machines, exec, files, packages, snapshots and credentials.
+"""The Spinup runtime: agents and their machines, exec, files, packages, snapshots, credentials
+and what each agent uses.
 
 :class:`Runtime` is the one surface; everything else exported here is a value it takes or returns.
 """
@@ -29,12 +30,14 @@ from .rebuild import Reinstalled
 from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
 from .secrets import SecretListing, redact_stored
 from .snapshots import CaptureResult, GcResult, ProgressFn, VerifyReport
+from .usage import AgentOverview, ResourceUse
 
 __all__ = [
     "DEFAULT_IMAGE",
     "MCP_GRANTS",
     "Actor",
     "Agent",
+    "AgentOverview",
     "AgentState",
     "AgentStatus",
     "CaptureResult",
@@ -54,6 +57,7 @@ __all__ = [
     "ProgressFn",
     "RebuildResult",
     "Reinstalled",
+    "ResourceUse",
     "RestoreResult",
     "Runtime",
     "SecretBinding",

@@ -11,14 +11,12 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+from .cgroups import Cgroups, read_key
 from .exec import ExecResult
 from .models import Agent, format_size
 
 log = logging.getLogger(__name__)
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -29,72 +27,23 @@ class LimitCounters:
     pids_refused: int
 
 
-@dataclass(frozen=True)
-class _CgroupFiles:
-    memory: Path | None
-    pids: Path | None
-
-
-def _counter(path: Path | None, key: str) -> int:
-    if path is None:
-        return 0
-    try:
-        text = path.read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == key and value.strip().isdigit():
-            return int(value)
-    return 0
-
-
-def _cgroup_files(pid: int, machine_id: str) -> _CgroupFiles | None:
-    """The memory and pids counter files of the cgroup holding host process ``pid``."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    unified = (CGROUP_ROOT / "cgroup.controllers").exists()  # cgroup v2 only (not the hybrid layout)
-    memory = pids = None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if machine_id not in path:
-            continue
-        relative = path.lstrip("/")
-        if controllers == "":
-            if unified:  # one tree for every controller
-                memory = CGROUP_ROOT / relative / "memory.events"
-                pids = CGROUP_ROOT / relative / "pids.events"
-        elif "memory" in controllers.split(","):
-            memory = CGROUP_ROOT / "memory" / relative / "memory.oom_control"
-        elif "pids" in controllers.split(","):
-            pids = CGROUP_ROOT / "pids" / relative / "pids.events"
-    if memory is None and pids is None:
-        return None
-    return _CgroupFiles(memory, pids)
-
-
 class LimitWatch:
-    """Reads machines' limit counters from the host, caching where each machine's cgroup is."""
+    """Reads machines' limit counters from their cgroups on the host."""
 
-    def __init__(self) -> None:
-        self._files: dict[str, _CgroupFiles | None] = {}
+    def __init__(self, cgroups: Cgroups) -> None:
+        self._cgroups = cgroups
 
     def counters(self, machine_id: str, pid: int) -> LimitCounters | None:
         """The machine's counters, or None when its cgroup cannot be read from here."""
-        files = self._files.get(machine_id)
-        if files is None and pid > 0:
-            files = _cgroup_files(pid, machine_id)
-            if files is not None:
-                self._files[machine_id] = files
-        if files is None:
+        cgroup = self._cgroups.of(machine_id, pid)
+        if cgroup is None:
             return None
-        return LimitCounters(_counter(files.memory, "oom_kill"), _counter(files.pids, "max"))
-
-    def forget(self, machine_id: str) -> None:
-        """Drop what is cached for a removed machine."""
-        self._files.pop(machine_id, None)
+        memory = pids = None
+        if cgroup.memory is not None:
+            memory = cgroup.memory / ("memory.events" if cgroup.unified else "memory.oom_control")
+        if cgroup.pids is not None:
+            pids = cgroup.pids / "pids.events"
+        return LimitCounters(read_key(memory, "oom_kill") or 0, read_key(pids, "max") or 0)
 
 
 def directory_usage(root: str) -> int:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 
-from .docker import DockerBackend
+from .docker import DockerBackend, MachineInfo
 from .errors import LimitReached
 from .limits import directory_usage
 from .models import Agent, format_size
@@ -35,10 +35,18 @@ class DiskQuota:
         self._pending: dict[str, asyncio.Task[int]] = {}
         self._measured_at: dict[str, float] = {}
 
-    async def measure(self, machine_id: str) -> int:
-        """Bytes the machine's writable layer uses now."""
+    async def measure(self, machine_id: str, machine: MachineInfo | None = None, max_age: float = 0.0) -> int:
+        """Bytes the machine's writable layer uses now, or as measured at most ``max_age`` seconds ago.
+
+        ``machine`` (its inspect, when the caller has it) saves asking Docker where the layer is.
+        """
+        measured_at = self._measured_at.get(machine_id)
+        if max_age > 0 and measured_at is not None and time.monotonic() - measured_at <= max_age:
+            return self._used[machine_id]
         if machine_id not in self._upper:
-            info = await self.docker.inspect(machine_id)
+            info = (
+                machine if machine is not None and machine.id == machine_id else await self.docker.inspect(machine_id)
+            )
             upper = info.upper_dir if info is not None else None
             self._upper[machine_id] = upper if upper and self.docker.is_local else None
         upper = self._upper[machine_id]

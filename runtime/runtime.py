@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .actors import current_actor
 from .agents import AgentService
+from .cgroups import Cgroups
 from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
@@ -34,6 +35,7 @@ from .rebuild import Reinstalled, copy_directories, replay
 from .secrets import SecretListing, SecretService
 from .snapshots import CaptureResult, GcResult, ProgressFn, SnapshotService, VerifyReport
 from .state import StateDB
+from .usage import AgentOverview, ResourceUse, UsageMeter
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class AgentStatus:
     disk_used: int | None = None  # bytes the machine's writable layer uses, when measured
     packages: list[PackageEntry] = field(default_factory=list)
     running_execs: list[ExecRecord] = field(default_factory=list)
+    usage: ResourceUse | None = None  # what the machine uses now (CPU, memory, pids, disk, store, uptime)
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,16 @@ class Runtime:
         self._snapshots = SnapshotService(self.settings, self._db, self._docker)
         self._agents = AgentService(self.settings, self._db, self._docker, self._snapshots)
         self._quota = DiskQuota(self._docker)
-        self._limits = LimitWatch()
+        self._cgroups = Cgroups()
+        self._limits = LimitWatch(self._cgroups)
+        self._usage = UsageMeter(self._docker, self._db, self._quota, self._cgroups)
         self._access = AccessMemo()
-        self._agents.machine_removed += [self._quota.forget, self._limits.forget, self._access.forget]
+        self._agents.machine_removed += [
+            self._quota.forget,
+            self._cgroups.forget,
+            self._usage.forget,
+            self._access.forget,
+        ]
         self._secrets = SecretService(self.settings, self._db, self._docker)
         self._packages = PackageService(self._db, self.settings.sources_dir, self._run_package_command)
         self._db.redact = self._secrets.redact
@@ -184,13 +194,30 @@ class Runtime:
         return await self._agents.machine(self._agents.get(name))
 
     async def status(self, name: str) -> AgentStatus:
-        """The agent, its machine (without waking it) and its recent events."""
+        """The agent, its machine (without waking it), what it uses now and its recent events."""
         agent = self._agents.get(name)
         machine = await self._agents.machine(agent)
-        used = await self._quota.measure(machine.id) if machine is not None else None
+        usage = await self._usage.usage(agent, machine)
         return AgentStatus(
-            agent, machine, self._agents.events(agent), used, self._db.packages(agent.id), self._execs.running(agent)
+            agent,
+            machine,
+            self._agents.events(agent),
+            usage.disk_used,
+            self._db.packages(agent.id),
+            self._execs.running(agent),
+            usage,
         )
+
+    async def usage(self, name: str) -> ResourceUse:
+        """What the agent's machine uses now (without waking it): CPU over a short window, memory, pids,
+        disk, store bytes, uptime, last activity."""
+        agent = self._agents.get(name)
+        return await self._usage.usage(agent, await self._agents.machine(agent))
+
+    async def overview(self) -> builtins.list[AgentOverview]:
+        """Every agent with its machine's state, image, what it uses now and its newest event (what
+        ``spinup ps`` shows); machines are inspected concurrently and share one CPU window."""
+        return await self._usage.overview(self._agents.list())
 
     async def pause(self, name: str) -> Agent:
         """Freeze every process of the agent's machine; calls that need it fail at once until :meth:`resume`."""

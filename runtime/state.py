@@ -368,6 +368,17 @@ class StateDB:
             ).fetchall()
         return [self._snapshot(r) for r in rows]
 
+    def store_bytes(self, agent_ids: Sequence[str]) -> dict[str, int]:
+        """Compressed bytes of the layers each agent's snapshots added to the store, in one query."""
+        if not agent_ids:
+            return {}
+        marks = ", ".join("?" * len(agent_ids))
+        rows = self._conn.execute(
+            f"SELECT agent_id, SUM(layer_size) FROM snapshots WHERE agent_id IN ({marks}) GROUP BY agent_id",
+            tuple(agent_ids),
+        ).fetchall()
+        return {row[0]: int(row[1] or 0) for row in rows}
+
     def snapshot_children(self, snapshot_id: str) -> list[str]:
         """Ids of snapshots whose parent is ``snapshot_id``."""
         rows = self._conn.execute("SELECT id FROM snapshots WHERE parent_id = ?", (snapshot_id,)).fetchall()

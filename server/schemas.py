@@ -82,18 +82,41 @@ class EventInfo(FromRuntime):
     )
 
 
+class ResourceUseInfo(FromRuntime):
+    """What the agent's machine uses now; null where it cannot be read (CPU and memory of a stopped machine)."""
+
+    cpu_percent: float | None = Field(description="CPU over a short window, in percent of one core (100 = one core).")
+    memory_bytes: int | None = Field(description="Memory in use (reclaimable page cache not counted).")
+    memory_limit: int | None = Field(description="The policy's memory limit in bytes; null: no limit.")
+    pids: int | None = Field(description="Processes and threads running.")
+    pids_limit: int | None = Field(description="The policy's limit on processes and threads; null: no limit.")
+    disk_used: int | None = Field(description="Bytes the machine has written (its writable layer); null if absent.")
+    store_bytes: int = Field(description="Compressed bytes the agent's snapshots added to the snapshot store.")
+    uptime_s: float | None = Field(description="Seconds since the machine started; null unless it runs.")
+    last_activity: IsoTime | None = Field(description="When the agent's newest event was recorded.")
+
+
+class RunningExec(FromRuntime):
+    """A command running in the agent's machine now."""
+
+    id: str = Field(description="The exec id: kill it with exec_kill, read its output with exec_log.")
+    command: str
+    started_at: IsoTime
+
+
 class AgentStatusResult(BaseModel):
-    """An agent, what Docker says of its machine right now, and its recent events."""
+    """An agent, what Docker says of its machine right now, what it uses, and its recent events."""
 
     agent: AgentInfo
     machine_status: str = Field(description="Docker's state of the machine (running, exited, ...) or 'absent'.")
     policy: str = Field(description="The policy in one line, e.g. 'network=none user=agent ... memory=4g'.")
     disk_used: int | None = Field(description="Bytes the machine has written (its writable layer); null if absent.")
+    usage: ResourceUseInfo | None = Field(description="CPU, memory, pids, disk, store bytes, uptime, last activity.")
+    paused_at: IsoTime | None = Field(description="When a client paused the agent; null when it is not paused.")
+    paused_by: str | None = Field(description="Who paused it (client, version, transport).")
+    running_execs: list[RunningExec] = Field(description="Commands running in the machine now, oldest first.")
     packages: list[str] = Field(description="The package manifest as manager:name==version.")
     events: list[EventInfo]
-    running_execs: list[ExecRecordInfo] = Field(
-        default_factory=list, description="Commands running now (kill one with exec_kill and its id)."
-    )
 
     @classmethod
     def of(cls, status: AgentStatus) -> AgentStatusResult:
@@ -103,9 +126,12 @@ class AgentStatusResult(BaseModel):
             machine_status=machine.status if machine else "absent",
             policy=status.agent.policy.describe(),
             disk_used=status.disk_used,
+            usage=ResourceUseInfo.of(status.usage) if status.usage is not None else None,
+            paused_at=_iso(status.agent.paused_at),
+            paused_by=status.agent.paused_by,
+            running_execs=[RunningExec.of(record) for record in status.running_execs],
             packages=[f"{e.manager}:{e.name}=={e.version}" for e in status.packages],
             events=[EventInfo.of(e) for e in status.events],
-            running_execs=[ExecRecordInfo.of(r) for r in status.running_execs],
         )
 
 

@@ -13,7 +13,7 @@ from .backend import (
     DockerBackend,
 )
 from .execs import ExecSession, Execution, Output
-from .values import Change, DaemonVersion, ExecState, ImageInfo, MachineInfo, PathStat
+from .values import Change, DaemonVersion, ExecState, ImageInfo, MachineInfo, MachineStats, PathStat
 
 __all__ = [
     "AGENT_LABEL",
@@ -28,6 +28,7 @@ __all__ = [
     "Execution",
     "ImageInfo",
     "MachineInfo",
+    "MachineStats",
     "Output",
     "PathStat",
 ]

@@ -31,12 +31,14 @@ from .values import (
     ExecState,
     ImageInfo,
     MachineInfo,
+    MachineStats,
     PathStat,
     parse_changes,
     parse_exec,
     parse_image,
     parse_machine,
     parse_path_stat,
+    parse_stats,
     parse_version,
 )
 
@@ -234,6 +236,14 @@ class DockerBackend:
                 f"containers/{container_id}/json", method="GET", params={"size": "1"}, timeout=self._streaming()
             )
         return int(raw.get("SizeRw") or 0)
+
+    async def stats(self, container_id: str) -> MachineStats:
+        """One reading of the machine's CPU, memory and pids counters (Docker's one-shot stats: no wait)."""
+        with self._calling(f"Read the resource use of machine {container_id[:12]}"):
+            raw = await self.client._query_json(
+                f"containers/{container_id}/stats", method="GET", params={"stream": "false", "one-shot": "true"}
+            )
+        return parse_stats(raw)
 
     async def cpu_count(self) -> int:
         """CPUs the daemon's host has."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import DockerFailure
@@ -43,6 +45,56 @@ def parse_machine(raw: dict[str, Any]) -> MachineInfo:
         upper_dir=graph.get("UpperDir"),
         lower_dirs=tuple(part for part in str(graph.get("LowerDir") or "").split(":") if part),
         started_at=str(state.get("StartedAt", "")),
+    )
+
+
+@dataclass(frozen=True)
+class MachineStats:
+    """One reading of a machine's resource counters from Docker's stats API (None: not reported)."""
+
+    read_ns: int | None  # when the daemon read them (nanoseconds since the epoch)
+    cpu_ns: int | None  # CPU time used since the machine started
+    memory: int | None  # in use, page cache the kernel can drop at once not counted (as ``docker stats``)
+    memory_limit: int | None
+    pids: int | None
+    pids_limit: int | None
+
+
+_RFC3339 = re.compile(r"^([0-9T:-]+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
+
+
+def _epoch_ns(text: object) -> int | None:
+    """Nanoseconds since the epoch of Docker's RFC 3339 time (all its digits kept); None when unset."""
+    match = _RFC3339.match(text) if isinstance(text, str) and not text.startswith("0001-") else None
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        moment = datetime.fromisoformat(whole + (zone or "Z"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000_000 + int((fraction or "")[:9].ljust(9, "0"))
+
+
+def parse_stats(raw: dict[str, Any]) -> MachineStats:
+    """A one-shot stats document as :class:`MachineStats` (cgroup v1 and v2 daemons)."""
+    cpu = (raw.get("cpu_stats") or {}).get("cpu_usage") or {}
+    memory = raw.get("memory_stats") or {}
+    pids = raw.get("pids_stats") or {}
+    usage = memory.get("usage")
+    inactive = (memory.get("stats") or {}).get("total_inactive_file", (memory.get("stats") or {}).get("inactive_file"))
+    if isinstance(usage, int) and isinstance(inactive, int) and inactive < usage:
+        usage -= inactive
+    cpu_ns = cpu.get("total_usage")
+    return MachineStats(
+        read_ns=_epoch_ns(raw.get("read")),
+        cpu_ns=int(cpu_ns) if isinstance(cpu_ns, int) else None,
+        memory=int(usage) if isinstance(usage, int) else None,
+        memory_limit=int(memory["limit"]) if memory.get("limit") else None,
+        pids=int(pids["current"]) if isinstance(pids.get("current"), int) else None,
+        pids_limit=int(pids["limit"]) if pids.get("limit") else None,  # 0 or absent: no limit
     )
 
 

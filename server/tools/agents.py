@@ -72,7 +72,8 @@ def register(reg: Registrar) -> None:
 
     @tool("agent_status", READ_ONLY)
     async def agent_status(agent: AgentArg) -> AgentStatusResult:
-        """Show an agent, the current state of its machine, and its recent lifecycle events."""
+        """Show an agent, the current state of its machine, what it uses now (CPU, memory, processes, disk,
+        snapshot store, uptime, last activity), who paused it, the commands running, and its recent events."""
         return AgentStatusResult.of(await get_runtime().status(agent))
 
     @tool("agent_stop", IDEMPOTENT)

@@ -108,7 +108,7 @@ async def test_what_is_cached_per_machine_goes_with_the_machine(runtime: Runtime
     def cached(machine_id: str) -> list[str]:
         places = {
             "quota": machine_id in runtime._quota._used,
-            "limits": machine_id in runtime._limits._files,
+            "limits": machine_id in runtime._cgroups,
             "access": machine_id in runtime._access._reachable,
         }
         return [place for place, present in places.items() if present]
