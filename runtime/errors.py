@@ -202,5 +202,5 @@ class ExecNotFound(NotFound):
     def __init__(self, exec_id: str, agent: str) -> None:
         super().__init__(
             f"No command with exec id '{exec_id}' for agent '{agent}' (old outputs are trimmed). List recent "
-            f"commands with agent_events kind=exec (CLI: spinup events {agent} --kind exec)."
+            f"commands with agent_events kind=exec (CLI: spinup logs {agent})."
         )

@@ -74,7 +74,7 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(mcp_server: MCPServer[Any]) -> AsyncIterator[None]:
-        # Streamable HTTP runs the lifespan once per session: share one runtime among them.
+        # One runtime however often the lifespan is entered (once per session on some transports).
         if holder.runtime is None:
             holder.runtime = Runtime(settings)
             holder.background.append(asyncio.create_task(notifier.run(holder.runtime)))

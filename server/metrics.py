@@ -51,6 +51,9 @@ EVENT_KINDS = frozenset(
         "file-moved",
         "file-deleted",
         "snapshot-created",
+        "snapshot-restored",
+        "forked",
+        "rebuilt",
         "packages-installed",
         "packages-removed",
         "secret-bound",
@@ -126,6 +129,9 @@ class SpinupMetrics:
             "spinup_snapshot_duration_seconds", "Snapshot duration.", buckets=SNAPSHOT_BUCKETS, registry=r
         )
         self.restores = Counter("spinup_restores", "Agents restored to a snapshot.", registry=r)
+        self.restore_duration = Histogram(
+            "spinup_restore_duration_seconds", "Restore duration.", buckets=SNAPSHOT_BUCKETS, registry=r
+        )
         self.events = Counter("spinup_events", "Events recorded, by kind.", ["kind"], registry=r)
         r.register(_AgentsCollector(lambda: self._runtime))
 
@@ -174,8 +180,11 @@ class SpinupMetrics:
             duration = _number(data.get("duration_s"))
             if duration is not None:
                 self.snapshot_duration.observe(duration)
-        elif event.kind == "machine-restored":
+        elif event.kind == "snapshot-restored":
             self.restores.inc()
+            duration = _number(data.get("duration_s"))
+            if duration is not None:
+                self.restore_duration.observe(duration)
 
     def text(self) -> bytes:
         """The metrics in Prometheus text format."""

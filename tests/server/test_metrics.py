@@ -79,6 +79,8 @@ async def test_metrics_count_a_runtimes_events_and_its_agents_by_state(runtime: 
     assert value(found, "spinup_exec_duration_seconds_count") == 2
     assert value(found, "spinup_exec_duration_seconds_sum") >= 0.5
     assert value(found, "spinup_snapshots_total") == 1
+    assert value(found, "spinup_snapshot_bytes_total") > 0
+    assert value(found, "spinup_snapshot_duration_seconds_count") == 1
     assert value(found, "spinup_events_total", kind="tool-call") == 3
     assert value(found, "spinup_events_total", kind="exec") == 2
     assert value(found, "spinup_events_total", kind="paused") == 1
@@ -160,7 +162,9 @@ async def test_serve_exposes_metrics_behind_its_token_and_never_a_credential(set
     assert value(found, "spinup_execs_total", state="exited") == 2
     assert value(found, "spinup_exec_duration_seconds_count") == 2
     assert value(found, "spinup_snapshots_total") >= 1
+    assert value(found, "spinup_snapshot_bytes_total") > 0
     assert value(found, "spinup_restores_total") == 1
+    assert value(found, "spinup_restore_duration_seconds_count") == 1
     assert value(found, "spinup_events_total", kind="created") == 1
     assert value(found, "spinup_events_total", kind="secret-used") >= 1
     assert value(found, "spinup_events_total", kind="machine-restored") == 1
