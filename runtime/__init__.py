@@ -26,6 +26,7 @@ from .models import (
 )
 from .packages import InstallResult
 from .policy import check_granted
+from .processes import ProcessInfo, ProcessOutput
 from .rebuild import Reinstalled
 from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
 from .secrets import SecretListing, redact_stored
@@ -54,6 +55,8 @@ __all__ = [
     "PackageEntry",
     "PackageManager",
     "Policy",
+    "ProcessInfo",
+    "ProcessOutput",
     "ProgressFn",
     "RebuildResult",
     "Reinstalled",

@@ -12,6 +12,8 @@ AGENT_UID = 1000
 AGENT_HOME = f"/home/{AGENT_USER}"
 WORKSPACE = "/workspace"
 SECRETS_DIR = "/run/spinup/secrets"
+PROCESS_DIR = "/run/spinup/proc"  # background processes' output and exit status (in memory)
+PROCESS_DIR_SIZE = "256m"
 VENV = f"{AGENT_HOME}/.venv"  # pip installs go here; its bin is first on PATH
 NPM_PREFIX = f"{AGENT_HOME}/.npm-global"  # npm's global prefix
 CACHE_MOUNT = "/var/cache/spinup"  # shared pip and npm download caches
@@ -73,7 +75,7 @@ def package_env(policy: Policy, image_env: list[str]) -> list[str]:
 
 
 def host_config(policy: Policy) -> dict[str, Any]:
-    """The HostConfig entries ``policy`` sets: network, capabilities, limits, the secrets tmpfs."""
+    """The HostConfig entries ``policy`` sets: network, capabilities, limits, the in-memory directories."""
     uid, gid = owner(policy)
     config: dict[str, Any] = {
         "NetworkMode": policy.network,
@@ -86,7 +88,11 @@ def host_config(policy: Policy) -> dict[str, Any]:
         "PidsLimit": policy.pids,
         "Ulimits": [{"Name": "nofile", "Soft": policy.nofile, "Hard": policy.nofile}],
         # Bound credential files live here: in memory, never in the writable layer or a snapshot.
-        "Tmpfs": {SECRETS_DIR: f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={uid},gid={gid}"},
+        "Tmpfs": {
+            SECRETS_DIR: f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={uid},gid={gid}",
+            # Background processes' output: in memory, so never in a snapshot, and gone with the machine's run.
+            PROCESS_DIR: f"rw,nosuid,nodev,noexec,size={PROCESS_DIR_SIZE},mode=0700,uid={uid},gid={gid}",
+        },
     }
     if policy.cpus is not None:
         config["NanoCpus"] = int(policy.cpus * 1_000_000_000)

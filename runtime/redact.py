@@ -85,6 +85,31 @@ class Redactor:
         """A redactor for one stream arriving in chunks."""
         return StreamRedactor(self)
 
+    def redact_window(self, data: bytes, start: int, end: int, final: bool) -> tuple[bytes, int]:
+        """Redact ``data[start:end]`` of a stream read by offset, ``data`` holding the bytes around it.
+
+        A value that straddles ``start`` is replaced whole (its marker is emitted, its bytes
+        skipped); one that straddles ``end`` moves the end past it. Unless ``final`` (nothing
+        follows ``data``), the last bytes where a value may still begin are held back. Returns the
+        redacted bytes and the end actually reached (the next read starts there).
+        """
+        if self._pattern is None:
+            return data[start:end], end
+        if not final:
+            end = min(end, max(start, len(data) - (self.longest - 1)))
+        out: list[bytes] = []
+        position = start
+        for match in self._pattern.finditer(data, max(0, start - self.longest + 1)):
+            if match.end() <= start:
+                continue
+            if match.start() >= end:
+                break
+            out += [data[position : max(position, match.start())], self._replacement(match)]
+            position = match.end()
+        end = max(end, position)
+        out.append(data[position:end])
+        return b"".join(out), end
+
     def _matches(self, data: bytes) -> list[re.Match[bytes]]:
         assert self._pattern is not None
         return list(self._pattern.finditer(data))

@@ -8,7 +8,9 @@ never reach past this surface.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,10 +19,10 @@ from pathlib import Path
 from .actors import current_actor
 from .agents import AgentService
 from .cgroups import Cgroups
-from .config import Settings
+from .config import TOOLBOX_MOUNT, Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
-from .errors import AgentNotFound, AgentPaused, InvalidInput
+from .errors import AgentNotFound, AgentPaused, InvalidInput, SpinupError, WrongState
 from .exec import ExecResult, ProgressCallback, kill_command, run_command
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, FileAccess, Files
@@ -29,7 +31,8 @@ from .limits import LimitCounters, LimitWatch, note_limits
 from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBinding, Snapshot, validate_agent_name
 from .packages import InstallResult, PackageService
-from .policy import NPM_PREFIX, VENV, exec_user, is_root, owner
+from .policy import NPM_PREFIX, PROCESS_DIR, VENV, WORKSPACE, exec_user, is_root, owner
+from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, signal_script, wait_interval
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
 from .secrets import SecretListing, SecretService
@@ -92,6 +95,7 @@ class Runtime:
         self._db = StateDB(self.settings.db_path)
         self._db.events_keep = self.settings.events_keep
         self._db.events_max_age_days = self.settings.events_max_age_days
+        self._processes = ProcessService(self._db, self._docker)
         self._execs = ExecHistory(
             self._db, self.settings.exec_logs_dir, self.settings.exec_logs_keep, self.settings.exec_logs_bytes
         )
@@ -231,7 +235,9 @@ class Runtime:
         """SIGKILL every process of the agent's machine now (no snapshot; files kept; the next call wakes it)."""
         agent = self._agents.get(name)
         self._execs.mark_killed(agent, _actor_name())
-        return await self._agents.kill(name)
+        killed = await self._agents.kill(name)
+        self._processes.mark_lost(agent, f"the agent was killed by {_actor_name()}")
+        return killed
 
     async def kill_exec(self, name: str, exec_id: str) -> ExecRecord:
         """Kill one running command (its process group and everything carrying its marker) by exec id.
@@ -372,6 +378,116 @@ class Runtime:
             info = await self._docker.inspect(machine_id)
             counters = self._limits.counters(machine_id, info.pid) if info is not None else None
         return counters
+
+    # background processes
+
+    async def process_start(
+        self,
+        name: str,
+        command: str | list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        process_name: str | None = None,
+    ) -> ProcessInfo:
+        """Start ``command`` in the background and return at once; it outlives the call, the session
+        and this process. Its output is read with :meth:`process_output`."""
+        cwd = cwd or WORKSPACE
+        argv = self._processes.validate(command, cwd, process_name)
+        if not self._docker.is_local:
+            raise SpinupError(
+                "Background processes need a local Docker daemon (their output is read from the host); "
+                "run the command with exec, or run Spinup on the Docker host."
+            )
+        agent = await self._agents.wake(name)
+        assert agent.machine_id is not None
+        await self._quota.check(agent)
+        await self._secrets.sync_files(agent, agent.machine_id)
+        machine = await self._agents.machine(agent)
+        assert machine is not None
+        process_id, marker = self._processes.new_ids()
+        self._secrets.record_use(agent)
+        launched = await run_command(
+            self._docker,
+            machine.id,
+            self._processes.launch_argv(process_id, marker, cwd, argv),
+            cwd="/",
+            env={**self._secrets.exec_env(agent), **(env or {})},
+            timeout=30,
+            output_cap=8192,
+            user=exec_user(agent.policy),
+            redactor=self._secrets.redactor(),
+        )
+        if launched.exit_code != 0:
+            raise SpinupError(
+                f"Could not start the process (exit {launched.exit_code}): "
+                f"{(launched.stderr or launched.stdout).strip()}. "
+                f"If the machine predates background processes, hibernate it once (spinup agent stop {name} "
+                f"--hibernate) so it is rebuilt with their in-memory directory."
+            )
+        self._processes.record(
+            agent, machine, process_id, marker, process_name, command_text(command), cwd, exec_user(agent.policy)
+        )
+        return self._processes.get(agent, process_id, machine)
+
+    async def process_list(self, name: str) -> builtins.list[ProcessInfo]:
+        """The agent's background processes (running, exited, lost), oldest first."""
+        agent = self._agents.get(name)
+        return self._processes.list(agent, await self._agents.machine(agent))
+
+    async def process_output(
+        self, name: str, process_id: str, *, stream: Stream = "stdout", offset: int = 0, max_bytes: int = 65536
+    ) -> ProcessOutput:
+        """A process's ``stream`` from byte ``offset`` (at most ``max_bytes``), credential values redacted."""
+        agent = self._agents.get(name)
+        machine = await self._agents.machine(agent)
+        return self._processes.output(agent, process_id, machine, self._secrets.redactor(), stream, offset, max_bytes)
+
+    async def process_wait(
+        self, name: str, process_id: str, timeout: float, on_progress: ProgressCallback | None = None
+    ) -> tuple[ProcessInfo, bool]:
+        """Wait until the process ends or ``timeout`` seconds pass; returns it and whether it still runs."""
+        if not 0 < timeout <= 86400:
+            raise InvalidInput(f"timeout must be between 0 and 86400 seconds, got {timeout}.")
+        agent = self._agents.get(name)
+        started = time.monotonic()
+        reported = started
+        while True:
+            info = self._processes.get(agent, process_id, await self._agents.machine(agent))
+            elapsed = time.monotonic() - started
+            if info.state != "running" or elapsed >= timeout:
+                return info, info.state == "running"
+            if on_progress is not None and time.monotonic() - reported >= 2:
+                reported = time.monotonic()
+                await on_progress(elapsed, info.stdout_bytes + info.stderr_bytes)
+            await asyncio.sleep(min(wait_interval(elapsed), max(0.0, timeout - elapsed)))
+
+    async def process_signal(self, name: str, process_id: str, signal: str = "TERM") -> ProcessInfo:
+        """Send ``signal`` to the process's whole group (and whatever carries its marker)."""
+        bare = parse_signal(signal)
+        agent = self._agents.get(name)
+        info = self._processes.get(agent, process_id, await self._agents.machine(agent))
+        if info.state != "running":
+            raise WrongState(f"Process {info.id} is {info.state}: there is nothing to signal.")
+        agent = await self._agents.wake(name)
+        row = self._processes.row(agent, info.id)
+        assert agent.machine_id is not None
+        await run_command(
+            self._docker,
+            agent.machine_id,
+            [TOOLBOX_MOUNT, "sh", "-c", signal_script(bare), "signal", f"{PROCESS_DIR}/{info.id}", str(row["marker"])],
+            cwd="/",
+            timeout=30,
+            output_cap=8192,
+            user=str(row["user"]),
+        )
+        self._db.record_event(agent.id, "process-signalled", f"{info.id} SIG{bare}", {"id": info.id, "signal": bare})
+        return self._processes.get(agent, info.id, await self._agents.machine(agent))
+
+    async def process_remove(self, name: str, process_id: str) -> ProcessInfo:
+        """Forget an ended process and its output."""
+        agent = self._agents.get(name)
+        return self._processes.forget(agent, process_id, await self._agents.machine(agent))
 
     async def files(self, name: str) -> Files:
         """Wake the agent and return file operations on its machine."""

@@ -128,6 +128,29 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN paused_at TEXT;
     ALTER TABLE agents ADD COLUMN paused_by TEXT;
     """,
+    # Background processes: what was started where; their output and exit status live in the machine.
+    """
+    CREATE TABLE processes (
+        id               TEXT PRIMARY KEY,
+        agent_id         TEXT NOT NULL,
+        name             TEXT,
+        command          TEXT NOT NULL,
+        cwd              TEXT NOT NULL,
+        started_at       TEXT NOT NULL,
+        machine_id       TEXT NOT NULL,
+        machine_started  TEXT NOT NULL,
+        marker           TEXT NOT NULL,
+        user             TEXT NOT NULL,
+        actor            TEXT,
+        state            TEXT NOT NULL,
+        exit_code        INTEGER,
+        ended_at         TEXT,
+        reason           TEXT,
+        stdout_dropped   INTEGER NOT NULL DEFAULT 0,
+        stderr_dropped   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX processes_by_agent ON processes (agent_id, started_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -290,6 +313,7 @@ class StateDB:
             conn.execute("DELETE FROM secret_bindings WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM execs WHERE agent_id = ?", (agent_id,))
+            conn.execute("DELETE FROM processes WHERE agent_id = ?", (agent_id,))
 
     def set_paused(self, agent_id: str, by: str | None, kind: str, detail: str) -> None:
         """Record that a client paused the agent (``by`` set) or that it no longer is (None), with an event."""

@@ -326,3 +326,45 @@ class ExecLogResult(BaseModel):
     stdout: str
     stderr: str
     output_kept: bool = Field(description="False when retention already dropped this command's output.")
+
+
+class ProcessEntry(FromRuntime):
+    """A background process and its state now."""
+
+    id: str = Field(description="Process id (p-...): pass it to process_output, process_wait, process_signal.")
+    name: str | None
+    command: str
+    cwd: str
+    state: str = Field(description="running, exited, or lost (its machine stopped or restarted: see reason).")
+    exit_code: int | None = Field(description="Exit status once exited (128+N when signal N ended it).")
+    signal: str | None = Field(description="The signal that ended it (TERM, KILL, ...), if one did.")
+    started_at: IsoTime
+    ended_at: IsoTime | None
+    reason: str | None
+    stdout_bytes: int = Field(description="Bytes of stdout so far: read on from your last next_offset.")
+    stderr_bytes: int
+
+
+class ProcessList(BaseModel):
+    """An agent's background processes, oldest first."""
+
+    processes: list[ProcessEntry]
+
+
+class ProcessRead(FromRuntime):
+    """Output of one stream of a background process, from an offset."""
+
+    process: ProcessEntry
+    stream: str
+    offset: int
+    next_offset: int = Field(description="Pass as offset next time to read only what is new.")
+    data: str = Field(description="The output (UTF-8; credential values redacted).")
+    dropped_bytes: int = Field(description="Bytes before offset the output cap dropped: data starts that much later.")
+    eof: bool = Field(description="True once the process has ended and everything was read.")
+
+
+class ProcessWaited(BaseModel):
+    """A process after process_wait."""
+
+    process: ProcessEntry
+    still_running: bool = Field(description="True when the timeout came first.")

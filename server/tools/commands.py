@@ -43,8 +43,8 @@ def register(reg: Registrar) -> None:
         """Run a command in the agent's machine and return exit_code, stdout and stderr. A non-zero exit code is a
         normal result. A string runs under /bin/sh -c; a list runs without a shell. Long commands send progress;
         a command still running at `timeout` is killed. Your harness may stop waiting sooner (its tool timeout):
-        start long jobs in the background with `nohup cmd > log 2>&1 &` and poll the log. The machine has no
-        network unless its agent was created with network 'host'."""
+        start servers, watchers and long jobs with process_start instead and read their output with
+        process_output. The machine has no network unless its agent was created with network 'host'."""
 
         async def progress(elapsed: float, output_bytes: int) -> None:
             await ctx.report_progress(

@@ -54,7 +54,7 @@ async def test_the_machine_mounts_only_the_read_only_toolbox_and_the_secrets_tmp
         ("/var/cache/spinup/npm", True),
         ("/var/cache/spinup/pip", True),
     ]
-    assert list(host["Tmpfs"]) == ["/run/spinup/secrets"]
+    assert list(host["Tmpfs"]) == ["/run/spinup/secrets", "/run/spinup/proc"]
     assert "docker.sock" not in json.dumps(info)
     assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
     assert host["SecurityOpt"] == ["no-new-privileges"]

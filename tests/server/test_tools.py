@@ -44,6 +44,12 @@ EXPECTED_TOOLS = {
     "agent_resume",
     "agent_kill",
     "exec_kill",
+    "process_start",
+    "process_list",
+    "process_output",
+    "process_wait",
+    "process_signal",
+    "process_remove",
 }
 
 
