@@ -28,9 +28,9 @@ from typing import Any, Literal
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT
 from .docker import DockerBackend, MachineInfo
-from .errors import InvalidInput, NotFound, WrongState
+from .errors import InvalidInput, NotFound, SpinupError, WrongState
 from .exec import EXEC_MARKER, build_argv
-from .machine_files import drop_before, file_size, read_slice, read_small
+from .machine_files import UnsafeFile, drop_before, file_size, read_slice, read_small
 from .models import Agent
 from .policy import PROCESS_DIR
 from .redact import Redactor
@@ -209,7 +209,13 @@ class ProcessService:
         start = max(offset, dropped)
         context = redactor.longest
         before = min(start, context)
-        piece = read_slice(reachable.pid, path, start - before, limit + before + context)
+        try:
+            piece = read_slice(reachable.pid, path, start - before, limit + before + context)
+        except UnsafeFile as exc:
+            raise SpinupError(
+                f"The {stream} of {process_id} cannot be read: {path} in the machine is no longer a plain file "
+                f"({exc.strerror})."
+            ) from exc
         if start >= piece.size:  # at or past the end: nothing (yet)
             ended = info.state != "running"
             return ProcessOutput(info, stream, offset, offset, "", max(0, min(start, piece.size) - offset), ended)

@@ -197,3 +197,20 @@ async def test_the_cli_starts_lists_follows_and_kills_a_process(settings: Settin
     assert code == 0 and "SIGKILL" in out
     code, _, err = await spinup("process", "kill", made, "p-none")
     assert code == 2 and "has no process 'p-none'" in err
+
+
+async def test_a_process_file_the_agent_swaps_for_a_symlink_or_fifo_is_refused_not_followed(
+    mcp: Client, made: str
+) -> None:
+    started = await call(mcp, "process_start", agent=made, command="echo hello; sleep 1000")
+    await asyncio.sleep(0.3)
+    directory = f"/run/spinup/proc/{started['id']}"
+    swapped = await call(mcp, "exec", agent=made, command=f"rm {directory}/out && ln -s /etc/hostname {directory}/out")
+    assert swapped["exit_code"] == 0, swapped["stderr"]
+    assert "no longer a plain file" in await fails(mcp, "process_output", agent=made, process=started["id"])
+    await call(mcp, "exec", agent=made, command=f"rm {directory}/err && mkfifo {directory}/err")
+    refused = await fails(mcp, "process_output", agent=made, process=started["id"], stream="stderr")
+    assert "no longer a plain file" in refused
+    (entry,) = (await call(mcp, "process_list", agent=made))["processes"]
+    assert entry["state"] == "running" and entry["stdout_bytes"] == 0
+    await call(mcp, "process_signal", agent=made, process=started["id"], signal="KILL")
