@@ -116,7 +116,7 @@ async def main() -> None:
 
             # Alternate which side goes first, and let the previous round's writes reach the disk
             # (untimed) before each side, so neither pays for the other's writeback.
-            for side in ([capture, baseline] if run % 2 == 0 else [baseline, capture]):
+            for side in [capture, baseline] if run % 2 == 0 else [baseline, capture]:
                 await asyncio.to_thread(os.sync)
                 (first if side is capture else tarzstd).append(await timed(side))
             snapshot_size = created["r"].snapshot.layer_size

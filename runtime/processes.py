@@ -15,6 +15,7 @@ included.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import posixpath
@@ -212,6 +213,8 @@ class ProcessService:
         try:
             piece = read_slice(reachable.pid, path, start - before, limit + before + context)
         except UnsafeFile as exc:
+            if exc.errno == errno.ENOENT:  # not written yet (it has just started) or never: nothing to read
+                return ProcessOutput(info, stream, offset, offset, "", 0, eof=info.state != "running")
             raise SpinupError(
                 f"The {stream} of {process_id} cannot be read: {path} in the machine is no longer a plain file "
                 f"({exc.strerror})."
