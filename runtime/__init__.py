@@ -26,6 +26,7 @@ from .models import (
 )
 from .packages import InstallResult
 from .policy import check_granted
+from .ports import PortForward
 from .rebuild import Reinstalled
 from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
 from .secrets import SecretListing, redact_stored
@@ -54,6 +55,7 @@ __all__ = [
     "PackageEntry",
     "PackageManager",
     "Policy",
+    "PortForward",
     "ProgressFn",
     "RebuildResult",
     "Reinstalled",
