@@ -44,6 +44,9 @@ EXPECTED_TOOLS = {
     "agent_resume",
     "agent_kill",
     "exec_kill",
+    "port_forward",
+    "port_list",
+    "port_close",
 }
 
 
