@@ -3,7 +3,10 @@
 Machines run with network ``none`` (only ``lo``), so no address on the host reaches them. A forward
 listens on ``127.0.0.1:HOST_PORT`` on the host; for each accepted connection it makes a socket
 *inside the machine's network namespace* and connects it to ``127.0.0.1:PORT`` there, then relays
-bytes both ways on the event loop.
+bytes both ways on the event loop (asyncio transports: reads of up to 256 KiB, writes sent at once
+and buffered up to ``WRITE_HIGH_WATER`` before the other side's reading pauses; a BufferedProtocol
+reading 1 MiB at a time measured no faster). A few sockets are made ahead in the namespace, so an
+accepted connection does not wait for the thread.
 
 A socket keeps the network namespace it was created in, so only ``socket()`` needs the namespace:
 each forward owns one dedicated thread that enters the machine's namespace once (``setns``) and
@@ -48,6 +51,7 @@ WATCH_INTERVAL = 0.5  # seconds between two looks at the machine's namespace
 GONE_GRACE = 2.0  # seconds to wait for the event that says why a machine went away
 WRITE_HIGH_WATER = 4 * 1024 * 1024  # bytes buffered towards one side before reading the other pauses
 CLOSED_KEPT = 50  # closed forwards still listed (with their reason)
+SPARE_SOCKETS = 4  # sockets made ahead in the machine's namespace
 # Events of an agent that end its machine's forwards, and how a forward says why it ended.
 CLOSING_EVENTS = {
     "machine-stopped": "the machine was stopped",
@@ -115,11 +119,17 @@ def _netns_inode(pid: int) -> int | None:
 
 
 class _NetnsWorker:
-    """A thread of its own in one machine's network namespace, making sockets there and nothing else."""
+    """A thread of its own in one machine's network namespace, making sockets there and nothing else.
+
+    A few sockets are made ahead (unconnected, harmless), so a new connection does not wait for the thread.
+    """
 
     def __init__(self, pid: int, label: str) -> None:
         self._path = f"/proc/{pid}/ns/net"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netns-{label}")
+        self._spares: list[socket.socket] = []
+        self._refilling = False
+        self._stopped = False
 
     async def start(self) -> None:
         """Enter the namespace (the first job of the only thread); raises when that is not permitted."""
@@ -128,16 +138,52 @@ class _NetnsWorker:
         except BaseException:
             self.stop()
             raise
+        self._refill()
 
-    async def socket(self) -> socket.socket:
-        """A new non-blocking TCP socket in the namespace."""
+    async def new_socket(self) -> socket.socket:
+        """A new non-blocking TCP socket in the namespace (a spare one when there is one)."""
+        if self._spares:
+            sock = self._spares.pop()
+            self._refill()
+            return sock
+        return await self._make()
+
+    async def _make(self) -> socket.socket:
         sock = await asyncio.get_running_loop().run_in_executor(self._executor, socket.socket)
         sock.setblocking(False)
         return sock
 
+    def _refill(self) -> None:
+        if self._refilling or self._stopped:
+            return
+        self._refilling = True
+        task = asyncio.get_running_loop().create_task(self._fill())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _fill(self) -> None:
+        try:
+            while not self._stopped and len(self._spares) < SPARE_SOCKETS:
+                sock = await self._make()
+                if self._stopped:
+                    sock.close()
+                else:
+                    self._spares.append(sock)
+        except (RuntimeError, OSError):  # stopped meanwhile, or out of descriptors: made on demand instead
+            pass
+        finally:
+            self._refilling = False
+
     def stop(self) -> None:
-        """Let the thread exit (after any socket it is making)."""
+        """Close the spare sockets and let the thread exit (after any socket it is making)."""
+        self._stopped = True
+        for sock in self._spares:
+            sock.close()
+        self._spares.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 class _Side(asyncio.Protocol):
@@ -352,7 +398,7 @@ class PortForwarder:
             return
         sock: socket.socket | None = None
         try:
-            sock = await self._worker.socket()
+            sock = await self._worker.new_socket()
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._loop.sock_connect(sock, (LOOPBACK, self.port))
         except (OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: the worker was stopped
