@@ -408,8 +408,11 @@ class PortForwarder:
             if self.is_open:
                 self._refused(exc)
             return
+        # Linked before its transport exists: a server that speaks first (a banner) reaches the client.
+        inner = _Side(self)
+        inner.peer, client.peer = client, inner
         try:
-            _, inner = await self._loop.connect_accepted_socket(lambda: _Side(self), sock)
+            await self._loop.connect_accepted_socket(lambda: inner, sock)
         except OSError as exc:
             sock.close()
             client.close()
@@ -419,7 +422,6 @@ class PortForwarder:
             inner.abort()
             return
         self._sides.add(inner)
-        inner.peer, client.peer = client, inner
         client.transport.resume_reading()
 
     def _refused(self, exc: BaseException) -> None:

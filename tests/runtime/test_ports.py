@@ -15,7 +15,8 @@ import pytest
 from conftest import docker_cli
 from port_helpers import HTTP_PORT, http_get, start_http
 from spinup.runtime import InvalidInput, PortForward, Runtime
-from spinup.runtime.errors import AgentPaused, Conflict, NotFound
+from spinup.runtime.docker import DockerBackend
+from spinup.runtime.errors import AgentPaused, Conflict, ForwardUnavailable, NotFound
 
 
 async def closed_promptly(host_port: int, seconds: float = 2.0) -> bytes:
@@ -175,3 +176,44 @@ async def test_a_paused_agent_is_refused(runtime: Runtime, agent: str) -> None:
             await runtime.port_forward(agent, HTTP_PORT)
     finally:
         await runtime.resume(agent)
+
+
+async def test_restoring_a_snapshot_closes_the_forward_of_the_old_machine(runtime: Runtime, agent: str) -> None:
+    snapshot = (await runtime.snapshot(agent, "before")).snapshot
+    await start_http(runtime, agent)
+    forward = await runtime.port_forward(agent, HTTP_PORT)
+    await runtime.restore(agent, snapshot.id)
+    done = await closed(runtime, agent, HTTP_PORT)
+    assert done.reason == "the machine was replaced (restored from a snapshot)"
+    assert not listens(forward.host_port)
+
+
+async def test_a_daemon_that_is_not_local_is_refused(
+    runtime: Runtime, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DockerBackend, "is_local", property(lambda self: False))
+    with pytest.raises(ForwardUnavailable, match="needs a local Docker daemon"):
+        await runtime.port_forward(agent, HTTP_PORT)
+    assert runtime.port_list() == []
+
+
+async def test_a_server_that_speaks_first_reaches_the_client(runtime: Runtime, agent: str) -> None:
+    banner = (
+        "import socket; s = socket.socket(); s.bind(('127.0.0.1', 2525)); s.listen()\n"
+        "while True:\n    c, _ = s.accept(); c.sendall(b'220 hello\\r\\n'); c.recv(100); c.close()\n"
+    )
+    await runtime.exec(agent, "cat > /tmp/banner.py", stdin=banner.encode())
+    await runtime.exec(agent, "nohup python3 /tmp/banner.py >/tmp/banner.log 2>&1 &")
+    forward = await runtime.port_forward(agent, 2525)
+    for _ in range(50):
+        try:
+            async with asyncio.timeout(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", forward.host_port)
+                line = await reader.readline()
+                writer.close()
+        except ConnectionError:
+            line = b""
+        if line:
+            break
+        await asyncio.sleep(0.1)
+    assert line == b"220 hello\r\n"

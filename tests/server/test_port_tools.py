@@ -110,3 +110,15 @@ async def test_spinup_forward_exits_3_when_the_machine_stops(
         _, err = await proc.communicate()
     assert proc.returncode == 3
     assert "ended: the machine was stopped" in err.decode()
+
+
+async def test_spinup_forward_without_cap_sys_admin_says_it_needs_root(runtime: Runtime, served: str) -> None:
+    env = {**os.environ, "SPINUP_HOME": str(runtime.settings.home), "DOCKER_API_VERSION": "1.41"}
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", SPINUP, "forward", served,
+        str(HTTP_PORT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 2 and out == b""
+    assert "port forwarding needs root (CAP_SYS_ADMIN) and a local Docker daemon" in err.decode()
