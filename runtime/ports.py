@@ -392,7 +392,7 @@ class PortForwarder:
         self._sides.discard(side)
 
     async def _connect(self, client: _Client) -> None:
-        if not self._alive():
+        if not self.alive():
             client.close()
             self._machine_gone()
             return
@@ -445,14 +445,14 @@ class PortForwarder:
 
     # the machine going away
 
-    def _alive(self) -> bool:
+    def alive(self) -> bool:
         """Whether the machine's first process still runs in the namespace the forward entered."""
         return self._netns is not None and _netns_inode(self._pid) == self._netns
 
     async def _watch(self) -> None:
         while self.is_open:
             await asyncio.sleep(WATCH_INTERVAL)
-            if not self._alive():
+            if not self.alive():
                 self._machine_gone()
 
     def _machine_gone(self) -> None:
@@ -483,6 +483,7 @@ class PortService:
     def __init__(self, db: StateDB) -> None:
         self._db = db
         self._forwards: list[PortForwarder] = []
+        self._opening = asyncio.Lock()  # one forward per agent and port, also when asked twice at once
         db.event_listeners.append(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -505,26 +506,29 @@ class PortService:
             check_port(host_port, "host_port")
         if machine is None or not machine.running or machine.pid <= 0:
             raise ForwardUnavailable(f"The machine of agent '{agent.name}' is not running; nothing to forward to.")
-        existing = self.find(agent.name, port)
-        if existing is not None and existing.is_open:
-            if existing.machine_id == machine.id and host_port in (None, existing.host_port):
-                return existing.info()
-            if existing.machine_id == machine.id:
-                raise Conflict(
-                    f"Port {port} of agent '{agent.name}' is already forwarded to {existing.url}. Use that, or "
-                    f"close it first with port_close (CLI: Ctrl-C the spinup forward command)."
+        async with self._opening:
+            existing = self.find(agent.name, port)
+            if existing is not None and existing.is_open and not existing.alive():
+                existing.close(GONE)  # restarted since (the same container, a new namespace)
+            if existing is not None and existing.is_open:
+                if existing.machine_id == machine.id and host_port in (None, existing.host_port):
+                    return existing.info()
+                if existing.machine_id == machine.id:
+                    raise Conflict(
+                        f"Port {port} of agent '{agent.name}' is already forwarded to {existing.url}. Use that, or "
+                        f"close it first with port_close (CLI: Ctrl-C the spinup forward command)."
+                    )
+                existing.close("the machine was replaced")
+            if not is_local:
+                raise ForwardUnavailable(
+                    "Port forwarding needs a local Docker daemon (reached over a unix socket) and root: it enters the "
+                    "machine's network namespace on this host. Run Spinup on the Docker host."
                 )
-            existing.close("the machine was replaced")
-        if not is_local:
-            raise ForwardUnavailable(
-                "Port forwarding needs a local Docker daemon (reached over a unix socket) and root: it enters the "
-                "machine's network namespace on this host. Run Spinup on the Docker host."
-            )
-        forwarder = PortForwarder(self._db, agent, machine, port)
-        await forwarder.open(host_port)
-        self._forwards.append(forwarder)
-        self._trim()
-        return forwarder.info()
+            forwarder = PortForwarder(self._db, agent, machine, port)
+            await forwarder.open(host_port)
+            self._forwards.append(forwarder)
+            self._trim()
+            return forwarder.info()
 
     def list(self, agent_name: str | None = None) -> builtins.list[PortForward]:
         """The forwards of this process (of ``agent_name`` when given), open and recently closed, oldest first."""

@@ -58,8 +58,8 @@ async def test_forward_serves_a_web_server_of_a_network_none_machine(runtime: Ru
     # The machine still has only lo: nothing on the host's loopback reaches port 8000 but the forward.
     assert (await runtime.exec(agent, "ls /sys/class/net")).stdout.split() == ["lo"]
 
-    again = await runtime.port_forward(agent, HTTP_PORT)  # the open forward, not a second one
-    assert again.host_port == forward.host_port
+    again, twice = await asyncio.gather(*(runtime.port_forward(agent, HTTP_PORT) for _ in range(2)))
+    assert again.host_port == twice.host_port == forward.host_port  # the open forward, not a second one
     [listed] = runtime.port_list(agent)
     assert listed.connections == 2 and listed.bytes > len(listing) and listed.last_error is None
     [event] = runtime.events(agent, kinds=["port-forwarded"])
