@@ -26,6 +26,7 @@ from .models import (
 )
 from .packages import InstallResult
 from .policy import check_granted
+from .ports import PortForward
 from .processes import ProcessInfo, ProcessOutput
 from .rebuild import Reinstalled
 from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
@@ -55,6 +56,7 @@ __all__ = [
     "PackageEntry",
     "PackageManager",
     "Policy",
+    "PortForward",
     "ProcessInfo",
     "ProcessOutput",
     "ProgressFn",

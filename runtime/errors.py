@@ -21,6 +21,7 @@ reader is usually a model deciding its next call. The hierarchy::
     │   └── WrongState         pause of a stopped agent, resume of a running one, kill of a finished exec
     ├── PermissionDenied       the agent's user may not do this to that path
     ├── LimitReached           a policy limit (the disk quota) refuses the operation
+    ├── ForwardUnavailable     port forwarding cannot work here (remote daemon, not root, no machine)
     ├── NotGranted             an MCP client asked for a policy the operator did not grant
     ├── CredentialKeyError     the master key is missing, malformed or not the store's
     ├── PackageError           a package manager refused or failed
@@ -149,6 +150,10 @@ class PermissionDenied(SpinupError):
 
 class LimitReached(SpinupError):
     """A policy limit refuses the operation until the agent is back under it."""
+
+
+class ForwardUnavailable(SpinupError):
+    """A port cannot be forwarded here: the daemon is not local, Spinup is not root, or no machine runs."""
 
 
 class DockerUnavailable(SpinupError):

@@ -32,6 +32,7 @@ from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBinding, Snapshot, validate_agent_name
 from .packages import InstallResult, PackageService
 from .policy import NPM_PREFIX, PROCESS_DIR, VENV, WORKSPACE, exec_user, is_root, owner
+from .ports import PortForward, PortService
 from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, signal_script, wait_interval
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
@@ -116,9 +117,12 @@ class Runtime:
         self._packages = PackageService(self._db, self.settings.sources_dir, self._run_package_command)
         self._db.redact = self._secrets.redact
         add_log_redactor(self._secrets.redact)
+        self._ports = PortService(self._db)
 
     async def close(self) -> None:
-        """Finish background removals, then release the Docker client and the database."""
+        """Close this process's port forwards, finish background removals, then release the Docker client and
+        the database."""
+        self._ports.close_all("the Spinup process that made it closed its runtime")
         await self._agents.drain()
         await self._quota.drain()
         remove_log_redactor(self._secrets.redact)
@@ -510,6 +514,34 @@ class Runtime:
             on_written=lambda: self._quota.changed(agent),
             record=lambda kind, detail, data: self._db.record_event(agent.id, kind, detail, data),
         )
+
+    # ports
+
+    async def port_forward(self, name: str, port: int, host_port: int | None = None) -> PortForward:
+        """Wake the agent and forward the host's 127.0.0.1:``host_port`` (a free one when None) to ``port`` on
+        the machine's 127.0.0.1; returns the open forward when there is one.
+
+        The forward lives in this process and ends when the machine stops, is killed, removed or
+        replaced. Needs a local Docker daemon and root (it enters the machine's network namespace).
+        """
+        agent = await self._agents.wake(name)
+        machine = await self._agents.machine(agent)
+        return await self._ports.forward(agent, machine, port, host_port, self._docker.is_local)
+
+    def port_list(self, name: str | None = None) -> builtins.list[PortForward]:
+        """The forwards this process made (of agent ``name`` when given), open and recently closed."""
+        if name is not None:
+            validate_agent_name(name)
+        return self._ports.list(name)
+
+    async def port_close(self, name: str, port: int) -> PortForward:
+        """Close the forward of agent ``name``'s ``port`` made by this process (a closed one is returned as is)."""
+        validate_agent_name(name)
+        return self._ports.close(name, port, f"closed by {_actor_name()}")
+
+    async def port_wait(self, name: str, port: int) -> PortForward:
+        """Wait until the forward of agent ``name``'s ``port`` closes; returns it with the reason."""
+        return await self._ports.wait_closed(name, port)
 
     # packages
 

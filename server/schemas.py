@@ -253,6 +253,31 @@ class SecretList(BaseModel):
     secrets: list[SecretEntry]
 
 
+class PortForwardInfo(FromRuntime):
+    """A port of an agent's machine reachable from the host's 127.0.0.1, for as long as this server runs."""
+
+    agent: str
+    port: int = Field(description="The port on the machine's own 127.0.0.1.")
+    host_port: int = Field(description="The port on the host's 127.0.0.1 that reaches it.")
+    url: str = Field(description="http://127.0.0.1:HOST_PORT, on the host where the Spinup server runs.")
+    opened_at: IsoTime
+    connections: int = Field(description="Connections accepted since it opened.")
+    active: int = Field(description="Connections being relayed now.")
+    bytes: int = Field(description="Bytes carried, both directions.")
+    state: Literal["open", "closed"]
+    reason: str | None = Field(default=None, description="Why it closed (machine stopped, killed, replaced, ...).")
+    closed_at: IsoTime | None = None
+    refused: int = Field(default=0, description="Connections the machine's port refused or did not answer.")
+    last_error: str | None = Field(default=None, description="The latest failure to reach the machine's port.")
+    last_error_at: IsoTime | None = None
+
+
+class PortForwardList(BaseModel):
+    """Forwards made by this server, open and recently closed, oldest first."""
+
+    forwards: list[PortForwardInfo]
+
+
 class PackageInfo(FromRuntime):
     """A package in the agent's manifest: what was asked for and what got installed."""
 

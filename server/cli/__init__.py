@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from spinup.runtime import SpinupError, redact_stored
 
 from ..harness import register_config_command
-from . import agents, commands, control, monitor, packages, processes, secrets, serving, snapshots, system
+from . import agents, commands, control, monitor, packages, ports, processes, secrets, serving, snapshots, system
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinup", description="A durable runtime for AI agents, over MCP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    for noun in (agents, monitor, secrets, packages, commands, processes, control, snapshots, serving):
+    for noun in (agents, monitor, secrets, packages, commands, processes, control, ports, snapshots, serving):
         noun.register(sub)
     system.register_image(sub)
     register_config_command(sub)

@@ -50,6 +50,9 @@ EXPECTED_TOOLS = {
     "process_wait",
     "process_signal",
     "process_remove",
+    "port_forward",
+    "port_list",
+    "port_close",
 }
 
 
