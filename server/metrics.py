@@ -59,6 +59,13 @@ EVENT_KINDS = frozenset(
         "secret-bound",
         "secret-unbound",
         "secret-used",
+        "process-started",
+        "process-exited",
+        "process-lost",
+        "process-signalled",
+        "port-forwarded",
+        "port-closed",
+        "port-refused",
     }
 )
 # Seconds: from a quick status call to a long command (exec timeouts go up to an hour).

@@ -104,6 +104,8 @@ def test_label_values_come_only_from_fixed_sets() -> None:
     metrics.observe(event("exec", state=secret, command=f"echo {secret}", duration_s="1"))
     metrics.observe(event("snapshot-created", bytes=-5, duration_s=float("nan")))
     metrics.observe(event(secret))
+    for kind in ("process-started", "port-forwarded", "snapshot-restored"):
+        metrics.observe(event(kind))
     text = metrics.text().decode()
     assert secret not in text
     found = parse(text)
@@ -113,6 +115,8 @@ def test_label_values_come_only_from_fixed_sets() -> None:
     assert value(found, "spinup_snapshots_total") == 1 and value(found, "spinup_snapshot_bytes_total") == 0
     assert value(found, "spinup_snapshot_duration_seconds_count") == 0
     assert value(found, "spinup_events_total", kind="other") == 1
+    assert value(found, "spinup_events_total", kind="process-started") == 1
+    assert value(found, "spinup_events_total", kind="port-forwarded") == 1
 
 
 async def test_serve_exposes_metrics_behind_its_token_and_never_a_credential(settings: Settings) -> None:
