@@ -244,6 +244,12 @@ class ProcessService:
             conn.execute("DELETE FROM processes WHERE id = ?", (info.id,))
         return info
 
+    def agents_running(self) -> set[str]:
+        """Ids of agents with a process recorded as running."""
+        return {
+            row["agent_id"] for row in self.db.query("SELECT DISTINCT agent_id FROM processes WHERE state = 'running'")
+        }
+
     def mark_lost(self, agent: Agent, reason: str) -> int:
         """Mark the agent's running processes lost (its machine stopped, was killed or removed)."""
         with self.db.transaction() as conn:

@@ -488,6 +488,16 @@ class Runtime:
         self._db.record_event(agent.id, "process-signalled", f"{info.id} SIG{bare}", {"id": info.id, "signal": bare})
         return self._processes.get(agent, info.id, await self._agents.machine(agent))
 
+    async def trim_process_output(self) -> int:
+        """Bring every running background process back within its output cap (and notice the ended ones);
+        servers call this twice a second. Returns how many processes were looked at."""
+        running = self._processes.agents_running()
+        looked = 0
+        for agent in self._agents.list():
+            if agent.id in running:
+                looked += len(self._processes.list(agent, await self._agents.machine(agent)))
+        return looked
+
     async def process_remove(self, name: str, process_id: str) -> ProcessInfo:
         """Forget an ended process and its output."""
         agent = self._agents.get(name)

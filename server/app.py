@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .metrics import SpinupMetrics
 
 log = logging.getLogger(__name__)
+TRIM_INTERVAL = 0.5  # seconds between two passes over background processes' output
 
 
 def guide_text() -> str:
@@ -43,6 +44,16 @@ class _RuntimeHolder:
         if self.runtime is None:
             raise RuntimeError("the Spinup runtime is not started (the server's lifespan has not run)")
         return self.runtime
+
+
+async def _trim_process_output(runtime: Runtime) -> None:
+    """Background loop: keep background processes' output within its cap while this server runs."""
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL)
+        try:
+            await runtime.trim_process_output()
+        except Exception:  # the top of a background task: a dead loop would never trim again
+            log.exception("trimming background processes' output failed; retrying at the next interval")
 
 
 async def _hibernate_idle(runtime: Runtime, idle_seconds: float) -> None:
@@ -78,6 +89,7 @@ def build_server(
         if holder.runtime is None:
             holder.runtime = Runtime(settings)
             holder.background.append(asyncio.create_task(notifier.run(holder.runtime)))
+            holder.background.append(asyncio.create_task(_trim_process_output(holder.runtime)))
             if settings.idle_timeout > 0:
                 holder.background.append(asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout)))
             if metrics is not None:

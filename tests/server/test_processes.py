@@ -214,3 +214,17 @@ async def test_a_process_file_the_agent_swaps_for_a_symlink_or_fifo_is_refused_n
     (entry,) = (await call(mcp, "process_list", agent=made))["processes"]
     assert entry["state"] == "running" and entry["stdout_bytes"] == 0
     await call(mcp, "process_signal", agent=made, process=started["id"], signal="KILL")
+
+
+async def test_a_server_keeps_a_chatty_process_within_its_cap_without_being_asked(mcp: Client, made: str) -> None:
+    writer = "for i in $(seq 48); do head -c 1000000 /dev/zero; sleep 0.05; done; echo END"
+    started = await call(mcp, "process_start", agent=made, command=writer)
+    directory = f"/run/spinup/proc/{started['id']}"
+    for _ in range(600):  # watched through exec only: nothing here reads the process through Spinup
+        if (await call(mcp, "exec", agent=made, command=f"test -e {directory}/exit"))["exit_code"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    used = await call(mcp, "exec", agent=made, command=f"du -k {directory}/out; stat -c %s {directory}/out")
+    allocated, size = used["stdout"].split()[0], used["stdout"].split()[-1]
+    assert int(size) == 48_000_004
+    assert int(allocated) <= 16 * 1024 + 1024 * 4  # the cap, and what arrives between two passes
