@@ -18,12 +18,14 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import posixpath
 import re
 import signal as signals
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from .actors import current_actor
@@ -244,6 +246,12 @@ class ProcessService:
             conn.execute("DELETE FROM processes WHERE id = ?", (info.id,))
         return info
 
+    def child_pid(self, agent: Agent, process_id: str, machine: MachineInfo) -> int | None:
+        """The command's pid inside the machine (its process group), as the supervisor wrote it."""
+        raw = read_small(machine.pid, posixpath.join(PROCESS_DIR, self._row(agent, process_id)["id"], "child"), 64)
+        text = raw.decode("ascii", "replace").strip() if raw else ""
+        return int(text) if text.isdigit() else None
+
     def agents_running(self) -> set[str]:
         """Ids of agents with a process recorded as running."""
         return {
@@ -355,14 +363,34 @@ def _lost_reason(row: dict[str, Any], machine: MachineInfo | None) -> str:
     return "its machine was restarted"
 
 
-def signal_script(signal_name: str) -> str:
-    """The toolbox script that sends ``signal_name`` to a process's group and everything with its marker."""
-    return (
-        f'B={TOOLBOX_MOUNT}; g=$($B cat "$1/child" 2>/dev/null); '
-        f'[ -n "$g" ] && $B kill -{signal_name} -- "-$g" 2>/dev/null; '
-        'for p in /proc/[0-9]*; do if $B tr "\\0" "\\n" < "$p/environ" 2>/dev/null '
-        f'| $B grep -qx "{EXEC_MARKER}=$2"; then $B kill -{signal_name} "${{p#/proc/}}" 2>/dev/null; fi; done; true'
-    )
+def signal_on_host(machine: MachineInfo, child: int | None, marker: str, signal_name: str) -> int:
+    """Send a signal from the host to the process's group and to everything carrying its marker.
+
+    The host walks its own /proc for the machine's processes (by cgroup), so it needs nothing from
+    the machine: no fork, which a machine at its pids limit could not do. Returns how many got it.
+    """
+    number = signals.Signals[f"SIG{signal_name}"]
+    needle = f"{EXEC_MARKER}={marker}".encode()
+    sent = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if machine.id not in Path(f"/proc/{pid}/cgroup").read_text():
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes()[: 1 << 20]
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        inner = next((line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:")), "")
+        if needle in environ.split(b"\0") or (child is not None and inner == str(child)):
+            try:
+                os.kill(pid, number)
+                sent += 1
+            except ProcessLookupError:
+                continue
+    return sent
 
 
 def parse_signal(name: str) -> str:

@@ -13,16 +13,16 @@ import builtins
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .actors import current_actor
 from .agents import AgentService
 from .cgroups import Cgroups
-from .config import TOOLBOX_MOUNT, Settings
+from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
-from .errors import AgentNotFound, AgentPaused, InvalidInput, SpinupError, WrongState
+from .errors import AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
 from .exec import ExecResult, ProgressCallback, kill_command, run_command
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, FileAccess, Files
@@ -33,7 +33,7 @@ from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBi
 from .packages import InstallResult, PackageService
 from .policy import NPM_PREFIX, PROCESS_DIR, VENV, WORKSPACE, exec_user, is_root, owner
 from .ports import PortForward, PortService
-from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, signal_script, wait_interval
+from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, signal_on_host, wait_interval
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
 from .secrets import SecretListing, SecretService
@@ -423,12 +423,20 @@ class Runtime:
             redactor=self._secrets.redactor(),
         )
         if launched.exit_code != 0:
-            raise SpinupError(
-                f"Could not start the process (exit {launched.exit_code}): "
-                f"{(launched.stderr or launched.stdout).strip()}. "
-                f"If the machine predates background processes, hibernate it once (spinup agent stop {name} "
+            said = (launched.stderr or launched.stdout).strip()
+            if "can't fork" in said or "Resource temporarily unavailable" in said:
+                raise LimitReached(
+                    f"Agent '{name}' is at its pids limit ({agent.policy.pids} processes and threads): no new process "
+                    f"can start. Stop some (process_list, process_signal) or raise it: spinup agent policy {name} "
+                    f"--pids <n>."
+                )
+            hint = (
+                f" This machine predates background processes: hibernate it once (spinup agent stop {name} "
                 f"--hibernate) so it is rebuilt with their in-memory directory."
+                if PROCESS_DIR in said
+                else ""
             )
+            raise SpinupError(f"Could not start the process (exit {launched.exit_code}): {said}.{hint}")
         self._processes.record(
             agent, machine, process_id, marker, process_name, command_text(command), cwd, exec_user(agent.policy)
         )
@@ -473,19 +481,21 @@ class Runtime:
         info = self._processes.get(agent, process_id, await self._agents.machine(agent))
         if info.state != "running":
             raise WrongState(f"Process {info.id} is {info.state}: there is nothing to signal.")
-        agent = await self._agents.wake(name)
-        row = self._processes.row(agent, info.id)
-        assert agent.machine_id is not None
-        await run_command(
-            self._docker,
-            agent.machine_id,
-            [TOOLBOX_MOUNT, "sh", "-c", signal_script(bare), "signal", f"{PROCESS_DIR}/{info.id}", str(row["marker"])],
-            cwd="/",
-            timeout=30,
-            output_cap=8192,
-            user=str(row["user"]),
+        machine = await self._agents.machine(agent)
+        if machine is None or not machine.running:
+            raise WrongState(f"Process {info.id} is lost: its machine is not running.")
+        if machine.paused:
+            raise AgentPaused(
+                name, (agent.paused_at or datetime.now(UTC)).isoformat(timespec="seconds"), agent.paused_by
+            )
+        child = self._processes.child_pid(agent, info.id, machine)
+        marker = str(self._processes.row(agent, info.id)["marker"])
+        sent = await asyncio.to_thread(signal_on_host, machine, child, marker, bare)
+        if sent == 0:
+            raise WrongState(f"Process {info.id} has no process left to signal (it is ending).")
+        self._db.record_event(
+            agent.id, "process-signalled", f"{info.id} SIG{bare} ({sent} processes)", {"id": info.id, "signal": bare}
         )
-        self._db.record_event(agent.id, "process-signalled", f"{info.id} SIG{bare}", {"id": info.id, "signal": bare})
         return self._processes.get(agent, info.id, await self._agents.machine(agent))
 
     async def trim_process_output(self) -> int:

@@ -16,7 +16,8 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from conftest import held_open, unique_name
-from spinup.runtime import Runtime, Settings
+from spinup.runtime import Policy, Runtime, Settings
+from spinup.runtime.errors import LimitReached
 from spinup.server.app import build_server
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
@@ -228,3 +229,24 @@ async def test_a_server_keeps_a_chatty_process_within_its_cap_without_being_aske
     allocated, size = used["stdout"].split()[0], used["stdout"].split()[-1]
     assert int(size) == 48_000_004
     assert int(allocated) <= 16 * 1024 + 1024 * 4  # the cap, and what arrives between two passes
+
+
+async def test_processes_past_the_pids_limit_are_refused_clearly_and_the_server_goes_on(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    name = unique_name("pp")
+    try:
+        await runtime.create_agent(name, policy=Policy(pids=32))
+        started = []
+        with pytest.raises(LimitReached, match=r"at its pids limit \(32 processes and threads\)"):
+            for _ in range(40):
+                started.append(await runtime.process_start(name, "sleep 1000"))
+        assert 3 <= len(started) < 32
+        assert all(p.state == "running" for p in await runtime.process_list(name))
+        for process in started[:3]:  # each frees its command and its supervisor
+            await runtime.process_signal(name, process.id, "KILL")
+            await runtime.process_wait(name, process.id, 10)
+        again = await runtime.process_start(name, "echo room again")
+        assert (await runtime.process_wait(name, again.id, 10))[0].exit_code == 0
+    finally:
+        await runtime.remove_agent(name)
+        await runtime.close()
