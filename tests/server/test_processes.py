@@ -66,20 +66,22 @@ async def made(mcp: Client) -> AsyncIterator[str]:
 async def test_a_ticker_is_read_by_offset_without_loss_and_survives_the_server(
     settings: Settings, mcp: Client, made: str
 ) -> None:
-    started = await call(mcp, "process_start", agent=made, command=TICKER, name="ticker")
-    assert started["state"] == "running" and started["id"].startswith("p-")
-    await asyncio.sleep(0.6)
-    first = await call(mcp, "process_output", agent=made, process="ticker", max_bytes=30)
-    assert first["offset"] == 0 and 0 < first["next_offset"] <= 30 and not first["eof"]
-    second, offset = await read_all(mcp, made, "ticker", first["next_offset"])
-    await asyncio.sleep(0.5)
     env = {"SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41", "PATH": os.environ["PATH"]}
-    async with Client(StdioServerParameters(command=SPINUP, args=["mcp"], env=env), mode="legacy") as other:
-        listed = await call(other, "process_list", agent=made)
-        assert [p["state"] for p in listed["processes"]] == ["running"]
-        third, offset = await read_all(other, made, started["id"], offset)
-        signalled = await call(other, "process_signal", agent=made, process=started["id"], signal="TERM")
-        assert signalled["id"] == started["id"]
+    # Started through a stdio server process that then goes away with its session.
+    async with Client(StdioServerParameters(command=SPINUP, args=["mcp"], env=env), mode="legacy") as starter:
+        started = await call(starter, "process_start", agent=made, command=TICKER, name="ticker")
+        assert started["state"] == "running" and started["id"].startswith("p-")
+        await asyncio.sleep(0.6)
+        first = await call(starter, "process_output", agent=made, process="ticker", max_bytes=30)
+        assert first["offset"] == 0 and 0 < first["next_offset"] <= 30 and not first["eof"]
+        second, offset = await read_all(starter, made, "ticker", first["next_offset"])
+    await asyncio.sleep(0.5)
+    # Another server reads on from the last offset, and signals it.
+    listed = await call(mcp, "process_list", agent=made)
+    assert [p["state"] for p in listed["processes"]] == ["running"]
+    third, offset = await read_all(mcp, made, started["id"], offset)
+    signalled = await call(mcp, "process_signal", agent=made, process=started["id"], signal="TERM")
+    assert signalled["id"] == started["id"]
     waited = await call(mcp, "process_wait", agent=made, process="ticker", timeout=10)
     assert waited["still_running"] is False
     assert (waited["process"]["state"], waited["process"]["exit_code"], waited["process"]["signal"]) == (
@@ -250,3 +252,16 @@ async def test_processes_past_the_pids_limit_are_refused_clearly_and_the_server_
     finally:
         await runtime.remove_agent(name)
         await runtime.close()
+
+
+async def test_a_gigabyte_of_output_is_capped_and_the_drop_reported(mcp: Client, made: str) -> None:
+    command = "yes 0123456789abcdef | head -c 1000000000; echo END"
+    started = await call(mcp, "process_start", agent=made, command=command)
+    waited = await call(mcp, "process_wait", agent=made, process=started["id"], timeout=120)
+    assert waited["process"]["exit_code"] == 0 and waited["process"]["stdout_bytes"] == 1_000_000_004
+    head = await call(mcp, "process_output", agent=made, process=started["id"], max_bytes=17)
+    assert head["dropped_bytes"] > 1_000_000_000 - 17 * 1024 * 1024
+    tail = await call(mcp, "process_output", agent=made, process=started["id"], offset=999_999_990)
+    assert tail["data"].endswith("END\n") and tail["eof"] is True
+    used = await call(mcp, "exec", agent=made, command=f"du -k /run/spinup/proc/{started['id']}/out")
+    assert int(used["stdout"].split()[0]) <= 17 * 1024
