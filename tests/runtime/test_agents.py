@@ -72,13 +72,6 @@ async def test_a_machine_removed_behind_our_back_is_recreated_and_recorded(runti
     assert lifecycle_kinds(runtime.events(agent))[-2:] == ["machine-missing", "machine-recreated"]
 
 
-async def test_a_paused_machine_is_resumed_on_wake(runtime: Runtime, agent: str) -> None:
-    machine_id = runtime.get_agent(agent).machine_id
-    assert machine_id
-    docker_cli("pause", machine_id)
-    assert (await runtime.exec(agent, "echo ok")).stdout == "ok\n"
-
-
 async def test_remove_deletes_the_machine_and_the_record(runtime: Runtime, agent: str) -> None:
     machine_id = runtime.get_agent(agent).machine_id
     assert machine_id
