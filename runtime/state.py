@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -167,9 +168,12 @@ class StateDB:
     """Agent records and event history. Each method is one short transaction."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The state directory and database are the operator's alone (SQLite gives the WAL and
+        # shared-memory files the database file's mode).
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        os.chmod(path, 0o600)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")

@@ -156,7 +156,5 @@ def diff_trees(before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
     """Compare two listings (directories' own changes are left out: their files tell the story)."""
     added = sorted(p for p in after if p not in before and after[p].type != "directory")
     removed = sorted(p for p in before if p not in after)
-    changed = sorted(
-        p for p in after if p in before and before[p] != after[p] and after[p].type != "directory"
-    )
+    changed = sorted(p for p in after if p in before and before[p] != after[p] and after[p].type != "directory")
     return Diff(added, changed, removed)

@@ -84,4 +84,3 @@ class LayerSink:
         """Discard the partial layer."""
         self._stop_hashing()
         self.blob.abort()
-

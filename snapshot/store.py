@@ -88,9 +88,7 @@ class BlobWriter:
         self._hash.update(data)
         self.size += len(data)
         written = self._fh.write(data)
-        if self.size - self._written_back >= _WRITEBACK_EVERY and (
-            self._writeback is None or self._writeback.done()
-        ):
+        if self.size - self._written_back >= _WRITEBACK_EVERY and (self._writeback is None or self._writeback.done()):
             self._writeback = _WRITEBACK.submit(
                 _start_writeback, self._fh.fileno(), self._written_back, self.size - self._written_back
             )
@@ -176,6 +174,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)  # snapshots hold the agents' files: not for others
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
         layout = root / "oci-layout"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 import time
 from dataclasses import replace
 
 import pytest
 
-from conftest import docker_cli, lifecycle_kinds
+from conftest import docker_cli, lifecycle_kinds, store_of
 from spinup.runtime import Runtime, Settings
 from spinup.runtime import agents as agents_module
 from spinup.runtime.errors import AgentPaused, ExecNotFound, WrongState
@@ -113,6 +114,8 @@ async def test_exec_outputs_are_bounded_per_agent_and_orphaned_commands_are_mark
         with pytest.raises(ExecNotFound):
             bounded.exec_log(agent, ids[0])
         assert [bounded.exec_log(agent, i).stdout for i in ids[1:]] == ["1\n", "2\n"]
+        assert stat.S_IMODE(settings.exec_logs_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(store_of(bounded).root.stat().st_mode) == 0o700
         kept = list((settings.exec_logs_dir / bounded.get_agent(agent).id).iterdir())
         assert sorted(p.name for p in kept) == sorted(f"{i}.json.zst" for i in ids[1:])
         # A command whose server died while waiting on it: no longer listed as running.

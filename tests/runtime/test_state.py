@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -181,5 +182,17 @@ def test_agents_from_before_policies_had_a_user_keep_running_as_root(tmp_path: P
         old = db.get_agent("old")
         assert old.policy.user == "root" and old.policy.network == "host"
         assert db.create_agent("new", "img", Policy()).policy.user == "agent"
+    finally:
+        db.close()
+
+
+def test_the_state_directory_and_database_are_the_operators_alone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    db = StateDB(home / "state.db")
+    try:
+        db.record_event(None, "note", "x")
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     finally:
         db.close()
