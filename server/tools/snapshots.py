@@ -53,7 +53,8 @@ def register(reg: Registrar) -> None:
 
     @tool("snapshot_restore", DESTRUCTIVE)
     async def snapshot_restore(ctx: Context, agent: AgentArg, snapshot: SnapshotArg) -> RestoreResult:
-        """Replace the agent's machine with the state saved in a snapshot. Work not yet snapshotted is saved first
+        """Replace the agent's machine with the state saved in a snapshot of its own (or the one it was forked
+        from; another agent's is refused: use snapshot_fork). Work not yet snapshotted is saved first
         (saved_before_restore), so a restore can itself be undone."""
         started = time.monotonic()
         result = await get_runtime().restore(agent, snapshot, progress_reporter(ctx))
@@ -69,8 +70,11 @@ def register(reg: Registrar) -> None:
         snapshot: SnapshotArg,
         name: Annotated[str, Field(description="Name of the new agent (lowercase letters, digits, '-').")],
     ) -> AgentInfo:
-        """Create a new, independent agent whose machine starts from a snapshot (e.g. to try two approaches)."""
-        return AgentInfo.of(await get_runtime().fork(snapshot, name))
+        """Create a new, independent agent whose machine starts from a snapshot (e.g. to try two approaches),
+        under the policy of the snapshot's agent; refused when that policy is beyond what this server grants MCP
+        clients (and, on a server bound to one agent, for a snapshot that is not its agent's)."""
+        reg.check_snapshot(snapshot)
+        return AgentInfo.of(await get_runtime().fork(snapshot, name, grants=reg.grants))
 
     @tool("snapshot_diff", READ_ONLY)
     async def snapshot_diff(
@@ -80,9 +84,14 @@ def register(reg: Registrar) -> None:
     ) -> DiffResult:
         """List files added, changed and removed between two snapshots, or between a snapshot and the live
         machine (by default: what changed since the last snapshot)."""
+        for snapshot in (source, target):
+            if snapshot is not None:
+                reg.check_snapshot(snapshot)
         return DiffResult.of(await get_runtime().diff(agent, source, target))
 
     @tool("snapshot_delete", DESTRUCTIVE, takes_agent=False)
     async def snapshot_delete(snapshot: SnapshotArg) -> SnapshotInfo:
-        """Delete a snapshot. Refused for a snapshot that another builds on or that is an agent's head."""
+        """Delete a snapshot. Refused for a snapshot that another builds on or that is an agent's head (and, on a
+        server bound to one agent, for a snapshot of another agent)."""
+        reg.check_snapshot(snapshot, own_only=True)
         return SnapshotInfo.of(await get_runtime().delete_snapshot(snapshot))
