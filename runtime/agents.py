@@ -368,22 +368,31 @@ class AgentService:
             raise SpinupError(f"Could not give {WORKSPACE} and {AGENT_HOME} to the agent user: {result.stderr.strip()}")
 
     async def fork(
-        self, snapshot_id: str, name: str, policy: Policy | None = None, grants: frozenset[str] | None = None
+        self,
+        snapshot_id: str,
+        name: str,
+        policy: Policy | None = None,
+        grants: frozenset[str] | None = None,
+        *,
+        network: str | None = None,
+        user: str | None = None,
     ) -> Agent:
         """Create a new agent whose machine starts from ``snapshot_id``, under ``policy`` (default: its source
-        agent's). With ``grants`` (an MCP client's), a policy beyond them is refused (:class:`NotGranted`)."""
+        agent's) with ``network``/``user`` changed when given. With ``grants`` (an MCP client's), a policy beyond
+        them is refused (:class:`NotGranted`)."""
         validate_agent_name(name)
         started = time.monotonic()
         source = self.snapshots.get(snapshot_id)
         parent = next((a for a in self.db.list_agents() if a.id == source.agent_id), None)
-        policy = policy or (parent.policy if parent else Policy())
+        policy = (policy or (parent.policy if parent else Policy())).updated(network=network, user=user)
         if grants is not None:
             try:
                 check_granted(policy, grants)
             except NotGranted as exc:
                 whose = f"agent '{parent.name}'" if parent and policy == parent.policy else "the fork"
                 raise NotGranted(
-                    f"A fork of snapshot {snapshot_id} would run under the policy of {whose}. {exc}"
+                    f"A fork of snapshot {snapshot_id} would run under the policy of {whose}. {exc} Or fork it "
+                    f"with a policy this server grants (network='none', user='agent')."
                 ) from exc
         image = await self.snapshots.ensure_image(source)
         agent = self.db.create_agent(name, source.base_image, policy)

@@ -606,11 +606,19 @@ class Runtime:
         return RestoreResult(agent, saved)
 
     async def fork(
-        self, snapshot_id: str, name: str, policy: Policy | None = None, grants: frozenset[str] | None = None
+        self,
+        snapshot_id: str,
+        name: str,
+        policy: Policy | None = None,
+        grants: frozenset[str] | None = None,
+        *,
+        network: str | None = None,
+        user: str | None = None,
     ) -> Agent:
-        """Create a new agent ``name`` whose machine starts from ``snapshot_id`` (its parent's policy by default);
-        with ``grants`` (an MCP client's, see ``Settings.mcp_grants``) a policy beyond them is refused."""
-        return await self._agents.fork(snapshot_id, name, policy, grants)
+        """Create a new agent ``name`` whose machine starts from ``snapshot_id`` (its parent's policy by default,
+        ``network``/``user`` changed when given); with ``grants`` (an MCP client's, see ``Settings.mcp_grants``)
+        a policy beyond them is refused."""
+        return await self._agents.fork(snapshot_id, name, policy, grants, network=network, user=user)
 
     def check_snapshot_of(self, name: str, snapshot_id: str, *, own_only: bool = False) -> Snapshot:
         """The snapshot, if it is agent ``name``'s own or (unless ``own_only``) the one it was forked from;

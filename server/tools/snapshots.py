@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context
 from pydantic import Field
@@ -69,12 +69,19 @@ def register(reg: Registrar) -> None:
     async def snapshot_fork(
         snapshot: SnapshotArg,
         name: Annotated[str, Field(description="Name of the new agent (lowercase letters, digits, '-').")],
+        network: Annotated[
+            Literal["none", "host"] | None, Field(description="Network of the new agent; default its source's.")
+        ] = None,
+        user: Annotated[
+            Literal["agent", "root"] | None, Field(description="User of the new agent; default its source's.")
+        ] = None,
     ) -> AgentInfo:
         """Create a new, independent agent whose machine starts from a snapshot (e.g. to try two approaches),
-        under the policy of the snapshot's agent; refused when that policy is beyond what this server grants MCP
-        clients (and, on a server bound to one agent, for a snapshot that is not its agent's)."""
+        under the policy of the snapshot's agent (network and user changed when given); refused when that policy
+        is beyond what this server grants MCP clients (and, on a server bound to one agent, for a snapshot that
+        is not its agent's)."""
         reg.check_snapshot(snapshot)
-        return AgentInfo.of(await get_runtime().fork(snapshot, name, grants=reg.grants))
+        return AgentInfo.of(await get_runtime().fork(snapshot, name, grants=reg.grants, network=network, user=user))
 
     @tool("snapshot_diff", READ_ONLY)
     async def snapshot_diff(

@@ -44,7 +44,11 @@ async def test_a_fork_over_mcp_of_an_operator_made_host_network_agent_is_refused
         refused = await fails(client, "snapshot_fork", snapshot=snapshot, name=escaped)
     assert f"policy of agent '{source}'" in refused and "--network host" in refused, refused
     assert "SPINUP_MCP_GRANTS=host-network,root" in refused, refused
+    assert "network='none'" in refused, refused
     assert runtime.find_agent(escaped) is None, "no agent made, no record left"
+    async with held_open(Client(build_server(granting(settings, "root")))) as client:
+        within = await call(client, "snapshot_fork", snapshot=snapshot, name=unique_name("in"), network="none")
+    assert within["network"] == "none" and within["policy"]["user"] == "root", "an explicit policy within grants"
 
     async with held_open(Client(build_server(granting(settings, "root", "host-network")))) as client:
         forked = await call(client, "snapshot_fork", snapshot=snapshot, name=escaped)
