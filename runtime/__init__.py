@@ -8,7 +8,7 @@ from .actors import Actor, acting_as, current_actor
 from .config import DEFAULT_IMAGE, MCP_GRANTS, Settings
 from .credentials import SecretInfo, decode_key
 from .doctor import Check, diagnose
-from .errors import InvalidInput, SpinupError
+from .errors import ForeignSnapshot, InvalidInput, OutsideBinding, SpinupError
 from .exec import ExecResult
 from .exec_history import ExecLog, ExecRecord
 from .files import FileContent, FileInfo
@@ -50,9 +50,11 @@ __all__ = [
     "ExecResult",
     "FileContent",
     "FileInfo",
+    "ForeignSnapshot",
     "GcResult",
     "InstallResult",
     "InvalidInput",
+    "OutsideBinding",
     "PackageEntry",
     "PackageManager",
     "Policy",

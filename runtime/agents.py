@@ -19,11 +19,20 @@ from datetime import UTC, datetime
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, DockerBackend, ImageInfo, MachineInfo
-from .errors import AgentExists, AgentPaused, DockerFailure, ImageNotFound, InvalidInput, SpinupError, WrongState
+from .errors import (
+    AgentExists,
+    AgentPaused,
+    DockerFailure,
+    ImageNotFound,
+    InvalidInput,
+    NotGranted,
+    SpinupError,
+    WrongState,
+)
 from .exec import run_command
 from .machines import machine_config, machine_name
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
-from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, is_root
+from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, check_granted, is_root
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
@@ -260,15 +269,12 @@ class AgentService:
         """Replace the agent's machine with one made from ``snapshot_id``.
 
         Unsnapshotted work is captured first, so the restore can be undone by restoring that
-        snapshot; its id is returned alongside the agent (None when nothing had changed).
+        snapshot; its id is returned alongside the agent (None when nothing had changed). Only the
+        agent's own snapshots and the one it was forked from are accepted (:class:`ForeignSnapshot`).
         """
         agent = self.get(name)
-        target = self.snapshots.get(snapshot_id)
-        if target.agent_id != agent.id and target.base_image != agent.image:
-            raise InvalidInput(
-                f"Snapshot {snapshot_id} is of another agent on another base image; use snapshot_fork to make "
-                f"a new agent from it."
-            )
+        # Snapshots belong to their agent: another agent's state comes in only through an explicit fork.
+        target = self.snapshots.check_of(agent, snapshot_id)
         started = time.monotonic()
         async with self._locks[agent.id]:
             saved: str | None = None
@@ -361,14 +367,35 @@ class AgentService:
         if result.exit_code != 0:
             raise SpinupError(f"Could not give {WORKSPACE} and {AGENT_HOME} to the agent user: {result.stderr.strip()}")
 
-    async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
-        """Create a new agent whose machine starts from ``snapshot_id``."""
+    async def fork(
+        self,
+        snapshot_id: str,
+        name: str,
+        policy: Policy | None = None,
+        grants: frozenset[str] | None = None,
+        *,
+        network: str | None = None,
+        user: str | None = None,
+    ) -> Agent:
+        """Create a new agent whose machine starts from ``snapshot_id``, under ``policy`` (default: its source
+        agent's) with ``network``/``user`` changed when given. With ``grants`` (an MCP client's), a policy beyond
+        them is refused (:class:`NotGranted`)."""
         validate_agent_name(name)
         started = time.monotonic()
         source = self.snapshots.get(snapshot_id)
-        image = await self.snapshots.ensure_image(source)
         parent = next((a for a in self.db.list_agents() if a.id == source.agent_id), None)
-        agent = self.db.create_agent(name, source.base_image, policy or (parent.policy if parent else Policy()))
+        policy = (policy or (parent.policy if parent else Policy())).updated(network=network, user=user)
+        if grants is not None:
+            try:
+                check_granted(policy, grants)
+            except NotGranted as exc:
+                whose = f"agent '{parent.name}'" if parent and policy == parent.policy else "the fork"
+                raise NotGranted(
+                    f"A fork of snapshot {snapshot_id} would run under the policy of {whose}. {exc} Or fork it "
+                    f"with a policy this server grants (network='none', user='agent')."
+                ) from exc
+        image = await self.snapshots.ensure_image(source)
+        agent = self.db.create_agent(name, source.base_image, policy)
         try:
             self.db.set_head(agent.id, source.id)
             self.db.set_packages(agent.id, await self.snapshots.packages(source))

@@ -23,6 +23,8 @@ reader is usually a model deciding its next call. The hierarchy::
     ├── LimitReached           a policy limit (the disk quota) refuses the operation
     ├── ForwardUnavailable     port forwarding cannot work here (remote daemon, not root, no machine)
     ├── NotGranted             an MCP client asked for a policy the operator did not grant
+    ├── ForeignSnapshot        a snapshot of another agent where the agent's own is needed
+    ├── OutsideBinding         a server bound to one agent was asked about another
     ├── CredentialKeyError     the master key is missing, malformed or not the store's
     ├── PackageError           a package manager refused or failed
     ├── DockerUnavailable      the daemon cannot be reached
@@ -135,6 +137,21 @@ class WrongState(Conflict):
 
 class NotGranted(SpinupError):
     """An MCP client asked for a policy the operator does not let MCP clients grant."""
+
+
+class ForeignSnapshot(SpinupError):
+    """A snapshot of another agent was given where the agent's own (or the one it was forked from) is needed."""
+
+
+class OutsideBinding(SpinupError):
+    """A server bound to one agent was asked to see or act on another agent or its snapshots."""
+
+    def __init__(self, bound: str, what: str) -> None:
+        super().__init__(
+            f"This server is bound to agent '{bound}' and sees only it: {what} is not visible here. Use a server "
+            f"started without --agent (or the CLI) to work with other agents."
+        )
+        self.bound = bound
 
 
 class PermissionDenied(SpinupError):

@@ -605,9 +605,25 @@ class Runtime:
         agent, saved = await self._agents.restore(name, snapshot_id, progress)
         return RestoreResult(agent, saved)
 
-    async def fork(self, snapshot_id: str, name: str, policy: Policy | None = None) -> Agent:
-        """Create a new agent ``name`` whose machine starts from ``snapshot_id`` (its parent's policy by default)."""
-        return await self._agents.fork(snapshot_id, name, policy)
+    async def fork(
+        self,
+        snapshot_id: str,
+        name: str,
+        policy: Policy | None = None,
+        grants: frozenset[str] | None = None,
+        *,
+        network: str | None = None,
+        user: str | None = None,
+    ) -> Agent:
+        """Create a new agent ``name`` whose machine starts from ``snapshot_id`` (its parent's policy by default,
+        ``network``/``user`` changed when given); with ``grants`` (an MCP client's, see ``Settings.mcp_grants``)
+        a policy beyond them is refused."""
+        return await self._agents.fork(snapshot_id, name, policy, grants, network=network, user=user)
+
+    def check_snapshot_of(self, name: str, snapshot_id: str, *, own_only: bool = False) -> Snapshot:
+        """The snapshot, if it is agent ``name``'s own or (unless ``own_only``) the one it was forked from;
+        otherwise :class:`ForeignSnapshot`."""
+        return self._snapshots.check_of(self._agents.get(name), snapshot_id, own_only=own_only)
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
         """The snapshot with this id; a clear error if there is none."""

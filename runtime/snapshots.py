@@ -25,7 +25,7 @@ from spinup.snapshot.store import Store
 
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
-from .errors import Conflict, InvalidInput, NotFound, SpinupError
+from .errors import Conflict, ForeignSnapshot, InvalidInput, NotFound, SpinupError
 from .models import Agent, PackageEntry, Snapshot
 from .snapshot_capture import CaptureResult, SnapshotCapture, crash_hook
 from .snapshot_images import ProgressFn, SnapshotImages, snapshot_tag
@@ -71,6 +71,27 @@ class SnapshotService:
         if snapshot is None:
             raise NotFound(f"No snapshot {snapshot_id}. List snapshots with snapshot_list.")
         return snapshot
+
+    def origins(self, agent: Agent) -> set[str]:
+        """Snapshots of other agents that ``agent`` was made from: its fork source (its own snapshots' foreign
+        parents, and its head when that is not its own)."""
+        starts = {s.parent_id for s in self.db.list_snapshots(agent.id)} | {agent.head_snapshot}
+        found = (self.db.get_snapshot(s) for s in starts if s is not None)
+        return {s.id for s in found if s is not None and s.agent_id != agent.id}
+
+    def check_of(self, agent: Agent, snapshot_id: str, *, own_only: bool = False) -> Snapshot:
+        """The snapshot, if it is ``agent``'s own or (unless ``own_only``) the one it was forked from."""
+        snapshot = self.get(snapshot_id)
+        if snapshot.agent_id == agent.id or (not own_only and snapshot.id in self.origins(agent)):
+            return snapshot
+        owner = next((a.name for a in self.db.list_agents() if a.id == snapshot.agent_id), None)
+        whose = f"agent '{owner}'" if owner else "an agent since removed"
+        raise ForeignSnapshot(
+            f"Snapshot {snapshot_id} belongs to {whose}, not to '{agent.name}'. An agent uses only its own "
+            f"snapshots (see snapshot_list for '{agent.name}')"
+            + ("" if own_only else " and the one it was forked from")
+            + f". To start from {snapshot_id}, make a new agent with snapshot_fork (CLI: spinup snapshot fork)."
+        )
 
     def list(self, agent: Agent | None = None) -> builtins.list[Snapshot]:
         """Snapshots (of one agent, or all), oldest first."""

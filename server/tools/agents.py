@@ -67,8 +67,8 @@ def register(reg: Registrar) -> None:
 
     @tool("agent_list", READ_ONLY, takes_agent=False)
     async def agent_list() -> AgentList:
-        """List all agents with their state."""
-        return AgentList(agents=[AgentInfo.of(a) for a in get_runtime().list_agents()])
+        """List all agents with their state (on a server bound to one agent: only it)."""
+        return AgentList(agents=[AgentInfo.of(a) for a in get_runtime().list_agents() if reg.visible(a.name)])
 
     @tool("agent_status", READ_ONLY)
     async def agent_status(agent: AgentArg) -> AgentStatusResult:
@@ -90,5 +90,7 @@ def register(reg: Registrar) -> None:
     @tool("agent_remove", DESTRUCTIVE, takes_agent=False)
     async def agent_remove(agent: AgentArg) -> AgentInfo:
         """Permanently delete an agent, its machine with every file in it, and its snapshots that no fork uses.
-        Cannot be undone. (On a server bound to this agent, the next call starts a new, empty one.)"""
+        Cannot be undone. (On a server bound to this agent, the next call starts a new, empty one; other agents
+        are refused there.)"""
+        reg.check_agent(agent)
         return AgentInfo.of(await get_runtime().remove_agent(agent))

@@ -16,7 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field, ValidationError
 
-from spinup.runtime import Runtime, SpinupError
+from spinup.runtime import OutsideBinding, Runtime, SpinupError
 
 from ..observe import note_internal_error
 
@@ -118,6 +118,22 @@ class Registrar:
         if runtime.find_agent(self.bound_agent) is None:
             await runtime.ensure_agent(self.bound_agent)
         return self.bound_agent
+
+    def visible(self, agent: str) -> bool:
+        """Whether this server may see ``agent`` (every agent, unless it is bound to one)."""
+        return self.bound_agent is None or agent == self.bound_agent
+
+    def check_agent(self, agent: str) -> None:
+        """Refuse, on a bound server, an agent other than the bound one."""
+        if not self.visible(agent):
+            assert self.bound_agent is not None
+            raise OutsideBinding(self.bound_agent, f"agent '{agent}'")
+
+    def check_snapshot(self, snapshot_id: str, *, own_only: bool = False) -> None:
+        """Refuse, on a bound server, a snapshot that is not its agent's (own, or unless ``own_only`` the one
+        it was forked from)."""
+        if self.bound_agent is not None:
+            self.get_runtime().check_snapshot_of(self.bound_agent, snapshot_id, own_only=own_only)
 
     def tool(
         self, name: str, annotations: ToolAnnotations, takes_agent: bool = True

@@ -38,7 +38,10 @@ def register(reg: Registrar) -> None:
     async def secret_list() -> SecretList:
         """List stored credentials: names, fingerprints and the agents each is bound to. Values are never shown.
         A bound credential is in the agent's commands as an environment variable and/or a file under
-        /run/spinup/secrets/."""
+        /run/spinup/secrets/. (On a server bound to one agent, only that agent is named.)"""
         return SecretList(
-            secrets=[SecretEntry.of(item.info, bound_to=item.bound_to) for item in get_runtime().list_secrets()]
+            secrets=[
+                SecretEntry.of(item.info, bound_to=[a for a in item.bound_to if reg.visible(a)])
+                for item in get_runtime().list_secrets()
+            ]
         )

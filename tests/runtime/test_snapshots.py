@@ -14,7 +14,7 @@ import zstandard
 
 from conftest import docker_cli, lifecycle_kinds, store_of, unique_name
 from spinup.runtime import AgentState, Policy, Runtime, Settings
-from spinup.runtime.errors import Conflict, NotFound, SpinupError
+from spinup.runtime.errors import Conflict, ForeignSnapshot, NotFound, SpinupError
 from spinup.runtime.models import Snapshot
 from spinup.runtime.snapshots import snapshot_tag
 from spinup.snapshot.oci import LAYER_MEDIA_TYPE, REF_NAME
@@ -537,6 +537,26 @@ async def test_a_fork_is_independent_of_its_source(runtime: Runtime, agent: str)
     forked_snapshot = (await runtime.snapshot(fork)).snapshot
     assert forked_snapshot.parent_id == snapshot.id
     assert runtime.get_agent(agent).head_snapshot == snapshot.id
+
+
+async def test_an_agent_restores_only_its_own_snapshots_and_the_one_it_was_forked_from(
+    runtime: Runtime, agent: str
+) -> None:
+    await runtime.exec(agent, "echo source-only > /workspace/s")
+    source = (await runtime.snapshot(agent)).snapshot
+    other = unique_name("other")
+    await runtime.create_agent(other)  # same base image: the restore used to take it
+    with pytest.raises(ForeignSnapshot, match=f"belongs to agent '{agent}'.*snapshot_fork"):
+        await runtime.restore(other, source.id)
+    assert runtime.get_agent(other).head_snapshot is None
+    assert "no-s" in (await runtime.exec(other, "test -e /workspace/s || echo no-s")).stdout
+
+    fork = unique_name("fork")
+    await runtime.fork(source.id, fork)
+    await runtime.exec(fork, "echo forked > /workspace/s")
+    await runtime.snapshot(fork)
+    await runtime.restore(fork, source.id)  # its origin: allowed
+    assert (await runtime.exec(fork, "cat /workspace/s")).stdout == "source-only\n"
 
 
 async def test_deleting_a_parent_or_a_head_is_refused_and_a_leaf_that_is_not_a_head_is_deleted(
