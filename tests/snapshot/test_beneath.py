@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from spinup.runtime.limits import directory_usage
 from spinup.snapshot.beneath import Beneath, walk_fds
@@ -35,13 +39,20 @@ def test_walk_never_follows_a_directory_swapped_for_a_symlink(tmp_path: Path) ->
     assert "a/b/f" in names and not any("host-only" in name for name in names)
 
 
-def test_directory_usage_stays_in_its_tree(tmp_path: Path) -> None:
+def test_directory_usage_stays_in_its_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, host = tmp_path / "upper", tmp_path / "host"
     _tree(root, host)
-    os.rename(root / "a", root / "a.real")
-    os.symlink(host, root / "a")
-    (root / "a.real" / "b").rename(root / "b2")
-    os.symlink(host, root / "a.real" / "b")
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Iterator[os.DirEntry[Any]]:
+        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else str(path)
+        listing = real(path)
+        if where == str(root / "a"):  # listed: now swapped for a symlink to a host directory of the same shape
+            os.rename(root / "a", root / "a.real")
+            os.symlink(host, root / "a")
+        return listing
+
+    monkeypatch.setattr(os, "scandir", scandir)
     assert directory_usage(str(root)) < 500_000
 
 
