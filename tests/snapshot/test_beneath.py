@@ -75,3 +75,23 @@ def test_hashing_refuses_a_fifo_a_symlink_and_a_changed_inode(tmp_path: Path) ->
         assert opener.sha256_regular("d/zero", os.stat("/dev/zero").st_ino, 1 << 40) is None
         assert opener.readlink("d/zero") == "/dev/zero"
     assert time.monotonic() - started < 5
+
+
+def test_walk_of_a_deep_tree_reopens_past_the_held_descriptors(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*(f"d{i}" for i in range(150)))
+    deep.mkdir(parents=True)
+    (deep.parent / "side").mkdir()
+    (deep / "leaf").write_text("x")
+    names: list[str] = []
+
+    def visit(rel: str, fd: int) -> list[str]:
+        with os.scandir(fd) as it:
+            entries = [(f"{rel}/{e.name}" if rel else e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        names.extend(name for name, _ in entries)
+        return [name for name, is_dir in entries if is_dir]
+
+    before = len(os.listdir("/proc/self/fd"))
+    walk_fds(tmp_path, visit)
+    assert len(names) == 152 and any(n.endswith("d149/leaf") for n in names)
+    assert any(n.endswith("d148/side") for n in names)
+    assert len(os.listdir("/proc/self/fd")) == before
