@@ -12,6 +12,8 @@ import os
 import stat
 from dataclasses import dataclass, replace
 
+from spinup.snapshot.beneath import walk_fds
+
 from .cgroups import Cgroups, read_key
 from .exec import ExecResult
 from .models import Agent, format_size
@@ -47,16 +49,22 @@ class LimitWatch:
 
 
 def directory_usage(root: str) -> int:
-    """Bytes of disk the tree under ``root`` uses (allocated blocks; each hard-linked inode once)."""
+    """Bytes of disk the tree under ``root`` uses (allocated blocks; each hard-linked inode once).
+
+    The machine runs meanwhile: directories are opened from their parents' descriptors, never
+    through a symlink (``spinup.snapshot.beneath``), and one that moved is left out.
+    """
     total = 0
     seen: set[int] = set()
-    stack = [root]
-    while stack:
-        current = stack.pop()
+
+    def visit(rel_dir: str, fd: int) -> list[str]:
+        nonlocal total
+        prefix = rel_dir + "/" if rel_dir else ""
+        subdirs: list[str] = []
         try:
-            entries = os.scandir(current)
+            entries = os.scandir(fd)
         except OSError:
-            continue
+            return subdirs
         with entries:
             for entry in entries:
                 try:
@@ -68,8 +76,11 @@ def directory_usage(root: str) -> int:
                         continue
                     seen.add(st.st_ino)
                 total += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append(prefix + entry.name)
+        return subdirs
+
+    walk_fds(root, visit, skip_missing=True)
     return total
 
 

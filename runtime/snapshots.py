@@ -146,7 +146,13 @@ class SnapshotService:
                 "Spinup running as root). Take a snapshot and diff two snapshots instead."
             )
         previous = await self.capturer.head_index(head, machine)
-        return await asyncio.to_thread(live_tree, tree, upper, previous)
+        try:
+            return await asyncio.to_thread(live_tree, tree, upper, previous)
+        except OSError as exc:  # the running machine moved a directory while it was walked
+            raise SpinupError(
+                f"The machine changed its files while they were listed ({exc.strerror or exc}); try the diff again, "
+                f"or take a snapshot (it freezes the machine while reading) and diff two snapshots."
+            ) from exc
 
     async def diff(self, before: dict[str, Meta], after: dict[str, Meta]) -> Diff:
         """Added, changed and removed paths between two listings."""

@@ -7,8 +7,8 @@ listing with the changes of its upper directory applied the same way (:func:`liv
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterable
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import zstandard
 
+from .beneath import Beneath
 from .errors import BlobCorrupt
 from .index import Entry, Index
 from .oci import OPAQUE_MARKER, WHITEOUT_PREFIX
@@ -133,22 +134,32 @@ def apply_plan(tree: dict[str, Meta], changes: LayerPlan, meta_of: Callable[[str
         tree["/" + path] = meta_of(path)
 
 
-def live_meta(upper: Path, path: str, entry: Entry) -> Meta:
-    """Diff metadata of a changed entry of an upper directory (files are hashed)."""
+def live_meta(opener: Beneath, path: str, entry: Entry) -> Meta:
+    """Diff metadata of a changed entry of an upper directory (files are hashed, at most as far as listed).
+
+    A running machine may change the entry after it was listed: a file that is no longer the regular
+    file listed (a FIFO, a device node, a symlink now) or has gone is reported unhashed, never read.
+    """
     kind = {"dir": "directory", "file": "file", "symlink": "symlink"}.get(entry.kind, "other")
-    link = os.readlink(upper / path) if kind == "symlink" else ""
-    digest = ""
-    if kind == "file":
-        with open(upper / path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    link = digest = ""
+    if kind == "symlink":
+        with contextlib.suppress(OSError):
+            link = opener.readlink(path)
+    elif kind == "file":
+        digest = opener.sha256_regular(path, entry.ino, entry.size) or ""
     size = entry.size if kind == "file" else 0
     return Meta(kind, size, entry.mode & 0o7777, entry.uid, entry.gid, entry.mtime_ns // 1_000_000_000, link, digest)
 
 
 def live_tree(head_tree: dict[str, Meta], upper: Path, previous: Index | None) -> dict[str, Meta]:
-    """Blocking: ``head_tree`` (changed in place) with what ``upper`` changed since the ``previous`` capture."""
+    """Blocking: ``head_tree`` (changed in place) with what ``upper`` changed since the ``previous`` capture.
+
+    Safe on a running machine: nothing outside ``upper`` is listed or read (see ``beneath``). A
+    directory swapped for something else while it is walked raises :class:`OSError`.
+    """
     current, changes = scan_and_plan(upper, previous)
-    apply_plan(head_tree, changes, lambda path: live_meta(upper, path, current.entries[path]))
+    with Beneath(upper) as opener:
+        apply_plan(head_tree, changes, lambda path: live_meta(opener, path, current.entries[path]))
     return head_tree
 
 

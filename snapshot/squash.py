@@ -17,6 +17,7 @@ import os
 import stat
 from pathlib import Path
 
+from .beneath import Beneath
 from .oci import OPAQUE_MARKER, OPAQUE_XATTR, whiteout_name
 from .walk import EXCLUDED, LayerPlan, LayerPlanner, Member, MemberSink
 
@@ -146,7 +147,17 @@ class _UnionWalk(LayerPlanner):
         return [(rel, merged[rel]) for rel in dirs]
 
     def _in_base(self, rel: str) -> bool:
-        return any(os.path.lexists(layer / rel) for layer in self.base)
+        # Looked up one component at a time: a symlink of the base image (``var/run -> /run``) never
+        # leads the lookup to the host's files.
+        parent, _, name = rel.rpartition("/")
+        for layer in self.base:
+            try:
+                with Beneath(layer) as opener:
+                    os.lstat(name, dir_fd=opener.directory(parent))
+                return True
+            except OSError:
+                continue
+        return False
 
     def _source(self, layer: int) -> str:
         return str(self.stack[layer]) if layer else ""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from .beneath import walk_fds
 from .index import Entry, Index
 from .oci import OPAQUE_MARKER, OPAQUE_XATTR, whiteout_name
 
@@ -132,16 +133,14 @@ class _Walk(LayerPlanner):
         self.parents: set[str] = set()
 
     def run(self) -> tuple[Index, LayerPlan]:
-        stack = [""]
-        while stack:
-            stack.extend(self._list(stack.pop()))
+        walk_fds(self.upper, self._list)
         self.plan.archive.sort()
         self.plan.whiteouts.sort()
         self.plan.opaque.sort()
         return Index(self.entries, frozenset(self.parents), children=self.children), self.plan
 
-    def _list(self, rel_dir: str) -> list[str]:
-        """Record one directory's entries and decide on them; returns its subdirectories."""
+    def _list(self, rel_dir: str, fd: int) -> list[str]:
+        """Record one directory's entries (open at ``fd``) and decide on them; returns its subdirectories."""
         prefix = rel_dir + "/" if rel_dir else ""
         entries, prior, excluded = self.entries, self.prior, self.excluded
         new_entry = tuple.__new__  # Entry's fields in order, without the per-call overhead of Entry()
@@ -153,60 +152,57 @@ class _Walk(LayerPlanner):
         changed: list[str] = []  # files, symlinks and others
         changed_dirs: list[str] = []
         seen = 0
-        directory = str(self.upper / rel_dir) if rel_dir else str(self.upper)
         # Entries are stat'ed relative to the directory's descriptor: no path walk per entry (~25%
-        # faster), and O_NOFOLLOW never leaves the upper directory through a symlink.
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            with os.scandir(fd) as it:
-                for dirent in it:
-                    seen += 1
-                    rel = prefix + dirent.name
-                    if rel in excluded:
-                        continue
-                    st = dirent.stat(follow_symlinks=False)
-                    mode = st.st_mode
-                    file_type = mode & _FILE_TYPE
-                    is_opaque = False
-                    if file_type == stat.S_IFREG:
-                        kind = "file"
-                    elif file_type == stat.S_IFDIR:
-                        kind = "dir"
-                        with contextlib.suppress(OSError):
-                            marker = os.getxattr(f"{directory}/{dirent.name}", OPAQUE_XATTR, follow_symlinks=False)
-                            is_opaque = marker == b"y"
-                        subdirs.append(rel)
-                    elif file_type == stat.S_IFLNK:
-                        kind = "symlink"
-                    elif file_type == stat.S_IFCHR and st.st_rdev == 0:
-                        kind = "whiteout"
-                    elif file_type == stat.S_IFCHR or file_type == stat.S_IFBLK:
-                        continue  # device nodes are the machine's, made by Docker; layers never carry them
-                    else:
-                        kind = "other"
-                    if kind == "whiteout":
-                        entry = whiteout
-                    else:
-                        entry = new_entry(
-                            Entry,
-                            (kind, mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                             is_opaque),
-                        )  # fmt: skip
-                    entries[rel] = entry
-                    listed.append(rel)
-                    before = prior.get(rel)
-                    if before == entry:
-                        continue
-                    if kind == "whiteout":
-                        hidden.append(rel)
-                    elif kind != "dir":
-                        changed.append(rel)
-                    elif is_opaque and not (before is not None and before.opaque and before.ino == entry.ino):
-                        opaque.append(rel)
-                    elif before is not None:
-                        changed_dirs.append(rel)  # a directory seen before whose metadata moved (chmod, chown, touch)
-        finally:
-            os.close(fd)
+        # faster), and the walk opens each directory from its parent's descriptor (``beneath``), so a
+        # running machine that swaps a directory for a symlink cannot lead it out of the upper directory.
+        directory = f"/proc/self/fd/{fd}"  # the open directory itself, for its subdirectories' xattrs
+        with os.scandir(fd) as it:
+            for dirent in it:
+                seen += 1
+                rel = prefix + dirent.name
+                if rel in excluded:
+                    continue
+                st = dirent.stat(follow_symlinks=False)
+                mode = st.st_mode
+                file_type = mode & _FILE_TYPE
+                is_opaque = False
+                if file_type == stat.S_IFREG:
+                    kind = "file"
+                elif file_type == stat.S_IFDIR:
+                    kind = "dir"
+                    with contextlib.suppress(OSError):
+                        marker = os.getxattr(f"{directory}/{dirent.name}", OPAQUE_XATTR, follow_symlinks=False)
+                        is_opaque = marker == b"y"
+                    subdirs.append(rel)
+                elif file_type == stat.S_IFLNK:
+                    kind = "symlink"
+                elif file_type == stat.S_IFCHR and st.st_rdev == 0:
+                    kind = "whiteout"
+                elif file_type == stat.S_IFCHR or file_type == stat.S_IFBLK:
+                    continue  # device nodes are the machine's, made by Docker; layers never carry them
+                else:
+                    kind = "other"
+                if kind == "whiteout":
+                    entry = whiteout
+                else:
+                    entry = new_entry(
+                        Entry,
+                        (kind, mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                         is_opaque),
+                    )  # fmt: skip
+                entries[rel] = entry
+                listed.append(rel)
+                before = prior.get(rel)
+                if before == entry:
+                    continue
+                if kind == "whiteout":
+                    hidden.append(rel)
+                elif kind != "dir":
+                    changed.append(rel)
+                elif is_opaque and not (before is not None and before.opaque and before.ino == entry.ino):
+                    opaque.append(rel)
+                elif before is not None:
+                    changed_dirs.append(rel)  # a directory seen before whose metadata moved (chmod, chown, touch)
         if seen:
             self.parents.add(rel_dir)
         elif rel_dir and rel_dir not in prior:
