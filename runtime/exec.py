@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -214,8 +215,10 @@ async def _exit_status(docker: DockerBackend, exec_id: str) -> tuple[int | None,
 
 
 async def kill_command(docker: DockerBackend, machine_id: str, exec_id: str, marker: str, user: str) -> None:
-    """Kill a command: its process group from the host when the daemon is local, then sweep the
-    machine for any process still carrying the exec marker (daemons that left the group)."""
+    """Kill a command: its process group, then any process still carrying the exec marker (daemons
+    that left the group). From the host when the daemon is local and Spinup may read other
+    processes (root): nothing has to start in the machine, which one at its pids limit could not.
+    Otherwise the marker sweep runs inside the machine from the toolbox."""
     pid = (await docker.exec_inspect(exec_id)).pid
     if pid > 0 and docker.is_local and _belongs_to(pid, machine_id):
         try:
@@ -224,6 +227,9 @@ async def kill_command(docker: DockerBackend, machine_id: str, exec_id: str, mar
             pass
         except PermissionError:
             log.warning("not allowed to kill process group %d; sweeping inside the machine", pid)
+    if docker.is_local and os.geteuid() == 0:
+        await asyncio.to_thread(signal_marked, machine_id, marker, signal.SIGKILL)
+        return
     sweep = (
         "for p in /proc/[0-9]*; do "
         f'if {TOOLBOX_MOUNT} tr "\\0" "\\n" < "$p/environ" 2>/dev/null '
@@ -240,6 +246,33 @@ async def kill_command(docker: DockerBackend, machine_id: str, exec_id: str, mar
                     pass
     except Exception:
         log.exception("sweep for the timed-out command's processes failed")
+
+
+def signal_marked(machine_id: str, marker: str, number: int, inner_pid: int | None = None) -> int:
+    """Blocking: signal, from the host, every process of the machine carrying ``marker`` (and the one
+    whose pid inside the machine is ``inner_pid``). Walks the host's /proc for the machine's processes
+    (by cgroup), so it needs nothing from the machine. Returns how many got the signal."""
+    needle = f"{EXEC_MARKER}={marker}".encode()
+    sent = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if machine_id not in Path(f"/proc/{pid}/cgroup").read_text():
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes()[: 1 << 20]
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        inner = next((line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:")), "")
+        if needle in environ.split(b"\0") or (inner_pid is not None and inner == str(inner_pid)):
+            try:
+                os.kill(pid, number)
+                sent += 1
+            except ProcessLookupError:
+                continue
+    return sent
 
 
 def _belongs_to(pid: int, machine_id: str) -> bool:

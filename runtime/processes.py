@@ -18,14 +18,12 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import posixpath
 import re
 import signal as signals
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from .actors import current_actor
@@ -361,36 +359,6 @@ def _lost_reason(row: dict[str, Any], machine: MachineInfo | None) -> str:
     if not machine.running:
         return "its machine stopped (stop, kill or hibernate)"
     return "its machine was restarted"
-
-
-def signal_on_host(machine: MachineInfo, child: int | None, marker: str, signal_name: str) -> int:
-    """Send a signal from the host to the process's group and to everything carrying its marker.
-
-    The host walks its own /proc for the machine's processes (by cgroup), so it needs nothing from
-    the machine: no fork, which a machine at its pids limit could not do. Returns how many got it.
-    """
-    number = signals.Signals[f"SIG{signal_name}"]
-    needle = f"{EXEC_MARKER}={marker}".encode()
-    sent = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if machine.id not in Path(f"/proc/{pid}/cgroup").read_text():
-                continue
-            environ = Path(f"/proc/{pid}/environ").read_bytes()[: 1 << 20]
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        inner = next((line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:")), "")
-        if needle in environ.split(b"\0") or (child is not None and inner == str(child)):
-            try:
-                os.kill(pid, number)
-                sent += 1
-            except ProcessLookupError:
-                continue
-    return sent
 
 
 def parse_signal(name: str) -> str:

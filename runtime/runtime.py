@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from signal import Signals
 
 from .actors import current_actor
 from .agents import AgentService
@@ -23,7 +24,7 @@ from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
 from .errors import AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
-from .exec import ExecResult, ProgressCallback, kill_command, run_command
+from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, FileAccess, Files
 from .image import build_base_image
@@ -33,7 +34,7 @@ from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBi
 from .packages import InstallResult, PackageService
 from .policy import NPM_PREFIX, PROCESS_DIR, VENV, WORKSPACE, exec_user, is_root, owner
 from .ports import PortForward, PortService
-from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, signal_on_host, wait_interval
+from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, wait_interval
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
 from .secrets import SecretListing, SecretService
@@ -490,7 +491,8 @@ class Runtime:
             )
         child = self._processes.child_pid(agent, info.id, machine)
         marker = str(self._processes.row(agent, info.id)["marker"])
-        sent = await asyncio.to_thread(signal_on_host, machine, child, marker, bare)
+        number = Signals[f"SIG{bare}"]
+        sent = await asyncio.to_thread(signal_marked, machine.id, marker, number, child)
         if sent == 0:
             raise WrongState(f"Process {info.id} has no process left to signal (it is ending).")
         self._db.record_event(

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import docker_cli, lifecycle_kinds, store_of
-from spinup.runtime import Runtime, Settings
+from conftest import docker_cli, lifecycle_kinds, store_of, unique_name
+from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime import agents as agents_module
 from spinup.runtime.errors import AgentPaused, ExecNotFound, WrongState
 
@@ -125,3 +125,28 @@ async def test_exec_outputs_are_bounded_per_agent_and_orphaned_commands_are_mark
         assert bounded.exec_log(agent, ids[2]).record.state == "lost"
     finally:
         await bounded.close()
+
+
+async def test_a_timed_out_command_at_the_pids_limit_loses_its_daemons_too(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    name = unique_name("pl")
+    try:
+        await runtime.create_agent(name, policy=Policy(pids=32))
+        # A daemon that leaves the command's group and takes every process slot left.
+        fill = (
+            "import os, time\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.fork() or time.sleep(1000)\n"
+            "    except OSError:\n"
+            "        time.sleep(0.1)"
+        )
+        command = f"setsid python3 -c '{fill}' & sleep 1000"
+        result = await runtime.exec(name, command, timeout=3)
+        assert result.timed_out
+        left = await runtime.exec(name, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+        assert left.exit_code == 0 and "sleep 1000" not in left.stdout and "python3" not in left.stdout
+        assert (await runtime.exec(name, "echo room")).stdout == "room\n"
+    finally:
+        await runtime.remove_agent(name)
+        await runtime.close()
