@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from mcp import Client
@@ -49,6 +49,28 @@ ACTIVITY_KINDS = frozenset({"exec", "tool-call", "file-written", "file-moved", "
 def lifecycle_kinds(events: list[Event]) -> list[str]:
     """The kinds of ``events`` that are lifecycle steps (no execs, tool calls, file changes)."""
     return [e.kind for e in events if e.kind not in ACTIVITY_KINDS]
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call an MCP tool that must succeed; return its structured result."""
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def fails(client: Client, tool: str, **arguments: Any) -> str:
+    """Call an MCP tool that must fail as a tool error; return the error's text."""
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, result.structured_content
+    text = "".join(getattr(part, "text", "") for part in result.content)
+    assert text
+    return text
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """What a server subprocess needs: MCP clients pass little of our environment on."""
+    return {"SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41", "PATH": os.environ["PATH"]}
 
 
 def unique_name(prefix: str = "a") -> str:

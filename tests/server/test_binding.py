@@ -7,26 +7,11 @@ state directory.
 
 from __future__ import annotations
 
-from typing import Any
-
 from mcp import Client
 
-from conftest import held_open, unique_name
+from conftest import call, fails, held_open, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.server.app import build_server
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def fails(client: Client, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error, result.structured_content
-    return "".join(getattr(part, "text", "") for part in result.content)
 
 
 def granting(settings: Settings, *grants: str) -> Settings:

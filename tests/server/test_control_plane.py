@@ -20,7 +20,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.types import Implementation, ResourceUpdatedNotification
 
-from conftest import docker_cli, held_open, unique_name
+from conftest import call, docker_cli, fails, held_open, server_env, unique_name
 from spinup.runtime import Runtime, Settings
 from spinup.server.app import build_server
 
@@ -28,25 +28,6 @@ SPINUP = str(Path(sys.executable).with_name("spinup"))
 HARNESS = Implementation(name="test-harness", version="9.9.9")
 OPERATOR = Implementation(name="test-operator", version="1.0")
 TOKEN = "tok-3f9a7c1e5b2d8046"  # a credential value that must never come back
-
-
-def server_env(settings: Settings) -> dict[str, str]:
-    import os
-
-    return {"SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41", "PATH": os.environ["PATH"]}
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def fails(client: Client, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error, result.structured_content
-    return "".join(getattr(part, "text", "") for part in result.content)
 
 
 @pytest.fixture

@@ -14,14 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_transports import (
     SESSION_DEADLINE,
     authorized,
-    call,
     failed_call,
     http_server,
     remove_agents,
     remove_leftovers,
 )
 
-from conftest import unique_name
+from conftest import call, unique_name
 from spinup.runtime import Event, Runtime, Settings
 from spinup.server.metrics import SpinupMetrics
 

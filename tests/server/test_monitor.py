@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from mcp import Client
 
-from conftest import docker_cli, unique_name
+from conftest import call, docker_cli, unique_name
 from spinup.runtime import Actor, Policy, Runtime, Settings, acting_as
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
@@ -135,13 +134,6 @@ async def test_top_refreshes_until_ctrl_c_and_then_exits_0(runtime: Runtime, set
 async def test_top_rejects_a_bad_interval(settings: Settings) -> None:
     done = await asyncio.to_thread(spinup, settings, "top", "--interval", "0")
     assert done.returncode == 2 and "above 0" in done.stderr
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def test_agent_status_reports_usage_pause_and_running_commands(client: Client, settings: Settings) -> None:

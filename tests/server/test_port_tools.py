@@ -9,23 +9,15 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client
 
-from conftest import unique_name
+from conftest import call, unique_name
 from port_helpers import HTTP_PORT, http_get, start_http
 from spinup.runtime import Runtime
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 async def test_port_tools_forward_list_and_close(client: Client) -> None:

@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import held_open, unique_name
+from conftest import call, fails, held_open, server_env, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.errors import LimitReached
 from spinup.server.app import build_server
@@ -23,19 +23,6 @@ from spinup.server.app import build_server
 SPINUP = str(Path(sys.executable).with_name("spinup"))
 TOKEN = "proc-secret-9d2c71f0aa"
 TICKER = "while true; do date +%s%N; sleep 0.1; done"
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def fails(client: Client, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error, result.structured_content
-    return "".join(getattr(part, "text", "") for part in result.content)
 
 
 async def read_all(client: Client, agent: str, process: str, offset: int, **kw: Any) -> tuple[str, int]:
@@ -66,7 +53,7 @@ async def made(mcp: Client) -> AsyncIterator[str]:
 async def test_a_ticker_is_read_by_offset_without_loss_and_survives_the_server(
     settings: Settings, mcp: Client, made: str
 ) -> None:
-    env = {"SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41", "PATH": os.environ["PATH"]}
+    env = server_env(settings)
     # Started through a stdio server process that then goes away with its session.
     async with Client(StdioServerParameters(command=SPINUP, args=["mcp"], env=env), mode="legacy") as starter:
         started = await call(starter, "process_start", agent=made, command=TICKER, name="ticker")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from conftest import held_open, unique_name
+from conftest import call, fails, held_open, unique_name
 from package_sources import make_wheel
 from spinup.runtime import Runtime, Settings
 from spinup.server.app import build_server
@@ -54,23 +54,6 @@ EXPECTED_TOOLS = {
     "port_list",
     "port_close",
 }
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    """Call a tool that must succeed; return its structured result."""
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def fails(client: Client, tool: str, **arguments: Any) -> str:
-    """Call a tool that must fail; return the error text."""
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error
-    text = result.content[0].text  # type: ignore[union-attr]
-    assert isinstance(text, str)
-    return text
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from mcp import Client, MCPError
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import docker_cli, unique_name
+from conftest import call, docker_cli, server_env, unique_name
 from spinup.runtime import Settings
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
@@ -38,24 +37,11 @@ CORE_TOOLS = {
 }
 
 
-def server_env(settings: Settings) -> dict[str, str]:
-    """What a server subprocess needs: the client passes little of our environment on."""
-    return {"SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41", "PATH": os.environ["PATH"]}
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    content: dict[str, Any] | None = result.structured_content
-    assert content is not None
-    return content
 
 
 async def failed_call(client: Client, tool: str, **arguments: Any) -> str:
