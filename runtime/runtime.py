@@ -479,12 +479,10 @@ class Runtime:
         """Send ``signal`` to the process's whole group (and whatever carries its marker)."""
         bare = parse_signal(signal)
         agent = self._agents.get(name)
-        info = self._processes.get(agent, process_id, await self._agents.machine(agent))
-        if info.state != "running":
-            raise WrongState(f"Process {info.id} is {info.state}: there is nothing to signal.")
         machine = await self._agents.machine(agent)
-        if machine is None or not machine.running:
-            raise WrongState(f"Process {info.id} is lost: its machine is not running.")
+        info = self._processes.get(agent, process_id, machine)
+        if info.state != "running" or machine is None:  # a running process has its machine running
+            raise WrongState(f"Process {info.id} is {info.state}: there is nothing to signal.")
         if machine.paused:
             raise AgentPaused(
                 name, (agent.paused_at or datetime.now(UTC)).isoformat(timespec="seconds"), agent.paused_by
@@ -498,7 +496,7 @@ class Runtime:
         self._db.record_event(
             agent.id, "process-signalled", f"{info.id} SIG{bare} ({sent} processes)", {"id": info.id, "signal": bare}
         )
-        return self._processes.get(agent, info.id, await self._agents.machine(agent))
+        return self._processes.get(agent, info.id, machine)
 
     async def trim_process_output(self) -> int:
         """Bring every running background process back within its output cap (and notice the ended ones);
