@@ -285,7 +285,7 @@ class AgentService:
                 result = await self._capturer.capture(agent, info, label, progress, keep_paused=True)
                 saved = result.snapshot.id if result.created else None
             try:
-                image = await self.snapshots.ensure_image(target, progress)
+                image = await self.snapshots.ensure_image(target, progress, agent.policy.disk)
             except BaseException:
                 if info is not None and info.running and not info.paused:
                     await self.docker.unpause(info.id)  # no restore: the machine goes on
@@ -394,7 +394,7 @@ class AgentService:
                     f"A fork of snapshot {snapshot_id} would run under the policy of {whose}. {exc} Or fork it "
                     f"with a policy this server grants (network='none', user='agent')."
                 ) from exc
-        image = await self.snapshots.ensure_image(source)
+        image = await self.snapshots.ensure_image(source, disk=policy.disk)
         agent = self.db.create_agent(name, source.base_image, policy)
         try:
             self.db.set_head(agent.id, source.id)
@@ -446,7 +446,7 @@ class AgentService:
         """Make the agent's machine: from its head snapshot if it has one, else from its base image."""
         head: Snapshot | None = self.snapshots.get(agent.head_snapshot) if agent.head_snapshot else None
         if head is not None:
-            image = await self.snapshots.ensure_image(head)
+            image = await self.snapshots.ensure_image(head, disk=agent.policy.disk)
             await self._start_from(agent, image, "machine-rehydrated", f"from head snapshot {head.id}")
             return
         await self._require_image(agent.image)
