@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import shutil
 import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
@@ -30,7 +32,7 @@ from .errors import (
     WrongState,
 )
 from .exec import run_command
-from .machines import machine_config, machine_name
+from .machines import agent_cache_dir, machine_config, machine_name
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
 from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, check_granted, is_root
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
@@ -41,6 +43,17 @@ log = logging.getLogger(__name__)
 # How long a call waits for a machine frozen by a snapshot in progress (in this or another Spinup
 # process) before deciding the freeze was left behind by a crash and thawing it.
 FREEZE_WAIT = 30.0
+
+
+
+def _remove_caches(directory: Path) -> None:
+    """Remove an agent's package caches (rmtree never follows a symlink the agent left in them)."""
+
+    def failed(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            log.warning("could not remove %s of a removed agent's package caches: %s", path, exc_info[1])
+
+    shutil.rmtree(directory, onerror=failed)
 
 
 class AgentService:
@@ -428,11 +441,13 @@ class AgentService:
         return hibernated
 
     async def remove(self, name: str) -> Agent:
-        """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
+        """Remove the agent: its machine, its record, its package caches, and its snapshots that no other agent
+        builds on."""
         agent = self.get(name)
         async with self._locks[agent.id]:
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id, ("removed", f"agent {agent.name} and its machine removed"))
+            await asyncio.to_thread(_remove_caches, agent_cache_dir(self.settings, agent))
         self._locks.pop(agent.id, None)
         self._last_used.pop(agent.id, None)
         await self.snapshots.prune_orphans(agent.id)

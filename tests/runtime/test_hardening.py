@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from conftest import docker_cli
-from spinup.runtime import Runtime
+from conftest import docker_cli, unique_name
+from spinup.runtime import Policy, Runtime
 from spinup.runtime.errors import SpinupError
 
 
@@ -98,3 +98,21 @@ async def test_live_diff_returns_when_files_become_a_fifo_and_dev_zero(
         asyncio.gather(*(runtime.diff(root_agent) for _ in range(6)), runtime.exec(root_agent, "true")), 20
     )
     assert all("/w/f" in d.added for d in diffs[:-1]), [d.added for d in diffs[:-1]]
+
+
+async def test_one_agent_cannot_plant_files_in_another_agents_package_caches(runtime: Runtime) -> None:
+    attacker, victim = unique_name("plant"), unique_name("victim")
+    await runtime.create_agent(attacker, policy=Policy(user="root"))
+    await runtime.create_agent(victim)
+    plant = (
+        "for d in /var/cache/spinup/pip /var/cache/spinup/npm /var/cache/apt/archives; do "
+        "mkdir -p $d && echo poison > $d/planted-wheel; done; ls /var/cache/spinup/pip/planted-wheel"
+    )
+    assert (await runtime.exec(attacker, plant)).exit_code == 0
+    await runtime.set_policy(victim, Policy(user="root"))  # so it mounts apt's archives too
+    look = "cat /var/cache/spinup/pip/planted-wheel /var/cache/spinup/npm/planted-wheel"
+    seen = await runtime.exec(victim, f"{look} /var/cache/apt/archives/planted-wheel")
+    assert "poison" not in seen.stdout, seen.stdout
+    # The attacker's own cache still holds what it wrote (it is its cache, across its machines).
+    await runtime.stop_agent(attacker, hibernate=True)
+    assert (await runtime.exec(attacker, "cat /var/cache/spinup/pip/planted-wheel")).stdout == "poison\n"
