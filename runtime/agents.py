@@ -32,7 +32,7 @@ from .errors import (
     WrongState,
 )
 from .exec import run_command
-from .machines import agent_cache_dir, machine_config, machine_name
+from .machines import agent_cache_dir, machine_config, machine_name, prepare_host_dirs
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
 from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, check_granted, is_root
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
@@ -140,6 +140,7 @@ class AgentService:
                     self.db.record_event(agent.id, "machine-missing", f"machine {agent.machine_id[:12]} is gone")
                 await self._create_machine(agent, recreated=agent.machine_id is not None)
             elif not info.running:
+                await asyncio.to_thread(prepare_host_dirs, agent, self.settings)
                 await self.docker.start(info.id)
                 self.db.set_machine(agent.id, info.id, AgentState.RUNNING)
                 self.db.record_event(agent.id, "machine-started", info.id[:12])

@@ -24,7 +24,7 @@ TOOLBOX_MOUNT = "/.spinup/busybox"
 # What an MCP client may put in an agent's policy beyond the defaults, if the operator allows it
 # (SPINUP_MCP_GRANTS). The CLI is the operator's and is never limited by this.
 MCP_GRANTS = ("host-network", "root")
-DEFAULT_MCP_GRANTS = "root"
+DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt) or the host network only if the operator says so
 
 
 def parse_grants(text: str) -> frozenset[str]:
@@ -104,7 +104,7 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        """Package download caches shared by agents (pip, npm)."""
+        """Package download caches, one directory per agent (pip, npm, apt)."""
         return self.home / "cache"
 
     @property

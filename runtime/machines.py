@@ -11,6 +11,7 @@ from typing import Any
 from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, MANAGED_LABEL
 from .errors import SpinupError
+from .host_mounts import guard_in_place, read_only_bind
 from .models import Agent
 from .policy import (
     AGENT_UID,
@@ -45,9 +46,12 @@ def _host_dirs(settings: Settings, agent: Agent, root: bool) -> list[str]:
     the agent. apt's archives are mounted only into root machines (only they run apt).
     """
     binds = []
+    views = settings.home / "mounts"  # read-only views of host directories (see host_mounts)
     settings.sources_dir.mkdir(parents=True, exist_ok=True)
-    binds.append(f"{settings.sources_dir}:{SOURCES_MOUNT}:ro")
+    binds.append(read_only_bind(settings.sources_dir, SOURCES_MOUNT, views))
     if agent.policy.package_cache:
+        settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        guard_in_place(settings.cache_dir, views)  # one nosuid,nodev mount: every agent's caches are bound from it
         own = agent_cache_dir(settings, agent)
         for manager in ("pip", "npm"):
             directory = own / manager
@@ -61,6 +65,12 @@ def _host_dirs(settings: Settings, agent: Agent, root: bool) -> list[str]:
             (archives / "partial").mkdir(parents=True, exist_ok=True)
             binds.append(f"{archives}:{APT_ARCHIVES}")
     return binds
+
+
+def prepare_host_dirs(agent: Agent, settings: Settings) -> None:
+    """Make sure the host directories a machine of ``agent`` binds are there with their flags (before a
+    start of an existing machine: the host's nosuid,nodev mounts do not survive its reboot)."""
+    _host_dirs(settings, agent, is_root(agent.policy))
 
 
 def machine_config(agent: Agent, settings: Settings, image: str, image_env: list[str] | None = None) -> dict[str, Any]:
