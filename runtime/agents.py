@@ -73,11 +73,17 @@ class AgentService:
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
 
-    async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
-        """Create an agent and start its machine. The image must already be in Docker."""
+    async def create(
+        self, name: str, image: str | None = None, policy: Policy | None = None, grants: frozenset[str] | None = None
+    ) -> Agent:
+        """Create an agent and start its machine. The image must already be in Docker. With ``grants`` (an MCP
+        client's) a policy beyond them or past the operator's ceilings is refused."""
         validate_agent_name(name)
         image = image or self.settings.default_image
         policy = policy or Policy()
+        if grants is not None:
+            check_granted(policy, grants)
+            self.settings.ceilings.check_policy(policy, len(self.db.list_agents()))
         check_fits_host(policy, await self.docker.cpu_count())
         await self._require_image(image)
         agent = self.db.create_agent(name, image, policy)
@@ -400,6 +406,7 @@ class AgentService:
         parent = next((a for a in self.db.list_agents() if a.id == source.agent_id), None)
         policy = (policy or (parent.policy if parent else Policy())).updated(network=network, user=user)
         if grants is not None:
+            self.settings.ceilings.check_policy(policy, len(self.db.list_agents()))
             try:
                 check_granted(policy, grants)
             except NotGranted as exc:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ceilings import Ceilings
 from .errors import InvalidInput
 
 DEFAULT_IMAGE = "spinup/base:bookworm"
@@ -98,6 +99,8 @@ class Settings:
     exec_logs_bytes: int = field(
         default_factory=lambda: int(os.environ.get("SPINUP_EXEC_LOGS_BYTES") or DEFAULT_EXEC_LOGS_BYTES)
     )
+    # The most one request may ask of the host (SPINUP_MAX_*, SPINUP_MCP_MAX_*, SPINUP_STORE_QUOTA).
+    ceilings: Ceilings = field(default_factory=Ceilings.from_env)
     # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
     # which the process kills itself with SIGKILL. Empty: none.
     crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))

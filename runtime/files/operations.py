@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Literal
 
+from ..ceilings import Ceilings
 from ..docker import DockerBackend
 from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
 from .access import AccessCheck, FileAccess, drop, passed
@@ -43,6 +44,7 @@ class Files:
         write_guard: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] | None = None,
         record: Callable[[str, str, dict[str, Any]], None] | None = None,
+        ceilings: Ceilings | None = None,
     ) -> None:
         self.docker = docker
         self.machine_id = machine_id
@@ -55,6 +57,7 @@ class Files:
         self._on_written = on_written
         # Told of each change a caller made: (event kind, detail, data), e.g. ("file-written", ...).
         self._record = record or (lambda kind, detail, data: None)
+        self.ceilings = ceilings or Ceilings()
 
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
@@ -94,7 +97,9 @@ class Files:
         quick = self._check.known(real)
         check = None if quick else self._check.soon(real, "read")
         try:
-            data, returned, eof, size, owner = await self._archive.read_range(path, real, offset, limit, unit)
+            data, returned, eof, size, owner = await self._archive.read_range(
+                path, real, offset, limit, unit, self.ceilings.check_read
+            )
             if quick and not self._check.bits_allow(owner, 4):
                 await self._check.require(real, "read")  # perhaps a group the quick check does not know
             await passed(check)
@@ -239,7 +244,9 @@ class Files:
             real, st = await self._paths.resolve(path)
             if not st.is_dir:
                 raise NotADirectory(path)
-            entries, cut = await self._archive.entries(path, real, recursive, pattern, max_entries)
+            entries, cut = await self._archive.entries(
+                path, real, recursive, pattern, max_entries, self.ceilings.list_bytes, self.ceilings.list_past
+            )
             await passed(check)
         finally:
             drop(check)

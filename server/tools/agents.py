@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from spinup.runtime import Policy, check_granted
+from spinup.runtime import Policy
 
 from ..schemas import (
     AgentInfo,
@@ -56,8 +56,7 @@ def register(reg: Registrar) -> None:
         with no network, as a non-root user, with resource limits, unless the arguments say otherwise."""
         runtime = get_runtime()
         policy = Policy().updated(network=network, user=user, cpus=cpus, memory=memory, pids=pids, disk=disk)
-        check_granted(policy, grants)
-        return AgentInfo.of(await runtime.create_agent(name, image, policy))
+        return AgentInfo.of(await runtime.create_agent(name, image, policy, grants))
 
     # Annotations are strings here (postponed evaluation) and resolve against module globals only:
     # the grant-dependent descriptions go in as objects.
