@@ -333,7 +333,7 @@ async def test_secrets_set_through_mcp_are_listed_bound_used_and_never_shown(
 ) -> None:
     value = "sk-live-0123456789abcdef"
     created = await call(client, "secret_set", name="API_KEY", value=value)
-    assert created["name"] == "API_KEY" and len(created["fingerprint"]) == 8 and value not in str(created)
+    assert created["name"] == "API_KEY" and "fingerprint" not in created and value not in str(created)
     assert "already exists" in await fails(client, "secret_set", name="API_KEY", value="another-value")
     assert "GITHUB_TOKEN" in await fails(client, "secret_set", name="bad name", value="whatever")
     operator = Runtime(settings)
