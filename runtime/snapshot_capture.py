@@ -100,7 +100,7 @@ def check_layer_size(agent: Agent, sizes: dict[str, int]) -> None:
     if limit is None or total <= limit:
         return
     largest = sorted(sizes.items(), key=lambda item: item[1], reverse=True)[:3]
-    named = ", ".join(f"/{path} ({readable_size(size)})" for path, size in largest)
+    named = ", ".join(f"{'' if path.startswith('(') else '/'}{path} ({readable_size(size)})" for path, size in largest)
     raise LimitReached(
         f"Agent '{agent.name}' cannot be snapshotted: the files it changed add up to {readable_size(total)} "
         f"(sparse files counted whole, as a restore writes them), past its disk limit of {format_size(limit)}. "
@@ -300,6 +300,12 @@ class SnapshotCapture:
                 "Docker refuses images deeper than 125 layers. `spinup agent rebuild %s --image %s` starts afresh.",
                 job.agent.name, job.head.id, job.head.layers, job.agent.name, job.agent.image,
             )  # fmt: skip
+        disk = job.agent.policy.disk
+        if disk is not None:
+            # The toolbox's tar reads sparse files whole: weigh the layer first (Docker counts apparent sizes).
+            used = await self.docker.writable_size(job.machine.id)
+            if used > disk:
+                check_layer_size(job.agent, {"(the machine's writable layer)": used})
         current = await api_capture.changed_paths(self.docker, job.machine.id)
         layer_plan = api_capture.plan_from_changes(job.previous, current)
         if job.head is not None and layer_plan.empty and job.previous is not None:

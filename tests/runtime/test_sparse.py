@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from conftest import docker_cli, unique_name
-from spinup.runtime import Policy, Runtime
+from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.errors import LimitReached
 from spinup.runtime.snapshots import snapshot_tag
 
@@ -72,3 +73,19 @@ async def test_a_restore_is_refused_before_loading_a_layer_that_expands_past_the
     assert time.monotonic() - started < 10
     assert "3.0 GiB" in str(refused.value) or "3 GiB" in str(refused.value), str(refused.value)
     assert docker_cli("image", "inspect", snapshot_tag(captured.id), check=False).returncode != 0
+
+
+async def test_a_capture_through_the_docker_api_refuses_a_sparse_bomb_before_reading_it(settings: Settings) -> None:
+    runtime = Runtime(replace(settings, capture_mode="api"))
+    try:
+        name = unique_name("sparse")
+        await runtime.create_agent(name, policy=Policy(disk="1g"))
+        assert (await runtime.exec(name, "truncate -s 3G /workspace/bomb")).exit_code == 0
+        started = time.monotonic()
+        with pytest.raises(LimitReached, match="disk limit"):
+            await asyncio.wait_for(runtime.snapshot(name), 30)
+        assert time.monotonic() - started < 10
+    finally:
+        for agent in runtime.list_agents():
+            await runtime.remove_agent(agent.name)
+        await runtime.close()
