@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from package_sources import make_wheel, serve_index
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.config import DEFAULT_IMAGE
+from spinup.runtime.host_mounts import release_below
 
 BENCH_LABEL = "spinup.bench"
 DOCKER_ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
@@ -117,6 +118,7 @@ async def bench(rounds: int, wheel_count: int) -> dict[str, Any]:
         await runtime.close()
         server.shutdown()
         await asyncio.to_thread(subprocess.run, ["docker", "rmi", other_base], capture_output=True, env=DOCKER_ENV)
+        release_below(home)  # the nosuid,nodev mounts made for machines
         shutil.rmtree(home, ignore_errors=True)
     return {key: [round(v, 3) for v in values] for key, values in samples.items()}
 

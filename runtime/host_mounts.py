@@ -98,3 +98,16 @@ def read_only_bind(source: Path, target: str, views: Path) -> str:
     if _locked_guard(source, point, True, views):
         return f"{point}:{target}"
     return f"{source}:{target}:ro"
+
+
+def release_below(root: Path) -> int:
+    """Detach (lazily) the mounts made here under ``root``, for a state directory about to be deleted;
+    returns how many. Machines that still run keep their own copies of them."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        points = [_unescape(line.split(" ", 6)[4]) for line in mountinfo]
+    released = 0
+    for point in reversed(points):  # the last mounted first
+        if point.startswith(f"{root}/"):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=_MOUNT_TIMEOUT)
+            released += 1
+    return released

@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 
 from spinup.runtime import Event, Policy, Runtime, Settings
+from spinup.runtime.host_mounts import release_below
 from spinup.server.app import build_server
 from spinup.snapshot.store import Store
 
@@ -78,15 +79,6 @@ def unique_name(prefix: str = "a") -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-def _unmount_below(root: Path) -> None:
-    """Detach the nosuid,nodev mounts Spinup made for machines under ``root`` (test state directories)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        points = [line.split()[4] for line in mountinfo]
-    for point in reversed(points):
-        if point.startswith(f"{root}/"):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _docker_and_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     probe = docker_cli("info", "--format", "{{.ServerVersion}}", check=False)
@@ -99,7 +91,7 @@ def _docker_and_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     images = docker_cli("images", "-q", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
     if images:
         docker_cli("rmi", "-f", *sorted(set(images)), check=False)
-    _unmount_below(tmp_path_factory.getbasetemp())
+    release_below(tmp_path_factory.getbasetemp())  # the nosuid,nodev mounts made for machines
 
 
 @pytest.fixture
