@@ -22,7 +22,7 @@ import pytest
 
 from conftest import docker_cli, unique_name
 from spinup.runtime import Policy, Runtime
-from spinup.runtime.errors import SpinupError
+from spinup.runtime.errors import PermissionDenied, SpinupError
 
 
 def _on_scandir(monkeypatch: pytest.MonkeyPatch, prefix: str, move: Callable[[], None]) -> threading.Event:
@@ -155,3 +155,14 @@ async def test_a_setuid_file_planted_in_a_host_mounted_cache_is_not_setuid_on_th
         assert {"nosuid", "nodev"} <= set(line.split()[5].split(",")), line
     sources = next(m for m in mounts if m.split()[4] == "/spinup/sources")
     assert "ro" in sources.split()[5].split(","), sources
+
+
+async def test_file_stat_tells_a_non_root_agent_nothing_its_user_cannot_see(runtime: Runtime, agent: str) -> None:
+    assert (await runtime.exec(agent, "stat /root/.bashrc")).exit_code != 0  # /root is root's alone
+    files = await runtime.files(agent)
+    with pytest.raises(PermissionDenied):
+        await files.stat("/root/.bashrc")
+    with pytest.raises(PermissionDenied):
+        await files.exists("/root/.bashrc")
+    assert (await files.stat("/etc/passwd")).type == "file"
+    assert await files.exists("/workspace")
