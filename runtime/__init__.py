@@ -31,7 +31,7 @@ from .processes import ProcessInfo, ProcessOutput
 from .rebuild import Reinstalled
 from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
 from .secrets import SecretListing, redact_stored
-from .snapshots import CaptureResult, GcResult, ProgressFn, VerifyReport
+from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, VerifyReport
 from .usage import AgentOverview, ResourceUse
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "GcResult",
     "InstallResult",
     "InvalidInput",
+    "MigrateResult",
     "OutsideBinding",
     "PackageEntry",
     "PackageManager",

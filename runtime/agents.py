@@ -68,6 +68,7 @@ class AgentService:
         check_fits_host(policy, await self.docker.cpu_count())
         await self._require_image(image)
         agent = self.db.create_agent(name, image, policy)
+        self.snapshots.bases.soon((await self.docker.image_inspect(image)).id)  # before its first snapshot
         try:
             return await self.wake(name)
         except BaseException:

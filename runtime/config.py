@@ -43,6 +43,17 @@ def parse_grants(text: str) -> frozenset[str]:
     return frozenset(words)
 
 
+def default_base_cache() -> Path | None:
+    """The host-wide base cache: ``$SPINUP_BASE_CACHE`` (empty or ``off``: none), else
+    ``$XDG_CACHE_HOME/spinup/base-images``, else ``~/.cache/spinup/base-images``."""
+    explicit = os.environ.get("SPINUP_BASE_CACHE")
+    if explicit is not None:
+        return None if explicit.strip().lower() in ("", "off", "none") else Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "spinup" / "base-images"
+
+
 def default_home() -> Path:
     """The state directory: ``$SPINUP_HOME``, else ``$XDG_DATA_HOME/spinup``, else ``~/.local/share/spinup``."""
     explicit = os.environ.get("SPINUP_HOME")
@@ -98,6 +109,9 @@ class Settings:
     exec_logs_bytes: int = field(
         default_factory=lambda: int(os.environ.get("SPINUP_EXEC_LOGS_BYTES") or DEFAULT_EXEC_LOGS_BYTES)
     )
+    # Where base images' layers are stored once per host (an OCI image layout), hard-linked into every
+    # state directory's snapshot store on the same filesystem. None: each store keeps its own copy.
+    base_cache: Path | None = field(default_factory=default_base_cache)
     # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
     # which the process kills itself with SIGKILL. Empty: none.
     crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))

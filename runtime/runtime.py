@@ -38,7 +38,7 @@ from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
 from .secrets import SecretListing, SecretService
-from .snapshots import CaptureResult, GcResult, ProgressFn, SnapshotService, VerifyReport
+from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, SnapshotService, VerifyReport
 from .state import StateDB
 from .usage import AgentOverview, ResourceUse, UsageMeter
 
@@ -126,6 +126,7 @@ class Runtime:
         self._ports.close_all("the Spinup process that made it closed its runtime")
         await self._agents.drain()
         await self._quota.drain()
+        await self._snapshots.bases.drain()
         remove_log_redactor(self._secrets.redact)
         await self._docker.close()
         self._db.close()
@@ -664,9 +665,14 @@ class Runtime:
         """Remove unreferenced blobs and interrupted writes from the store (safe while snapshots are taken)."""
         return await self._snapshots.gc()
 
-    async def export_snapshot(self, snapshot_id: str, destination: Path) -> int:
-        """Write a ``docker save`` archive of the snapshot (base image included); returns its size in bytes."""
-        return await self._snapshots.export(self._snapshots.get(snapshot_id), destination)
+    async def export_snapshot(self, snapshot_id: str, destination: Path, format: str = "docker") -> int:
+        """Write the snapshot (base image included) as a ``docker save`` archive (``docker``) or an OCI archive
+        (``oci``); returns its size in bytes."""
+        return await self._snapshots.export(self._snapshots.get(snapshot_id), destination, format)
+
+    async def migrate_store(self, progress: ProgressFn | None = None) -> MigrateResult:
+        """Rewrite snapshots taken before base images were stored so they list their base layers (resumable)."""
+        return await self._snapshots.migrate(progress)
 
     # credentials
 

@@ -37,6 +37,7 @@ from .docker import DockerBackend, ImageInfo, MachineInfo
 from .errors import DockerFailure, SpinupError
 from .models import Agent, Snapshot, readable_size
 from .policy import exec_user
+from .snapshot_bases import BaseImages
 from .snapshot_images import SNAP_REPO, ProgressFn, snapshot_tag
 from .state import StateDB
 
@@ -110,11 +111,14 @@ def _holding_store_lock(
 class SnapshotCapture:
     """Captures snapshots of agents' machines into the snapshot store and records them."""
 
-    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend, snapshot_store: SnapshotStore) -> None:
+    def __init__(
+        self, settings: Settings, db: StateDB, docker: DockerBackend, snapshot_store: SnapshotStore, bases: BaseImages
+    ) -> None:
         self.settings = settings
         self.db = db
         self.docker = docker
         self.snapshot_store = snapshot_store
+        self.bases = bases
         self._base_images: dict[str, BaseImage] = {}
 
     async def capture(
@@ -131,7 +135,8 @@ class SnapshotCapture:
         changes between the snapshot and the machine's replacement (restore, policy change).
         """
         started = time.monotonic()
-        await self.prepare_base(agent.image)
+        base = await self.prepare_base(agent.image)
+        await self.bases.ensure(base.id, progress)  # the first snapshot on a base image stores its layers
         upper = self.readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self.head_index(head, machine)
