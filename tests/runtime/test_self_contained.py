@@ -11,14 +11,17 @@ import io
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import tarfile
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, TEST_LABEL, docker_cli, store_of, unique_name
+from conftest import DOCKER_ENV, RUN_ID, TEST_LABEL, docker_cli, store_of, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.snapshots import snapshot_tag
 from spinup.snapshot.base import is_base
@@ -65,16 +68,17 @@ def _rootfs(marker: str) -> bytes:
     return buffer.getvalue()
 
 
-def _import(tag: str, marker: str) -> str:
-    """Import a tiny base image under ``tag``; returns its id."""
+def _import(tag: str, marker: str, host: str = "") -> str:
+    """Import a tiny base image under ``tag`` (into the daemon at ``host``, else the shared one); returns its id."""
+    daemon = ["-H", host] if host else []
     subprocess.run(
-        ["docker", "import", "-c", f"LABEL {TEST_LABEL}={RUN_ID}", "-", tag],
+        ["docker", *daemon, "import", "-c", f"LABEL {TEST_LABEL}={RUN_ID}", "-", tag],
         input=_rootfs(marker),
         check=True,
         capture_output=True,
-        env={**os.environ, "DOCKER_API_VERSION": "1.41"},
+        env={**os.environ, **DOCKER_ENV},
     )
-    return docker_cli("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    return docker_cli(*daemon, "image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
 
 
 @pytest.fixture
@@ -186,6 +190,10 @@ async def test_umoci_and_skopeo_read_a_snapshot_as_the_full_tree_of_the_live_mac
     unpacked = _tree_listing(tmp_path / "bundle" / "rootfs")
 
     assert unpacked == live
+    archive = tmp_path / "snapshot.tar"
+    assert await runtime.export_snapshot(snapshot.id, archive, "oci") == archive.stat().st_size
+    from_archive = json.loads(_tool("skopeo", "inspect", f"oci-archive:{archive}:{snapshot.id}"))
+    assert from_archive["Layers"] == inspected["Layers"], "the OCI archive holds the same image, base included"
     assert "/opt/keep/b" not in unpacked and "/opt/replace/old" not in unpacked
     assert unpacked["/opt/link"][5] == "../keep/a" and unpacked["/workspace/proj"][0] == "regular file"
 
@@ -234,3 +242,56 @@ async def test_migrate_makes_older_snapshots_list_their_base_and_a_rerun_changes
     await runtime.stop_agent(name, hibernate=True)
     docker_cli("rmi", "-f", snapshot_tag(second.id), tiny_image)
     assert (await _run(runtime, name, "cat /workspace/old /workspace/older")) == "old\nolder\n"
+
+
+@pytest.fixture
+def second_daemon(tmp_path: Path) -> Iterator[str]:
+    """A Docker daemon of this test's own (its own data, exec root, pid file and socket): its images
+    may be pruned without touching the shared daemon's. Yields its DOCKER_HOST."""
+    root = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))  # short: unix socket paths are limited
+    host = f"unix://{root}/docker.sock"
+    log = open(tmp_path / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    daemon = subprocess.Popen(
+        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(root / "docker.pid"), "-H", host, "--bridge=none", "--iptables=false"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while docker_cli("-H", host, "info", check=False).returncode != 0:
+            assert daemon.poll() is None, (tmp_path / "dockerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the second daemon did not answer in 60 s"
+            time.sleep(0.2)
+        yield host
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_an_agent_wakes_after_docker_system_prune_all_on_its_daemon(
+    settings: Settings, second_daemon: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = f"spinup-test/tiny:{RUN_ID}-prune"
+    _import(tag, "pruned base\n", second_daemon)
+    monkeypatch.setenv("DOCKER_HOST", second_daemon)
+    runtime = Runtime(settings)
+    name = unique_name()
+    try:
+        await runtime.create_agent(name, image=tag, policy=ROOT)
+        await _run(runtime, name, "echo survived > /workspace/note && rm /opt/keep/a")
+        await runtime.stop_agent(name, hibernate=True)
+        docker_cli("-H", second_daemon, "system", "prune", "-a", "-f")
+        assert docker_cli("-H", second_daemon, "images", "-q").stdout.strip() == "", "the daemon has no image left"
+
+        assert await _run(runtime, name, "cat /workspace/note /etc/base-marker; ls /opt/keep") == (
+            "survived\npruned base\nb\n"
+        )
+    finally:
+        await runtime.remove_agent(name)
+        await runtime.close()
