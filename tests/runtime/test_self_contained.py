@@ -25,7 +25,7 @@ from conftest import DOCKER_ENV, RUN_ID, TEST_LABEL, docker_cli, store_of, uniqu
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.snapshots import snapshot_tag
 from spinup.snapshot.base import is_base
-from spinup.snapshot.oci import BASE_LAYERS, MANIFEST_MEDIA_TYPE, REF_NAME
+from spinup.snapshot.oci import BASE_ID, BASE_LAYERS, MANIFEST_MEDIA_TYPE, REF_NAME
 
 APPLETS = ("sh", "cat", "echo", "ln", "ls", "mkdir", "rm", "find", "stat", "readlink", "sort", "mv", "cp")
 ROOT = Policy(user="root")
@@ -123,6 +123,10 @@ async def test_an_agent_wakes_after_docker_lost_its_base_image_and_its_tag_was_r
 
     listing = await _run(runtime, name, "cat /workspace/note /etc/base-marker; ls /opt/keep; readlink /workspace/link")
     assert listing.split("\n") == ["kept", *marker.strip().split("\n"), "a", "/opt/keep/a", ""]
+    # The woken agent goes on snapshotting, on the base image its files build on (not the tag's new one).
+    await _run(runtime, name, "echo later > /workspace/later")
+    later = (await runtime.snapshot(name, "after the wake")).snapshot
+    assert store_of(runtime).get_json(later.manifest_digest)["annotations"][BASE_ID] == base_id
 
 
 def _live_listing(output: str) -> dict[str, tuple[str, ...]]:
