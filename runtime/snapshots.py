@@ -33,6 +33,7 @@ from .snapshot_bases import BaseImages
 from .snapshot_capture import CaptureResult, SnapshotCapture, crash_hook
 from .snapshot_images import ProgressFn, SnapshotImages, snapshot_tag
 from .snapshot_migrate import MigrateResult, migrate
+from .snapshot_transfer import SnapshotTransfer
 from .state import StateDB
 
 __all__ = ["CaptureResult", "MigrateResult", "ProgressFn", "SnapshotService", "snapshot_tag"]
@@ -53,6 +54,7 @@ class SnapshotService:
         self.bases = BaseImages(docker, self.snapshot_store)
         self.capturer = SnapshotCapture(settings, db, docker, self.snapshot_store, self.bases)
         self._images = SnapshotImages(docker, self.snapshot_store)
+        self.transfer = SnapshotTransfer(settings, self.snapshot_store)
 
     # materialize
 

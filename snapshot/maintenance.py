@@ -47,12 +47,14 @@ class VerifyReport:
 
 
 def referenced_blobs(store: Store, manifest: Descriptor) -> list[str]:
-    """Every blob a manifest needs: itself, its config, its layers (the base image's too), its file index."""
+    """Every blob a manifest needs: itself, its config, its layers (the base image's too), and its file index
+    chain as far as the store holds it (a snapshot pulled from a registry comes without one: the index only
+    speeds up the next capture of the machine it was taken from)."""
     raw = store.get_json(manifest)
     digests = [manifest.digest, raw["config"]["digest"]]
     digests += [layer["digest"] for layer in raw.get("layers", [])]
     index_digest = raw.get("annotations", {}).get(INDEX)
-    while index_digest:  # a delta index needs the chain of indexes below it
+    while index_digest and store.has_blob(index_digest):  # a delta index needs the chain of indexes below it
         digests.append(index_digest)
         with store.open_blob(index_digest) as reader:
             index_digest = parse(reader.read()).get("base")

@@ -54,7 +54,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hex(digest: str) -> str:
+def digest_hex(digest: str) -> str:
+    """The hex part of a sha256 digest; :class:`StoreError` if it is malformed."""
     algorithm, _, hexpart = digest.partition(":")
     if algorithm != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
         raise StoreError(f"Malformed digest {digest!r}: expected sha256:<64 hex digits>.")
@@ -189,7 +190,7 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob with ``digest`` lives (it may not exist)."""
-        return self.root / "blobs" / "sha256" / _hex(digest)
+        return self.root / "blobs" / "sha256" / digest_hex(digest)
 
     def blob_size(self, digest: str) -> int:
         """The size of a stored blob; :class:`BlobMissing` if absent."""

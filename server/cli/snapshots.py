@@ -96,6 +96,15 @@ async def export(rt: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+async def push(rt: Runtime, args: argparse.Namespace) -> int:
+    pushed = await rt.push_snapshot(
+        args.source, args.ref, insecure=args.insecure, credential=args.credential, progress=progress_printer()
+    )
+    print(f"pushed {pushed.snapshot_id} to {pushed.ref} ({pushed.digest})", file=sys.stderr)
+    print_json({"snapshot": pushed.snapshot_id, "ref": pushed.ref, "digest": pushed.digest})
+    return 0
+
+
 async def migrate(rt: Runtime, args: argparse.Namespace) -> int:
     result = await rt.migrate_store(progress_printer())
     for snapshot_id, reason in result.skipped.items():
@@ -136,6 +145,11 @@ def register(sub: SubParsers) -> None:
     exported.add_argument(
         "--format", choices=("docker", "oci"), default="docker", help="docker: for docker load; oci: an OCI archive"
     )
+    pushed = snap_sub.add_parser("push", help="push a snapshot (or an agent's head) to an OCI registry")
+    pushed.add_argument("source", metavar="SNAPSHOT|AGENT")
+    pushed.add_argument("ref", help="host[:port]/path[:tag], such as registry.example.com/team/agent:v1")
+    pushed.add_argument("--insecure", action="store_true", help="plain HTTP, for a registry on loopback only")
+    pushed.add_argument("--credential", help="a secret holding the registry's user:password")
     snap_sub.add_parser("migrate", help="store base images and make older snapshots list their layers (resumable)")
     dispatch(
         snap,
@@ -152,5 +166,6 @@ def register(sub: SubParsers) -> None:
             "gc": collect,
             "export": export,
             "migrate": migrate,
+            "push": push,
         },
     )

@@ -46,7 +46,7 @@ def _rootfs(marker: str) -> bytes:
                 info.type, info.linkname = tarfile.SYMTYPE, link
                 tar.addfile(info)
             elif data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
                 tar.addfile(info)
             else:
                 info.size = len(data)
