@@ -23,7 +23,7 @@ TOOLBOX_MOUNT = "/.spinup/busybox"
 
 # What an MCP client may put in an agent's policy beyond the defaults, if the operator allows it
 # (SPINUP_MCP_GRANTS). The CLI is the operator's and is never limited by this.
-MCP_GRANTS = ("host-network", "root")
+MCP_GRANTS = ("host-network", "root", "registry")
 DEFAULT_MCP_GRANTS = "root"
 
 

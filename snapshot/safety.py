@@ -17,10 +17,11 @@ def _normal(name: str) -> str:
     return posixpath.normpath("/" + name.removeprefix("./")).lstrip("/")
 
 
-def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> None:
+def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer", allow_devices: bool = False) -> None:
     """Raise :class:`UnsafeLayer` for the first dangerous entry.
 
-    Refused: absolute names, names with '..', device nodes (FIFOs are fine), hard links that leave the
+    Refused: absolute names, names with '..', device nodes (FIFOs are fine; ``allow_devices`` admits them
+    in a base image's layers, which often carry ``/dev/console`` and the like), hard links that leave the
     layer root, any entry whose path goes through a symlink the same layer created (the
     classic "symlink, then write through it" escape), and extended attributes outside the
     namespaces capture records (``trusted.overlay.*`` would steer the overlay filesystem).
@@ -38,7 +39,7 @@ def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> N
                     )
         if raw.startswith("/") or any(part == ".." for part in raw.split("/")):
             raise UnsafeLayer(f"{layer}: entry {raw!r} escapes the layer root (absolute path or '..').")
-        if member.ischr() or member.isblk():
+        if (member.ischr() or member.isblk()) and not allow_devices:
             raise UnsafeLayer(f"{layer}: entry {raw!r} is a device node; layers may not create devices.")
         name = _normal(raw)
         base = posixpath.basename(name)

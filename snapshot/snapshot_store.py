@@ -288,7 +288,9 @@ class SnapshotStore:
                     f"(docker load), then run `spinup snapshot migrate` so it is never needed again."
                 )
             base_layers = list(stored.layers)
-        for layer in [*base_layers, *layers] if with_base else layers:
+        for layer in base_layers if with_base else []:  # a base image may make device nodes, as Docker's do
+            check_members(layer_members(self.store, layer), f"base layer {layer.digest[:19]} of {name}", True)
+        for layer in layers:
             check_members(layer_members(self.store, layer), f"layer {layer.digest[:19]} of {name}")
         diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         return SaveImage(

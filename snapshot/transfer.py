@@ -115,7 +115,7 @@ def check_manifest(raw: bytes) -> Pulled:
     return Pulled(raw, digest, manifest, snapshot_id, config, layers, int(count))
 
 
-def _check_layer(staging: Store, layer: Descriptor, what: str) -> None:
+def _check_layer(staging: Store, layer: Descriptor, what: str, base: bool) -> None:
     """Digest, exact uncompressed size and diff id, and safe entries, of one staged layer blob."""
     annotations = layer.annotations or {}
     declared = int(annotations[oci.UNCOMPRESSED_SIZE])
@@ -124,7 +124,7 @@ def _check_layer(staging: Store, layer: Descriptor, what: str) -> None:
         hashed = _Counted(reader, declared, what)
         try:
             with tarfile.open(fileobj=hashed, mode="r|") as tar:  # type: ignore[call-overload]
-                check_members(tar, what)
+                check_members(tar, what, allow_devices=base)
             while hashed.read(_CHUNK):  # the tar's padding, to the end of the stream
                 pass
         except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
@@ -171,7 +171,7 @@ def admit(store: Store, staging: Store, pulled: Pulled) -> Descriptor:
     for i, layer in enumerate(pulled.layers):
         if layer in missing:
             try:
-                _check_layer(staging, layer, f"layer {i} ({layer.digest[:19]})")
+                _check_layer(staging, layer, f"layer {i} ({layer.digest[:19]})", i < pulled.base_layers)
             except UnsafeLayer as exc:
                 raise _refuse(str(exc)) from exc
     for descriptor in missing:

@@ -9,16 +9,19 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mcp import Client
 from test_self_contained import ROOT, _run, tiny_image  # noqa: F401 - the fixture is used by name
 
-from conftest import RUN_ID, TEST_LABEL, docker_cli, store_of, unique_name
+from conftest import RUN_ID, TEST_LABEL, call, docker_cli, fails, held_open, store_of, unique_name
 from spinup.runtime import InvalidInput, PackageEntry, Runtime, Settings
 from spinup.runtime.registry import parse_ref
 from spinup.runtime.snapshots import snapshot_tag
+from spinup.server.app import build_server
 
 
 @pytest.fixture
@@ -116,3 +119,23 @@ def test_plain_http_is_only_for_a_loopback_registry_and_a_reference_is_checked()
     for bad in ("../etc/passwd", "host/Team/agent", "host/a:b:c", "-host/a"):
         with pytest.raises(InvalidInput, match="Invalid image reference"):
             parse_ref(bad)
+
+
+async def test_mcp_clients_push_and_pull_only_when_the_operator_grants_registry(
+    runtime: Runtime, settings: Settings, tiny_image: str, registry: tuple[str, Path]  # noqa: F811
+) -> None:
+    host, _ = registry
+    name = unique_name()
+    await runtime.create_agent(name, image=tiny_image, policy=ROOT)
+    head = (await runtime.snapshot(name)).snapshot
+    ref = f"{host}/mcp/{name}:v1"
+    async with held_open(Client(build_server(settings))) as client:
+        assert "SPINUP_MCP_GRANTS" in await fails(client, "snapshot_push", agent=name, ref=ref, insecure=True)
+        assert "SPINUP_MCP_GRANTS" in await fails(client, "agent_pull", ref=ref, insecure=True)
+    granted = replace(settings, mcp_grants=frozenset({"root", "registry"}))
+    async with held_open(Client(build_server(granted))) as client:
+        pushed = await call(client, "snapshot_push", agent=name, ref=ref, insecure=True)
+        assert pushed["digest"] == head.manifest_digest and pushed["snapshot"] == head.id
+        assert "loopback" in await fails(client, "snapshot_push", agent=name, ref="example.com/a/b", insecure=True)
+        pulled = await call(client, "agent_pull", ref=ref, name=unique_name("p"), insecure=True)
+        assert pulled["head_snapshot"] == head.id

@@ -52,9 +52,12 @@ def _rootfs(marker: str) -> bytes:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
 
-        dirs = ("bin", "sbin", "etc", "opt", "opt/keep", "opt/replace", "opt/replace/sub", "workspace", "tmp")
+        dirs = ("bin", "sbin", "dev", "etc", "opt", "opt/keep", "opt/replace", "opt/replace/sub", "workspace", "tmp")
         for directory in dirs:
             add(directory)
+        console = tarfile.TarInfo("dev/console")  # base images carry device nodes (Debian's rootfs does)
+        console.type, console.devmajor, console.devminor, console.mode = tarfile.CHRTYPE, 5, 1, 0o600
+        tar.addfile(console)
         add("bin/busybox", Path("/bin/busybox").read_bytes(), mode=0o755)
         for applet in APPLETS:
             add(f"bin/{applet}", link="busybox")
