@@ -211,3 +211,18 @@ def test_a_base_config_bigger_than_any_image_config_is_refused(tmp_path: Path, m
     monkeypatch.setattr(base_module, "MAX_CONFIG", 100)
     with pytest.raises(StoreError, match="more than an image config may be"):
         import_save(Store(tmp_path / "store"), IMAGE_ID, io.BytesIO(SAVED))
+
+
+def test_without_a_base_cache_a_store_keeps_its_own_base_and_with_one_links_the_caches(tmp_path: Path) -> None:
+    alone = SnapshotStore(Store(tmp_path / "alone"))
+    stored = alone.import_base(IMAGE_ID, io.BytesIO(SAVED))
+    assert find_base(alone.store, IMAGE_ID) == stored and (alone.store.root / "locks").is_dir() is False
+
+    cache = Store(tmp_path / "cache")
+    shared = SnapshotStore(Store(tmp_path / "shared"), cache=cache)
+    with shared.importing_base(IMAGE_ID):
+        linked = shared.import_base(IMAGE_ID, io.BytesIO(SAVED))
+    assert find_base(cache, IMAGE_ID) is not None, "the cache holds it for every store on the host"
+    layer = linked.layers[0]
+    assert shared.store.blob_path(layer.digest).stat().st_ino == cache.blob_path(layer.digest).stat().st_ino
+    assert (cache.root / "locks").is_dir(), "the import lock lives in the cache"
