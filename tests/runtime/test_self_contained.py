@@ -7,6 +7,7 @@ never the shared ``spinup/base:bookworm``, which other tests and processes use.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -24,8 +25,9 @@ import pytest
 from conftest import DOCKER_ENV, RUN_ID, TEST_LABEL, docker_cli, store_of, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.snapshots import snapshot_tag
-from spinup.snapshot.base import is_base
+from spinup.snapshot.base import find_base, is_base
 from spinup.snapshot.oci import BASE_ID, BASE_LAYERS, MANIFEST_MEDIA_TYPE, REF_NAME
+from spinup.snapshot.store import Store
 
 APPLETS = ("sh", "cat", "echo", "ln", "ls", "mkdir", "rm", "find", "stat", "readlink", "sort", "mv", "cp")
 ROOT = Policy(user="root")
@@ -302,3 +304,29 @@ async def test_an_agent_wakes_after_docker_system_prune_all_on_its_daemon(
     finally:
         await runtime.remove_agent(name)
         await runtime.close()
+
+
+async def test_two_state_directories_snapshotting_at_once_on_a_new_base_share_one_stored_copy(
+    tiny_image: str, tmp_path: Path
+) -> None:
+    cache = tmp_path / "shared-cache"
+    runtimes = [
+        Runtime(Settings(home=tmp_path / f"home-{i}", label_extra={TEST_LABEL: RUN_ID}, base_cache=cache))
+        for i in range(2)
+    ]
+    names = [unique_name() for _ in runtimes]
+    try:
+        for runtime, name in zip(runtimes, names, strict=True):
+            await runtime.create_agent(name, image=tiny_image, policy=ROOT)
+        results = await asyncio.gather(*(rt.snapshot(n) for rt, n in zip(runtimes, names, strict=True)))
+        assert all(result.created for result in results)
+        assert len([d for d in Store(cache).manifests() if is_base(d)]) == 1, "one copy in the cache"
+        base_id = str(store_of(runtimes[0]).get_json(results[0].snapshot.manifest_digest)["annotations"][BASE_ID])
+        bases = [find_base(store_of(rt), base_id) for rt in runtimes]
+        assert bases[0] is not None and bases[1] is not None and bases[0].layers == bases[1].layers
+    finally:
+        for runtime in runtimes:
+            for agent in runtime.list_agents():
+                await runtime.remove_agent(agent.name)
+            await runtime.close()
+
