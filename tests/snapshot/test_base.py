@@ -169,6 +169,10 @@ def test_a_snapshot_from_before_base_images_were_stored_is_upgraded_to_list_them
     )
     snapshots.store.add_manifest(legacy)
     assert not snapshots.is_current(legacy.digest)
+    whole = snapshots.save_image(legacy.digest, "spinup/snap:legacy", "s-legacy", with_base=True)
+    assert [d.digest for d in whole.base_layers] == [d["digest"] for d in current["layers"][:2]], (
+        "an older snapshot loads on a daemon without its base once the store holds the base"
+    )
 
     with snapshots.writing():
         upgraded = snapshots.upgrade("s-legacy", legacy.digest)
