@@ -396,8 +396,8 @@ class SnapshotCapture:
     async def prepare_base(self, agent: Agent, machine: MachineInfo, progress: ProgressFn | None = None) -> BaseImage:
         """The machine's base image, its layers stored in the store first (once per host; see ``snapshot_bases``)."""
         base_id = await self.machine_base(agent, machine)
+        stored = await self.bases.ensure(base_id, progress)  # found at once (a few stat calls) once stored
         if base_id not in self._base_images:
-            stored = await self.bases.ensure(base_id, progress)
             config = await asyncio.to_thread(stored.config_json, self.snapshot_store.store)
             self._base_images[base_id] = base_image(config, base_id)
         return self._base_images[base_id]
