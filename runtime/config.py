@@ -44,11 +44,14 @@ def parse_grants(text: str) -> frozenset[str]:
 
 
 def default_base_cache() -> Path | None:
-    """The host-wide base cache: ``$SPINUP_BASE_CACHE`` (empty or ``off``: none), else
+    """The host-wide base cache: ``$SPINUP_BASE_CACHE`` (empty or ``off``: none), else for root
+    ``/var/cache/spinup/base-images`` (whatever ``$HOME`` a server was started with), else
     ``$XDG_CACHE_HOME/spinup/base-images``, else ``~/.cache/spinup/base-images``."""
     explicit = os.environ.get("SPINUP_BASE_CACHE")
     if explicit is not None:
         return None if explicit.strip().lower() in ("", "off", "none") else Path(explicit).expanduser()
+    if os.geteuid() == 0:
+        return Path("/var/cache/spinup/base-images")
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "spinup" / "base-images"
