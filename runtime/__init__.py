@@ -25,13 +25,14 @@ from .models import (
     validate_agent_name,
 )
 from .packages import InstallResult
-from .policy import check_granted
+from .policy import check_granted, check_registry_granted
 from .ports import PortForward
 from .processes import ProcessInfo, ProcessOutput
 from .rebuild import Reinstalled
 from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, SnapshotDiff
 from .secrets import SecretListing, redact_stored
-from .snapshots import CaptureResult, GcResult, ProgressFn, VerifyReport
+from .snapshot_transfer import Pushed
+from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, VerifyReport
 from .usage import AgentOverview, ResourceUse
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "GcResult",
     "InstallResult",
     "InvalidInput",
+    "MigrateResult",
     "OutsideBinding",
     "PackageEntry",
     "PackageManager",
@@ -62,6 +64,7 @@ __all__ = [
     "ProcessInfo",
     "ProcessOutput",
     "ProgressFn",
+    "Pushed",
     "RebuildResult",
     "Reinstalled",
     "ResourceUse",
@@ -77,6 +80,7 @@ __all__ = [
     "VerifyReport",
     "acting_as",
     "check_granted",
+    "check_registry_granted",
     "current_actor",
     "decode_key",
     "diagnose",

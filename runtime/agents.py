@@ -24,6 +24,7 @@ from .docker import AGENT_LABEL, DockerBackend, ImageInfo, MachineInfo
 from .errors import (
     AgentExists,
     AgentPaused,
+    Conflict,
     DockerFailure,
     ImageNotFound,
     InvalidInput,
@@ -33,7 +34,7 @@ from .errors import (
 )
 from .exec import run_command
 from .machines import agent_cache_dir, machine_config, machine_name, prepare_host_dirs
-from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
+from .models import Agent, AgentState, Event, PackageEntry, Policy, Snapshot, validate_agent_name
 from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, check_granted, is_root
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
@@ -87,6 +88,7 @@ class AgentService:
         check_fits_host(policy, await self.docker.cpu_count())
         await self._require_image(image)
         agent = self.db.create_agent(name, image, policy)
+        self.snapshots.bases.soon((await self.docker.image_inspect(image)).id)  # before its first snapshot
         try:
             return await self.wake(name)
         except BaseException:
@@ -431,6 +433,33 @@ class AgentService:
             agent.id, "forked", f"from snapshot {source.id} in {took:.2f}s", {"id": source.id, "duration_s": took}
         )
         return self.get(name)
+
+    async def from_pulled(self, name: str, snapshot: Snapshot, packages: builtins.list[PackageEntry]) -> Agent:
+        """Create agent ``name`` whose head is ``snapshot`` (just admitted into the store from a registry, its
+        record not yet made: ``snapshot.agent_id`` is replaced), under the default policy, and wake it."""
+        validate_agent_name(name)
+        existing = self.db.get_snapshot(snapshot.id)
+        if existing is not None and existing.manifest_digest != snapshot.manifest_digest:
+            raise Conflict(
+                f"This state directory already has a different snapshot {snapshot.id}; pull into another "
+                f"SPINUP_HOME, or fork the local one."
+            )
+        agent = self.db.create_agent(name, snapshot.base_image, Policy())
+        try:
+            if existing is None:
+                self.db.add_snapshot(snapshot.model_copy(update={"agent_id": agent.id}), move_head=True)
+            else:
+                self.db.set_head(agent.id, existing.id)
+            self.db.set_packages(agent.id, packages)
+            self.db.record_event(agent.id, "pulled", f"head {snapshot.id} from a registry", {"id": snapshot.id})
+            return await self.wake(name)
+        except BaseException:
+            await self._remove_machines(agent)
+            if existing is None:
+                self.db.set_head(agent.id, None)
+                self.db.delete_snapshot(snapshot.id)
+            self.db.delete_agent(agent.id)
+            raise
 
     async def hibernate_idle(self, idle_seconds: float) -> builtins.list[str]:
         """Hibernate running agents not woken for ``idle_seconds``; returns their names."""

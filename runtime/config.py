@@ -24,8 +24,8 @@ TOOLBOX_MOUNT = "/.spinup/busybox"
 
 # What an MCP client may put in an agent's policy beyond the defaults, if the operator allows it
 # (SPINUP_MCP_GRANTS). The CLI is the operator's and is never limited by this.
-MCP_GRANTS = ("host-network", "root")
-DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt) or the host network only if the operator says so
+MCP_GRANTS = ("host-network", "root", "registry")
+DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt), the host network or registries only if the operator says so
 
 
 def parse_grants(text: str) -> frozenset[str]:
@@ -42,6 +42,20 @@ def parse_grants(text: str) -> frozenset[str]:
             f"{', '.join(MCP_GRANTS)}, or 'all', or 'none'."
         )
     return frozenset(words)
+
+
+def default_base_cache() -> Path | None:
+    """The host-wide base cache: ``$SPINUP_BASE_CACHE`` (empty or ``off``: none), else for root
+    ``/var/cache/spinup/base-images`` (whatever ``$HOME`` a server was started with), else
+    ``$XDG_CACHE_HOME/spinup/base-images``, else ``~/.cache/spinup/base-images``."""
+    explicit = os.environ.get("SPINUP_BASE_CACHE")
+    if explicit is not None:
+        return None if explicit.strip().lower() in ("", "off", "none") else Path(explicit).expanduser()
+    if os.geteuid() == 0:
+        return Path("/var/cache/spinup/base-images")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "spinup" / "base-images"
 
 
 def default_home() -> Path:
@@ -101,6 +115,9 @@ class Settings:
     )
     # The most one request may ask of the host (SPINUP_MAX_*, SPINUP_MCP_MAX_*, SPINUP_STORE_QUOTA).
     ceilings: Ceilings = field(default_factory=Ceilings.from_env)
+    # Where base images' layers are stored once per host (an OCI image layout), hard-linked into every
+    # state directory's snapshot store on the same filesystem. None: each store keeps its own copy.
+    base_cache: Path | None = field(default_factory=default_base_cache)
     # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
     # which the process kills itself with SIGKILL. Empty: none.
     crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))

@@ -118,6 +118,17 @@ def check_granted(policy: Policy, grants: frozenset[str]) -> None:
         )
 
 
+def check_registry_granted(grants: frozenset[str]) -> None:
+    """Refuse registry push and pull to an MCP client unless the operator granted ``registry``: a push sends an
+    agent's files to a host the caller names."""
+    if "registry" not in grants:
+        names = ",".join(sorted({*grants, "registry"}))
+        raise NotGranted(
+            "This Spinup server does not let MCP clients push or pull snapshots. The operator can run "
+            f"`spinup snapshot push` / `spinup agent pull`, or allow it with SPINUP_MCP_GRANTS={names}."
+        )
+
+
 def check_fits_host(policy: Policy, host_cpus: int) -> None:
     """Refuse a policy the host cannot give (Docker would refuse the machine)."""
     if policy.cpus is not None and policy.cpus > host_cpus:

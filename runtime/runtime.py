@@ -23,7 +23,7 @@ from .cgroups import Cgroups
 from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
-from .errors import AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
+from .errors import AgentExists, AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
 from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, FileAccess, Files
@@ -37,8 +37,10 @@ from .ports import PortForward, PortService
 from .processes import ProcessInfo, ProcessOutput, ProcessService, Stream, parse_signal, wait_interval
 from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
+from .registry import parse_ref
 from .secrets import SecretListing, SecretService
-from .snapshots import CaptureResult, GcResult, ProgressFn, SnapshotService, VerifyReport
+from .snapshot_transfer import Pushed
+from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, SnapshotService, VerifyReport
 from .state import StateDB
 from .usage import AgentOverview, ResourceUse, UsageMeter
 
@@ -126,6 +128,7 @@ class Runtime:
         self._ports.close_all("the Spinup process that made it closed its runtime")
         await self._agents.drain()
         await self._quota.drain()
+        await self._snapshots.bases.drain()
         remove_log_redactor(self._secrets.redact)
         await self._docker.close()
         self._db.close()
@@ -678,9 +681,59 @@ class Runtime:
         """Remove unreferenced blobs and interrupted writes from the store (safe while snapshots are taken)."""
         return await self._snapshots.gc()
 
-    async def export_snapshot(self, snapshot_id: str, destination: Path) -> int:
-        """Write a ``docker save`` archive of the snapshot (base image included); returns its size in bytes."""
-        return await self._snapshots.export(self._snapshots.get(snapshot_id), destination)
+    async def export_snapshot(self, snapshot_id: str, destination: Path, format: str = "docker") -> int:
+        """Write the snapshot (base image included) as a ``docker save`` archive (``docker``) or an OCI archive
+        (``oci``); returns its size in bytes."""
+        return await self._snapshots.export(self._snapshots.get(snapshot_id), destination, format)
+
+    async def push_snapshot(
+        self,
+        snapshot_or_agent: str,
+        ref: str,
+        *,
+        insecure: bool = False,
+        credential: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Pushed:
+        """Push a snapshot (or an agent's head) to a registry as a complete OCI image; only blobs the
+        registry lacks are sent. ``credential`` names a secret holding ``user:password``; ``insecure``
+        (plain HTTP) is for a loopback registry only."""
+        image_ref = parse_ref(ref, insecure)
+        if snapshot_or_agent.startswith("s-"):
+            snapshot = self._snapshots.get(snapshot_or_agent)
+        else:
+            agent = self._agents.get(snapshot_or_agent)
+            if agent.head_snapshot is None:
+                raise InvalidInput(f"Agent '{agent.name}' has no snapshot yet: take one (spinup snapshot create).")
+            snapshot = self._snapshots.get(agent.head_snapshot)
+        value = self._secrets.store.get(credential) if credential else None
+        return await self._snapshots.transfer.push(snapshot, image_ref, value, progress)
+
+    async def pull_agent(
+        self,
+        ref: str,
+        name: str | None = None,
+        *,
+        insecure: bool = False,
+        credential: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Agent:
+        """Make a new agent from a snapshot in a registry (default name: the reference's last path part); only
+        blobs the store lacks are fetched, and everything is checked before it is stored. The agent runs
+        under the default policy: a pulled image never brings its own."""
+        image_ref = parse_ref(ref, insecure)
+        name = name or image_ref.path.rsplit("/", 1)[-1]
+        validate_agent_name(name)
+        if self._db.find_agent(name) is not None:
+            raise AgentExists(f"An agent named '{name}' exists already: pull with another --name.")
+        value = self._secrets.store.get(credential) if credential else None
+        snapshot = await self._snapshots.transfer.fetch(image_ref, value, progress)
+        packages = await self._snapshots.packages(snapshot)
+        return await self._agents.from_pulled(name, snapshot, packages)
+
+    async def migrate_store(self, progress: ProgressFn | None = None) -> MigrateResult:
+        """Rewrite snapshots taken before base images were stored so they list their base layers (resumable)."""
+        return await self._snapshots.migrate(progress)
 
     # credentials
 

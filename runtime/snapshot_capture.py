@@ -26,6 +26,7 @@ from spinup.snapshot.capture import LayerRequest
 from spinup.snapshot.faults import FaultHook, no_faults
 from spinup.snapshot.image import BaseImage, SnapshotMeta
 from spinup.snapshot.index import Index
+from spinup.snapshot.oci import BASE_ID
 from spinup.snapshot.sink import ByteSink, LayerResult
 from spinup.snapshot.snapshot_store import Committed, NewLayer, Parent, SnapshotStore
 from spinup.snapshot.squash import union_plan
@@ -33,10 +34,11 @@ from spinup.snapshot.walk import LayerPlan, MemberSink, Planner, scan
 
 from . import api_capture
 from .config import Settings
-from .docker import DockerBackend, ImageInfo, MachineInfo
-from .errors import DockerFailure, LimitReached, SpinupError
+from .docker import DockerBackend, MachineInfo
+from .errors import DockerFailure, LimitReached
 from .models import Agent, Snapshot, format_size, readable_size
 from .policy import exec_user
+from .snapshot_bases import BaseImages
 from .snapshot_images import SNAP_REPO, ProgressFn, snapshot_tag
 from .state import StateDB
 
@@ -66,6 +68,7 @@ class _CaptureJob:
     previous: Index | None  # the head's file index, when the head was taken from this same machine
     label: str
     progress: ProgressFn | None
+    base: BaseImage
     started: float = field(default_factory=time.monotonic)
 
 
@@ -109,9 +112,15 @@ def check_layer_size(agent: Agent, sizes: dict[str, int]) -> None:
     )
 
 
-def base_image(image: ImageInfo) -> BaseImage:
-    """What a snapshot records of its base image, from what Docker says of it."""
-    return BaseImage(image.id, image.architecture, image.os, dict(image.config), image.diff_ids)
+def base_image(config: dict[str, Any], image_id: str) -> BaseImage:
+    """What a snapshot records of its base image, from the image's stored config."""
+    return BaseImage(
+        image_id,
+        str(config.get("architecture") or "amd64"),
+        str(config.get("os") or "linux"),
+        dict(config.get("config") or {}),
+        tuple((config.get("rootfs") or {}).get("diff_ids") or ()),
+    )
 
 
 def _holding_store_lock(
@@ -130,11 +139,14 @@ def _holding_store_lock(
 class SnapshotCapture:
     """Captures snapshots of agents' machines into the snapshot store and records them."""
 
-    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend, snapshot_store: SnapshotStore) -> None:
+    def __init__(
+        self, settings: Settings, db: StateDB, docker: DockerBackend, snapshot_store: SnapshotStore, bases: BaseImages
+    ) -> None:
         self.settings = settings
         self.db = db
         self.docker = docker
         self.snapshot_store = snapshot_store
+        self.bases = bases
         self._base_images: dict[str, BaseImage] = {}
 
     async def capture(
@@ -151,11 +163,11 @@ class SnapshotCapture:
         changes between the snapshot and the machine's replacement (restore, policy change).
         """
         started = time.monotonic()
-        await self.prepare_base(agent.image)
+        base = await self.prepare_base(agent, machine, progress)
         upper = self.readable_upper(machine)
         head = self.db.get_snapshot(agent.head_snapshot) if agent.head_snapshot else None
         previous = await self.head_index(head, machine)
-        job = _CaptureJob(agent, machine, head, previous, label, progress)
+        job = _CaptureJob(agent, machine, head, previous, label, progress, base)
         if upper is None:
             snapshot = await self._capture_api(job)
             if keep_paused and machine.running and not machine.paused:
@@ -371,7 +383,7 @@ class SnapshotCapture:
             agent_id=agent.id,
             label=job.label,
             base_ref=agent.image,
-            base=self._base_image(agent.image),
+            base=job.base,
             packages=[entry.model_dump(mode="json") for entry in self.db.packages(agent.id)],
             labels=self.settings.label_extra,
         )
@@ -397,14 +409,24 @@ class SnapshotCapture:
         self.db.add_snapshot(snapshot, duration_s=round(time.monotonic() - job.started, 4))
         return snapshot
 
-    def _base_image(self, image: str) -> BaseImage:
-        base = self._base_images.get(image)
-        if base is None:
-            raise SpinupError(f"Base image {image} was not inspected before capture")
-        return base
+    async def machine_base(self, agent: Agent, machine: MachineInfo) -> str:
+        """The id of the base image the machine's files build on: the image it was made from, or, for a
+        machine made from a snapshot, that snapshot's base image (not whatever the agent's tag names now)."""
+        if machine.image.startswith(SNAP_REPO + ":"):
+            source = self.db.get_snapshot(machine.image.split(":", 1)[1])
+            if source is not None:
+                annotations = await asyncio.to_thread(self.snapshot_store.annotations, source.manifest_digest)
+                if annotations.get(BASE_ID):
+                    return annotations[BASE_ID]
+        if machine.image_id and not machine.image.startswith(SNAP_REPO + ":"):
+            return machine.image_id
+        return (await self.docker.image_inspect(agent.image)).id
 
-    async def prepare_base(self, image: str) -> BaseImage:
-        """Inspect (and cache) the base image: its id, config and layer diff ids."""
-        if image not in self._base_images:
-            self._base_images[image] = base_image(await self.docker.image_inspect(image))
-        return self._base_images[image]
+    async def prepare_base(self, agent: Agent, machine: MachineInfo, progress: ProgressFn | None = None) -> BaseImage:
+        """The machine's base image, its layers stored in the store first (once per host; see ``snapshot_bases``)."""
+        base_id = await self.machine_base(agent, machine)
+        stored = await self.bases.ensure(base_id, progress)  # found at once (a few stat calls) once stored
+        if base_id not in self._base_images:
+            config = await asyncio.to_thread(stored.config_json, self.snapshot_store.store)
+            self._base_images[base_id] = base_image(config, base_id)
+        return self._base_images[base_id]

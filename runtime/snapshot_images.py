@@ -2,7 +2,8 @@
 
 A snapshot becomes a machine through the image ``spinup/snap:<id>``. When Docker does not have
 it, the store's layers are streamed into ``docker load`` (zstd decompressed on the fly: Docker
-20.10 rejects zstd layers) on top of the exact base image the snapshot was taken on.
+20.10 rejects zstd layers) on top of the exact base image the snapshot was taken on, and the base
+image's layers with them when Docker lacks that image.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from spinup.snapshot.archive import save_stream
+from spinup.snapshot.oci import BASE_ID
 from spinup.snapshot.snapshot_store import SnapshotStore
 
 from .docker import DockerBackend
-from .errors import LimitReached, NotFound
+from .errors import LimitReached
 from .models import Snapshot, format_size, readable_size
 
 SNAP_REPO = "spinup/snap"
@@ -55,7 +57,16 @@ class SnapshotImages:
         if await self.docker.image_exists(tag):
             return tag
         # A missing or corrupt blob raises a StoreError, itself a SpinupError that says what to do.
-        image = await asyncio.to_thread(self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id)
+        annotations = await asyncio.to_thread(self.snapshot_store.annotations, snapshot.manifest_digest)
+        # The snapshot builds on the exact base image it was taken on (by id, not by tag): when Docker
+        # lacks it (removed, pruned, its tag rebuilt), its layers come from the store too.
+        base_id = annotations.get(BASE_ID, "")
+        with_base = not base_id or not await self.docker.image_exists(base_id)
+        if with_base and progress:
+            progress(f"Docker lacks base image {base_id[:19]}: loading it from the snapshot store", None)
+        image = await asyncio.to_thread(
+            self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id, with_base
+        )
         largest = max(image.expanded, default=0)
         if disk is not None and largest > disk:
             raise LimitReached(
@@ -64,16 +75,8 @@ class SnapshotImages:
                 f"{format_size(disk)} of the agent it is for. Nothing was loaded. Raise the limit "
                 f"(CLI: spinup agent policy NAME --disk <size>, or fork with a larger disk), or use another snapshot."
             )
-        # The snapshot builds on the exact base image it was taken on (by id, not by tag).
-        base_id = image.base_id
-        if not base_id or not await self.docker.image_exists(base_id):
-            raise NotFound(
-                f"Snapshot {snapshot.id} builds on the image {base_id[:19]} (tagged {snapshot.base_image} when the "
-                f"snapshot was taken), which Docker no longer has. Load that image again (docker load), or fork "
-                f"a newer snapshot taken on the current base image."
-            )
         if progress:
-            progress(f"loading {len(image.layers)} layers of {snapshot.id} into Docker", None)
+            progress(f"loading {len(image.base_layers) + len(image.layers)} layers of {snapshot.id} into Docker", None)
         await self.docker.load_image(_aiter(save_stream(self.snapshot_store.store, image)))
         return tag
 

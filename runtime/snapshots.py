@@ -20,18 +20,23 @@ from pathlib import Path
 
 from spinup.snapshot.listing import Diff, Meta, diff_trees, live_tree
 from spinup.snapshot.maintenance import GcResult, VerifyReport
+from spinup.snapshot.oci import MANIFEST_MEDIA_TYPE
+from spinup.snapshot.oci_archive import write_archive
 from spinup.snapshot.snapshot_store import SnapshotStore
-from spinup.snapshot.store import Store
+from spinup.snapshot.store import Descriptor, Store
 
 from .config import Settings
 from .docker import DockerBackend, MachineInfo
 from .errors import Conflict, ForeignSnapshot, InvalidInput, NotFound, SpinupError
 from .models import Agent, PackageEntry, Snapshot
+from .snapshot_bases import BaseImages
 from .snapshot_capture import CaptureResult, SnapshotCapture, crash_hook
 from .snapshot_images import ProgressFn, SnapshotImages, snapshot_tag
+from .snapshot_migrate import MigrateResult, migrate
+from .snapshot_transfer import SnapshotTransfer
 from .state import StateDB
 
-__all__ = ["CaptureResult", "ProgressFn", "SnapshotService", "snapshot_tag"]
+__all__ = ["CaptureResult", "MigrateResult", "ProgressFn", "SnapshotService", "snapshot_tag"]
 
 
 class SnapshotService:
@@ -42,9 +47,14 @@ class SnapshotService:
         self.db = db
         self.docker = docker
         self.store = Store(settings.home / "store")
-        self.snapshot_store = SnapshotStore(self.store, level=settings.zstd_level, fault=crash_hook(settings.crash_at))
-        self.capturer = SnapshotCapture(settings, db, docker, self.snapshot_store)
+        cache = Store(settings.base_cache) if settings.base_cache is not None else None
+        self.snapshot_store = SnapshotStore(
+            self.store, level=settings.zstd_level, fault=crash_hook(settings.crash_at), cache=cache
+        )
+        self.bases = BaseImages(docker, self.snapshot_store)
+        self.capturer = SnapshotCapture(settings, db, docker, self.snapshot_store, self.bases)
         self._images = SnapshotImages(docker, self.snapshot_store)
+        self.transfer = SnapshotTransfer(settings, self.snapshot_store)
 
     # materialize
 
@@ -60,9 +70,20 @@ class SnapshotService:
         recorded = await asyncio.to_thread(self.snapshot_store.packages, snapshot.manifest_digest)
         return [PackageEntry.model_validate(item) for item in recorded]
 
-    async def export(self, snapshot: Snapshot, destination: Path) -> int:
-        """Write a ``docker save`` archive (base image included) loadable on any Docker host."""
+    async def export(self, snapshot: Snapshot, destination: Path, format: str = "docker") -> int:
+        """Write the snapshot, base image included, as a ``docker save`` archive (``docker``) loadable on any
+        Docker host, or as an OCI archive (``oci``) any OCI tool reads; returns its size in bytes."""
+        if format == "oci":
+            digest = snapshot.manifest_digest
+            manifest = Descriptor(MANIFEST_MEDIA_TYPE, digest, self.store.blob_size(digest))
+            return await asyncio.to_thread(write_archive, self.store, manifest, snapshot.id, destination)
+        if format != "docker":
+            raise InvalidInput(f"Unknown export format {format!r}: use 'docker' (docker load) or 'oci' (OCI archive).")
         return await self._images.export(snapshot, destination)
+
+    async def migrate(self, progress: ProgressFn | None = None) -> MigrateResult:
+        """Make every snapshot of a store written before base images were stored list its base layers."""
+        return await migrate(self.db, self.snapshot_store, self.bases, progress)
 
     # records
 

@@ -417,6 +417,11 @@ class StateDB:
         rows = self._conn.execute("SELECT name FROM agents WHERE head_snapshot = ?", (snapshot_id,)).fetchall()
         return [r["name"] for r in rows]
 
+    def set_snapshot_manifest(self, snapshot_id: str, manifest_digest: str) -> None:
+        """Point a snapshot at a rewritten manifest of the same content (a store migration)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE snapshots SET manifest_digest = ? WHERE id = ?", (manifest_digest, snapshot_id))
+
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Forget a snapshot record."""
         with self._tx() as conn:

@@ -209,6 +209,14 @@ class SnapshotCreated(FromRuntime):
     duration_s: float
 
 
+class SnapshotPushed(BaseModel):
+    """The result of snapshot_push."""
+
+    snapshot: str
+    ref: str
+    digest: str = Field(description="The manifest digest: REPOSITORY@DIGEST names this snapshot for good.")
+
+
 class SnapshotList(BaseModel):
     """Snapshots, oldest first."""
 

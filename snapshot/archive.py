@@ -1,8 +1,9 @@
 """Turn a snapshot into a ``docker save``-format tar stream, decompressing layers on the fly.
 
 Docker 20.10 loads only uncompressed (or gzip) layers, so the zstd layers of the store are
-decompressed while the tar is produced. The base image's layers are named in manifest.json but
-not included: the daemon skips loading layers it already has, so the base image must be present.
+decompressed while the tar is produced. The base image's layers are included only when the
+daemon lacks the base image; otherwise they are named in manifest.json but left out (the daemon
+skips loading layers it already has).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zstandard
 
@@ -30,7 +31,8 @@ class SaveImage:
     config_digest: str
     base_diff_ids: list[str]
     layers: list[Descriptor]  # Spinup's own layers, bottom first
-    base_id: str = ""  # the base image (by id) the daemon must already have: its layers are not included
+    base_id: str = ""  # the base image (by id)
+    base_layers: list[Descriptor] = field(default_factory=list)  # included; empty: the daemon has the base
     expanded: tuple[int, ...] = ()  # bytes each of ``layers`` writes once loaded (sparse files whole)
 
 
@@ -49,8 +51,8 @@ def save_stream(store: Store, image: SaveImage) -> Iterator[bytes]:
     """Yield the archive in chunks; every layer blob is verified against its digest as it is read."""
     config_name = image.config_digest.split(":", 1)[1] + ".json"
     yield _header(config_name, len(image.config)) + image.config + _padding(len(image.config))
-    names = [f"base-{index}/layer.tar" for index in range(len(image.base_diff_ids))]
-    for layer in image.layers:
+    names = [] if image.base_layers else [f"base-{index}/layer.tar" for index in range(len(image.base_diff_ids))]
+    for layer in [*image.base_layers, *image.layers]:
         annotations = layer.annotations or {}
         size = int(annotations[UNCOMPRESSED_SIZE])
         name = annotations[DIFF_ID].split(":", 1)[1] + "/layer.tar"

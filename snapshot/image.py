@@ -15,10 +15,8 @@ from typing import Any
 from . import oci
 from .store import Descriptor
 
-# The keys of the base image's runtime config a snapshot's config copies (Labels gains Spinup's own).
-COPIED_CONFIG_KEYS = (
-    "Env", "Entrypoint", "Cmd", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal",
-)  # fmt: skip
+# What a base image's config says of the container it was built in, and nothing of a snapshot.
+DROPPED_CONFIG_KEYS = ("container", "container_config", "id", "parent")
 SNAPSHOT_LABEL = "spinup.snapshot"  # the config label naming the snapshot id
 
 
@@ -50,25 +48,32 @@ def new_snapshot_id() -> str:
     return "s-" + secrets.token_hex(6)
 
 
-def image_config(base: BaseImage, layers: list[Descriptor], labels: dict[str, str]) -> dict[str, Any]:
-    """The image config of a snapshot: the base image's runtime config, its diff ids and the snapshot's."""
-    base_config = dict(base.config)
-    base_config["Labels"] = {**(base_config.get("Labels") or {}), **labels}
-    diff_ids = list(base.diff_ids)
-    diff_ids += [(d.annotations or {})[oci.DIFF_ID] for d in layers]
-    history = [{"created_by": "spinup base image " + base.id}] * len(base.diff_ids)
-    history += [{"created_by": "spinup snapshot layer"}] * len(layers)
-    return {
-        "architecture": base.architecture,
-        "os": base.os,
-        "config": {k: base_config[k] for k in COPIED_CONFIG_KEYS if base_config.get(k) is not None},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": history,
-    }
+def image_config(
+    base_config: dict[str, Any], layers: list[Descriptor], labels: dict[str, str], created_at: datetime
+) -> dict[str, Any]:
+    """The image config of a snapshot: the base image's config, whole, with the snapshot's layers on top.
+
+    ``rootfs.diff_ids`` and ``history`` go on with one entry per snapshot layer; the runtime config
+    keeps every key the base sets, its ``Labels`` gaining ``labels``.
+    """
+    config = {k: v for k, v in base_config.items() if k not in DROPPED_CONFIG_KEYS}
+    runtime = dict(config.get("config") or {})
+    runtime["Labels"] = {**(runtime.get("Labels") or {}), **labels}
+    created = created_at.isoformat()
+    rootfs = dict(config.get("rootfs") or {"type": "layers"})
+    rootfs["diff_ids"] = list(rootfs.get("diff_ids") or []) + [(d.annotations or {})[oci.DIFF_ID] for d in layers]
+    history = list(config.get("history") or [])
+    history += [{"created": created, "created_by": "spinup snapshot layer"}] * len(layers)
+    return {**config, "created": created, "config": runtime, "rootfs": rootfs, "history": history}
 
 
 def manifest_annotations(
-    snapshot_id: str, meta: SnapshotMeta, parent_id: str | None, index_digest: str, created_at: datetime
+    snapshot_id: str,
+    meta: SnapshotMeta,
+    parent_id: str | None,
+    index_digest: str,
+    created_at: datetime,
+    base_layers: int,
 ) -> dict[str, str]:
     """The snapshot's metadata as the manifest carries it."""
     return {
@@ -79,6 +84,7 @@ def manifest_annotations(
         oci.BASE: meta.base_ref,
         oci.BASE_ID: meta.base.id,
         oci.INDEX: index_digest,
+        oci.BASE_LAYERS: str(base_layers),
         # The package manifest at capture time: a restore or fork gets the agent's manifest from here.
         oci.PACKAGES: json.dumps(meta.packages, separators=(",", ":")),
         oci.CREATED: created_at.isoformat(),
@@ -94,3 +100,14 @@ def image_manifest(config: Descriptor, layers: list[Descriptor], annotations: di
         "layers": [d.to_json() for d in layers],
         "annotations": annotations,
     }
+
+
+def split_layers(manifest: dict[str, Any]) -> tuple[list[Descriptor], list[Descriptor]]:
+    """A snapshot manifest's layers: the base image's, then the snapshot's own.
+
+    A manifest written before base images were stored has no ``dev.spinup.base.layers``: all its
+    layers are its own.
+    """
+    layers = [Descriptor.from_json(d) for d in manifest.get("layers", [])]
+    count = int((manifest.get("annotations") or {}).get(oci.BASE_LAYERS) or 0)
+    return layers[:count], layers[count:]

@@ -19,6 +19,7 @@ import zstandard
 
 from .beneath import Beneath
 from .errors import BlobCorrupt
+from .image import split_layers
 from .index import Entry, Index
 from .oci import OPAQUE_MARKER, WHITEOUT_PREFIX
 from .store import Descriptor, Store
@@ -115,11 +116,11 @@ def layer_entries(store: Store, layer: Descriptor, with_digests: bool = True) ->
 
 
 def snapshot_tree(store: Store, manifest_digest: str) -> dict[str, Meta]:
-    """Everything a snapshot's layers hold, by absolute path."""
+    """Everything a snapshot's own layers hold (what it adds to its base image), by absolute path."""
     manifest = store.get_json(manifest_digest)
     tree: dict[str, Meta] = {}
-    for raw in manifest.get("layers", []):
-        apply_layer(tree, layer_entries(store, Descriptor.from_json(raw)))
+    for layer in split_layers(manifest)[1]:
+        apply_layer(tree, layer_entries(store, layer))
     return tree
 
 

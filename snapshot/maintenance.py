@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .base import is_base
 from .errors import StoreError
 from .index import parse
-from .oci import INDEX, REF_NAME
+from .oci import BASE_ID, INDEX, REF_NAME
 from .store import Descriptor, Store
 
 
@@ -46,12 +47,14 @@ class VerifyReport:
 
 
 def referenced_blobs(store: Store, manifest: Descriptor) -> list[str]:
-    """Every blob a manifest needs: itself, its config, its layers, its file index."""
+    """Every blob a manifest needs: itself, its config, its layers (the base image's too), and its file index
+    chain as far as the store holds it (a snapshot pulled from a registry comes without one: the index only
+    speeds up the next capture of the machine it was taken from)."""
     raw = store.get_json(manifest)
     digests = [manifest.digest, raw["config"]["digest"]]
     digests += [layer["digest"] for layer in raw.get("layers", [])]
     index_digest = raw.get("annotations", {}).get(INDEX)
-    while index_digest:  # a delta index needs the chain of indexes below it
+    while index_digest and store.has_blob(index_digest):  # a delta index needs the chain of indexes below it
         digests.append(index_digest)
         with store.open_blob(index_digest) as reader:
             index_digest = parse(reader.read()).get("base")
@@ -65,7 +68,10 @@ def verify(store: Store, known_manifests: dict[str, str]) -> VerifyReport:
     """
     report = VerifyReport()
     referenced: set[str] = set()
-    listed = {(d.annotations or {}).get(REF_NAME, ""): d for d in store.manifests()}
+    everything = store.manifests()
+    listed = {(d.annotations or {}).get(REF_NAME, ""): d for d in everything if not is_base(d)}
+    bases = [d for d in everything if is_base(d)]
+    used_bases: set[str] = set()
     for snapshot_id, digest in sorted(known_manifests.items()):
         if snapshot_id not in listed:
             report.problems.append(f"snapshot {snapshot_id}: not listed in index.json (manifest {digest})")
@@ -83,10 +89,26 @@ def verify(store: Store, known_manifests: dict[str, str]) -> VerifyReport:
             report.problems.append(f"snapshot {snapshot_id}: manifest unreadable: {exc}")
             referenced.add(descriptor.digest)
             continue
+        used_bases.add((store.get_json(descriptor).get("annotations") or {}).get(BASE_ID, ""))
         for digest in needed:
             referenced.add(digest)
             if not store.has_blob(digest):
                 report.problems.append(f"snapshot {snapshot_id}: blob {digest} is missing")
+    for descriptor in bases:
+        image_id = (descriptor.annotations or {}).get(BASE_ID, "")
+        if image_id not in used_bases:
+            report.garbage.append(f"base image {image_id[:19]} is used by no snapshot (gc removes it)")
+            continue
+        try:
+            needed = referenced_blobs(store, descriptor)
+        except StoreError as exc:
+            report.problems.append(f"base image {image_id[:19]}: manifest unreadable: {exc}")
+            referenced.add(descriptor.digest)
+            continue
+        for digest in needed:
+            referenced.add(digest)
+            if not store.has_blob(digest):
+                report.problems.append(f"base image {image_id[:19]}: blob {digest} is missing")
     for digest in sorted(store.blob_digests()):
         report.blobs_checked += 1
         try:
@@ -119,10 +141,22 @@ def gc(store: Store, known_snapshots: Callable[[], set[str]]) -> GcResult:
     with store_lock(store, exclusive=True):
         known = known_snapshots()
         referenced: set[str] = set()
-        for descriptor in store.manifests():
+        used_bases: set[str] = set()
+        everything = store.manifests()
+        for descriptor in everything:
             ref = (descriptor.annotations or {}).get(REF_NAME, "")
+            if is_base(descriptor):
+                continue
             if ref not in known:
                 store.remove_manifest(ref)
+                continue
+            referenced.update(referenced_blobs(store, descriptor))
+            used_bases.add((store.get_json(descriptor).get("annotations") or {}).get(BASE_ID, ""))
+        for descriptor in everything:  # a base image goes with the last snapshot on it
+            if not is_base(descriptor):
+                continue
+            if (descriptor.annotations or {}).get(BASE_ID, "") not in used_bases:
+                store.remove_manifest_digest(descriptor.digest)
                 continue
             referenced.update(referenced_blobs(store, descriptor))
         removed = freed = 0

@@ -29,6 +29,11 @@ BASE = ANNOTATION_PREFIX + "base"
 BASE_ID = ANNOTATION_PREFIX + "base.id"
 INDEX = ANNOTATION_PREFIX + "index"
 PACKAGES = ANNOTATION_PREFIX + "packages"
+BASE_LAYERS = ANNOTATION_PREFIX + "base.layers"  # how many of the manifest's layers are the base image's
+
+# On a base image's manifest (listed in index.json beside the snapshots): what it is
+KIND = ANNOTATION_PREFIX + "kind"
+KIND_BASE = "base"
 
 # Spinup's annotations on a layer descriptor
 DIFF_ID = ANNOTATION_PREFIX + "diff_id"

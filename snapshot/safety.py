@@ -17,12 +17,13 @@ def _normal(name: str) -> str:
     return posixpath.normpath("/" + name.removeprefix("./")).lstrip("/")
 
 
-def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> int:
+def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer", allow_devices: bool = False) -> int:
     """Raise :class:`UnsafeLayer` for the first dangerous entry; return the bytes the layer's files expand to.
 
     The size counts a sparse file whole (its apparent size): Docker writes its holes out as zeros.
 
-    Refused: absolute names, names with '..', device nodes (FIFOs are fine), hard links that leave the
+    Refused: absolute names, names with '..', device nodes (FIFOs are fine; ``allow_devices`` admits them
+    in a base image's layers, which often carry ``/dev/console`` and the like), hard links that leave the
     layer root, any entry whose path goes through a symlink the same layer created (the
     classic "symlink, then write through it" escape), and extended attributes outside the
     namespaces capture records (``trusted.overlay.*`` would steer the overlay filesystem).
@@ -43,7 +44,7 @@ def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> i
                     )
         if raw.startswith("/") or any(part == ".." for part in raw.split("/")):
             raise UnsafeLayer(f"{layer}: entry {raw!r} escapes the layer root (absolute path or '..').")
-        if member.ischr() or member.isblk():
+        if (member.ischr() or member.isblk()) and not allow_devices:
             raise UnsafeLayer(f"{layer}: entry {raw!r} is a device node; layers may not create devices.")
         name = _normal(raw)
         base = posixpath.basename(name)

@@ -6,6 +6,8 @@ See ``FORMAT.md`` for the layout and the write order that keeps it crash safe.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -52,7 +54,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hex(digest: str) -> str:
+def digest_hex(digest: str) -> str:
+    """The hex part of a sha256 digest; :class:`StoreError` if it is malformed."""
     algorithm, _, hexpart = digest.partition(":")
     if algorithm != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
         raise StoreError(f"Malformed digest {digest!r}: expected sha256:<64 hex digits>.")
@@ -187,7 +190,14 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob with ``digest`` lives (it may not exist)."""
-        return self.root / "blobs" / "sha256" / _hex(digest)
+        return self.root / "blobs" / "sha256" / digest_hex(digest)
+
+    def blob_size(self, digest: str) -> int:
+        """The size of a stored blob; :class:`BlobMissing` if absent."""
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobMissing(digest) from None
 
     def has_blob(self, digest: str) -> bool:
         """Whether the blob is present (not verified)."""
@@ -234,6 +244,42 @@ class Store:
         for path in (self.root / "blobs" / "sha256").iterdir():
             yield "sha256:" + path.name
 
+    def adopt_blob(self, source: Path, descriptor: Descriptor) -> None:
+        """Give this store the blob ``source`` (a verified blob of another store): a hard link when both
+        are on one filesystem (the same read-only inode: nothing is copied, its size is checked), else a
+        copy whose digest is checked before it is renamed into place."""
+        final = self.blob_path(descriptor.digest)
+        if final.exists():
+            return
+        tmp = self.root / "tmp" / f"link-{secrets.token_hex(8)}"
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            self._copy_blob(source, descriptor)
+            return
+        try:
+            if tmp.stat().st_size != descriptor.size:
+                raise BlobCorrupt(descriptor.digest, f"it holds {tmp.stat().st_size} bytes, not {descriptor.size}")
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(final.parent)
+
+    def _copy_blob(self, source: Path, descriptor: Descriptor) -> None:
+        writer = self.writer()
+        try:
+            with VerifiedReader(source, descriptor.digest, descriptor.size) as reader:
+                while chunk := reader.read(_READ_CHUNK):
+                    writer.write(chunk)
+            stored = writer.commit(descriptor.media_type)
+        except BaseException:
+            writer.abort()
+            raise
+        if stored.digest != descriptor.digest:  # the reader checked it; a store is never given other bytes
+            raise BlobCorrupt(descriptor.digest, f"its copy hashes to {stored.digest}")
+
     def delete_blob(self, digest: str) -> None:
         """Remove a blob (for gc)."""
         with contextlib.suppress(FileNotFoundError):
@@ -248,13 +294,30 @@ class Store:
 
     def add_manifest(self, descriptor: Descriptor) -> None:
         """List a manifest in index.json (atomically)."""
-        entries = [d for d in self.manifests() if d.digest != descriptor.digest]
-        entries.append(descriptor)
-        self._write_index(entries)
+        with self._index_lock():
+            entries = [d for d in self.manifests() if d.digest != descriptor.digest]
+            entries.append(descriptor)
+            self._write_index(entries)
 
     def remove_manifest(self, ref_name: str) -> None:
         """Drop the manifest named ``ref_name`` from index.json (atomically)."""
-        self._write_index([d for d in self.manifests() if (d.annotations or {}).get(REF_NAME) != ref_name])
+        with self._index_lock():
+            self._write_index([d for d in self.manifests() if (d.annotations or {}).get(REF_NAME) != ref_name])
+
+    def remove_manifest_digest(self, digest: str) -> None:
+        """Drop the manifest ``digest`` from index.json (atomically), whatever its name."""
+        with self._index_lock():
+            self._write_index([d for d in self.manifests() if d.digest != digest])
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """Serialize the read-modify-write of index.json between processes sharing the store."""
+        fd = os.open(self.root / "index.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _write_index(self, entries: list[Descriptor]) -> None:
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": [d.to_json() for d in entries]}

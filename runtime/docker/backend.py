@@ -197,6 +197,13 @@ class DockerBackend:
         os.replace(tmp, destination)
         return written
 
+    @asynccontextmanager
+    async def export_image(self, ref: str) -> AsyncIterator[aiohttp.StreamReader]:
+        """Stream ``docker save`` of one image (its tar body, read as it comes)."""
+        with self._calling(f"Save image {ref}", self.stream_idle):
+            async with self.client._query(f"images/{ref}/get", method="GET", timeout=self._streaming()) as response:
+                yield response.content
+
     async def pause(self, container_id: str) -> None:
         """Freeze every process of a running container."""
         with self._calling(f"Pause machine {container_id[:12]}"):

@@ -107,6 +107,7 @@ class ImageInfo:
     os: str
     config: dict[str, Any] = field(default_factory=dict)  # its runtime config (Env, Cmd, Labels, ...)
     diff_ids: tuple[str, ...] = ()
+    size: int = 0  # bytes its layers hold, uncompressed
 
     @property
     def env(self) -> list[str]:
@@ -127,6 +128,7 @@ def parse_image(raw: dict[str, Any]) -> ImageInfo:
         os=str(raw.get("Os") or "linux"),
         config=dict(raw.get("Config") or {}),
         diff_ids=tuple((raw.get("RootFS") or {}).get("Layers") or ()),
+        size=int(raw.get("Size") or 0),
     )
 
 

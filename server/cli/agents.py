@@ -9,7 +9,7 @@ from typing import Any
 from spinup.runtime import Policy, Runtime
 
 from ..schemas import AgentInfo, AgentStatusResult
-from .common import SubParsers, dispatch, print_json
+from .common import SubParsers, dispatch, print_json, progress_printer
 
 POLICY_OPTIONS = ("network", "user", "cpus", "memory", "pids", "disk", "nofile", "package_cache")
 
@@ -92,6 +92,14 @@ async def remove(rt: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+async def pull(rt: Runtime, args: argparse.Namespace) -> int:
+    agent = await rt.pull_agent(
+        args.ref, args.name, insecure=args.insecure, credential=args.credential, progress=progress_printer()
+    )
+    print_json(AgentInfo.of(agent).model_dump())
+    return 0
+
+
 def register(sub: SubParsers) -> None:
     """Add ``spinup agent`` and its subcommands."""
     agent = sub.add_parser("agent", help="create, list, show, stop and remove agents")
@@ -100,6 +108,11 @@ def register(sub: SubParsers) -> None:
     created.add_argument("name")
     created.add_argument("--image", help="base image (default spinup/base:bookworm)")
     add_policy_options(created)
+    pulled = agent_sub.add_parser("pull", help="make an agent from a snapshot in an OCI registry")
+    pulled.add_argument("ref", help="host[:port]/path[:tag], as `spinup snapshot push` wrote it")
+    pulled.add_argument("--name", help="the new agent's name (default: the reference's last path part)")
+    pulled.add_argument("--insecure", action="store_true", help="plain HTTP, for a registry on loopback only")
+    pulled.add_argument("--credential", help="a secret holding the registry's user:password")
     policied = agent_sub.add_parser(
         "policy", help="show an agent's policy, or change it (the machine is rebuilt, its state kept)"
     )
@@ -129,5 +142,6 @@ def register(sub: SubParsers) -> None:
             "stop": stop,
             "rebuild": rebuild,
             "rm": remove,
+            "pull": pull,
         },
     )

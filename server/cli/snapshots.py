@@ -1,4 +1,4 @@
-"""``spinup snapshot``: create, list, show, restore, fork, diff, delete, verify, collect and export snapshots."""
+"""``spinup snapshot``: create, list, show, restore, fork, diff, delete, verify, collect, export and migrate."""
 
 from __future__ import annotations
 
@@ -90,9 +90,31 @@ async def collect(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 async def export(rt: Runtime, args: argparse.Namespace) -> int:
-    size = await rt.export_snapshot(args.snapshot, Path(args.output))
-    print(f"wrote {args.output} ({size} bytes); load it with: docker load -i {args.output}", file=sys.stderr)
+    size = await rt.export_snapshot(args.snapshot, Path(args.output), args.format)
+    how = f"docker load -i {args.output}" if args.format == "docker" else f"skopeo copy oci-archive:{args.output} ..."
+    print(f"wrote {args.output} ({size} bytes); load it with: {how}", file=sys.stderr)
     return 0
+
+
+async def push(rt: Runtime, args: argparse.Namespace) -> int:
+    pushed = await rt.push_snapshot(
+        args.source, args.ref, insecure=args.insecure, credential=args.credential, progress=progress_printer()
+    )
+    print(f"pushed {pushed.snapshot_id} to {pushed.ref} ({pushed.digest})", file=sys.stderr)
+    print_json({"snapshot": pushed.snapshot_id, "ref": pushed.ref, "digest": pushed.digest})
+    return 0
+
+
+async def migrate(rt: Runtime, args: argparse.Namespace) -> int:
+    result = await rt.migrate_store(progress_printer())
+    for snapshot_id, reason in result.skipped.items():
+        print(f"SKIPPED {snapshot_id}: {reason}")
+    print(
+        f"migrated {len(result.migrated)} snapshots, {result.current} were current, {len(result.skipped)} skipped"
+        + (" (run it again once Docker has their base images)" if result.skipped else ""),
+        file=sys.stderr,
+    )
+    return 1 if result.skipped else 0
 
 
 def register(sub: SubParsers) -> None:
@@ -117,9 +139,18 @@ def register(sub: SubParsers) -> None:
     snap_sub.add_parser("rm", help="delete a snapshot nothing builds on").add_argument("snapshot")
     snap_sub.add_parser("verify", help="re-hash every blob and check every reference")
     snap_sub.add_parser("gc", help="remove unreferenced blobs and interrupted writes")
-    exported = snap_sub.add_parser("export", help="write a docker-save archive loadable on any Docker host")
+    exported = snap_sub.add_parser("export", help="write a docker-save or OCI archive (base image included)")
     exported.add_argument("snapshot")
     exported.add_argument("output", help="path of the .tar to write")
+    exported.add_argument(
+        "--format", choices=("docker", "oci"), default="docker", help="docker: for docker load; oci: an OCI archive"
+    )
+    pushed = snap_sub.add_parser("push", help="push a snapshot (or an agent's head) to an OCI registry")
+    pushed.add_argument("source", metavar="SNAPSHOT|AGENT")
+    pushed.add_argument("ref", help="host[:port]/path[:tag], such as registry.example.com/team/agent:v1")
+    pushed.add_argument("--insecure", action="store_true", help="plain HTTP, for a registry on loopback only")
+    pushed.add_argument("--credential", help="a secret holding the registry's user:password")
+    snap_sub.add_parser("migrate", help="store base images and make older snapshots list their layers (resumable)")
     dispatch(
         snap,
         "snapshot_command",
@@ -134,5 +165,7 @@ def register(sub: SubParsers) -> None:
             "verify": verify,
             "gc": collect,
             "export": export,
+            "migrate": migrate,
+            "push": push,
         },
     )

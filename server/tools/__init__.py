@@ -14,7 +14,7 @@ from mcp.server.mcpserver import MCPServer
 
 from spinup.runtime import MCP_GRANTS, Runtime
 
-from . import agents, commands, control, files, packages, ports, processes, secrets, snapshots
+from . import agents, commands, control, files, packages, ports, processes, registry, secrets, snapshots
 from .common import Registrar
 
 
@@ -26,5 +26,5 @@ def register_tools(
 ) -> None:
     """Register every tool on ``server``; ``grants`` is what agent_create may give (Settings.mcp_grants)."""
     registrar = Registrar(server, get_runtime, bound_agent, grants)
-    for noun in (agents, commands, control, processes, files, snapshots, secrets, packages, ports):
+    for noun in (agents, commands, control, processes, files, snapshots, registry, secrets, packages, ports):
         noun.register(registrar)

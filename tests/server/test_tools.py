@@ -33,6 +33,8 @@ EXPECTED_TOOLS = {
     "snapshot_fork",
     "snapshot_diff",
     "snapshot_delete",
+    "snapshot_push",
+    "agent_pull",
     "secret_set",
     "secret_list",
     "package_install",
