@@ -47,6 +47,7 @@ from aiodocker.exceptions import DockerError
 from spinup.runtime import Runtime, Settings
 from spinup.runtime import usage as usage_module
 from spinup.runtime.docker import AGENT_LABEL, API_VERSION
+from spinup.runtime.host_mounts import release_below
 
 BENCH_LABEL = "spinup.bench"
 OP_TIMEOUT = 120.0  # seconds; no single measured operation may take longer
@@ -351,6 +352,7 @@ async def run(n: int, warmup: int) -> tuple[list[RowResult], Samples, dict[str, 
         try:
             await bench.close()
         finally:
+            release_below(home)  # the nosuid,nodev mounts made for machines
             shutil.rmtree(home, ignore_errors=True)
     return summarize(samples), samples, meta
 

@@ -42,6 +42,7 @@ from mcp import Client, StdioServerParameters
 
 from spinup.runtime import Runtime, Settings
 from spinup.runtime.docker import AGENT_LABEL, API_VERSION
+from spinup.runtime.host_mounts import release_below
 from spinup.runtime.machines import machine_config
 from spinup.server.app import build_server
 
@@ -455,6 +456,7 @@ async def run(n: int, warmup: int) -> tuple[list[RowResult], dict[str, Any]]:
                 "samples_ms": {k: [round(v * 1000, 3) for v in vs] for k, vs in samples.times.items()},
             }
     finally:
+        release_below(home)  # the nosuid,nodev mounts made for machines
         shutil.rmtree(home, ignore_errors=True)
     return summarize(samples), meta
 

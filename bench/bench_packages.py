@@ -8,10 +8,11 @@ The wheels (built here, pure Python) are served by a PEP 503 index on the host's
 agents run with network ``host`` and reach nothing but loopback. Each round measures:
 
 - ``first install``: ``package_install`` of every wheel in a fresh agent (downloads; fills the
-  shared cache; the cache is emptied before each round);
-- ``repeat install``: the same in a second fresh agent (served from the shared cache);
+  agent's own cache);
+- ``repeat install``: the same agent removes them and installs them again (served from its cache);
+- ``second agent``: the same in a second fresh agent (downloads again: caches are never shared);
 - ``raw pip``: the baseline, ``docker exec`` of ``python3 -m venv`` + ``pip install`` of the same
-  set in a plain container made from the same image (no Spinup, no shared cache);
+  set in a plain container made from the same image (no Spinup, no cache);
 - ``rebuild``: ``spinup agent rebuild`` of the first agent onto another tag of the base image
   (snapshot, new machine, files carried over, the manifest replayed from the cache).
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from package_sources import make_wheel, serve_index
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.config import DEFAULT_IMAGE
+from spinup.runtime.host_mounts import release_below
 
 BENCH_LABEL = "spinup.bench"
 DOCKER_ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
@@ -83,10 +85,11 @@ async def bench(rounds: int, wheel_count: int) -> dict[str, Any]:
         make_wheel(files, name, "1.0")
     server, url, _ = serve_index(files)
     runtime = Runtime(Settings(home=home / "spinup", label_extra={BENCH_LABEL: "1"}))
-    samples: dict[str, list[float]] = {"first install": [], "repeat install": [], "raw pip": [], "rebuild": []}
+    samples: dict[str, list[float]] = {
+        "first install": [], "repeat install": [], "second agent": [], "raw pip": [], "rebuild": []
+    }  # fmt: skip
     try:
         for index in range(rounds):
-            shutil.rmtree(runtime.settings.cache_dir / "pip", ignore_errors=True)
             first, second = f"bench-first-{index}", f"bench-repeat-{index}"
             await new_agent(runtime, first, url)
             await new_agent(runtime, second, url)
@@ -94,9 +97,13 @@ async def bench(rounds: int, wheel_count: int) -> dict[str, Any]:
             result = await runtime.install_packages(first, "pip", names)
             samples["first install"].append(time.perf_counter() - started)
             assert len(result.added) == wheel_count
+            await runtime.remove_packages(first, "pip", names)
+            started = time.perf_counter()
+            await runtime.install_packages(first, "pip", names)
+            samples["repeat install"].append(time.perf_counter() - started)
             started = time.perf_counter()
             await runtime.install_packages(second, "pip", names)
-            samples["repeat install"].append(time.perf_counter() - started)
+            samples["second agent"].append(time.perf_counter() - started)
             samples["raw pip"].append(await asyncio.to_thread(raw_pip, names, url))
             started = time.perf_counter()
             rebuilt = await runtime.rebuild(first, other_base)
@@ -111,6 +118,7 @@ async def bench(rounds: int, wheel_count: int) -> dict[str, Any]:
         await runtime.close()
         server.shutdown()
         await asyncio.to_thread(subprocess.run, ["docker", "rmi", other_base], capture_output=True, env=DOCKER_ENV)
+        release_below(home)  # the nosuid,nodev mounts made for machines
         shutil.rmtree(home, ignore_errors=True)
     return {key: [round(v, 3) for v in values] for key, values in samples.items()}
 

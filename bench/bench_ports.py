@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from spinup.runtime import Runtime, Settings
+from spinup.runtime.host_mounts import release_below
 
 BENCH_LABEL = "spinup.bench"
 MACHINE_PORT = 9000
@@ -208,6 +209,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for agent in runtime.list_agents():
             await runtime.remove_agent(agent.name)
         await runtime.close()
+        release_below(home)  # the nosuid,nodev mounts made for machines
         shutil.rmtree(home, ignore_errors=True)
 
 

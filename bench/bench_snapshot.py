@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from spinup.runtime import Runtime, Settings
+from spinup.runtime.host_mounts import release_below
 from spinup.runtime.machines import machine_config
 
 LABEL = {"spinup.bench": "snapshot"}
@@ -202,6 +203,7 @@ async def main() -> None:
                 subprocess.run, ["docker", "rmi", "-f", *set(images)], env=DOCKER_ENV, capture_output=True
             )
         await runtime.close()
+        release_below(work)  # the nosuid,nodev mounts made for machines
         shutil.rmtree(work, ignore_errors=True)
 
 

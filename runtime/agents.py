@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import shutil
 import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
@@ -31,7 +33,7 @@ from .errors import (
     WrongState,
 )
 from .exec import run_command
-from .machines import machine_config, machine_name
+from .machines import agent_cache_dir, machine_config, machine_name, prepare_host_dirs
 from .models import Agent, AgentState, Event, Policy, Snapshot, validate_agent_name
 from .policy import (
     AGENT_DIRS_LABEL,
@@ -54,6 +56,17 @@ log = logging.getLogger(__name__)
 FREEZE_WAIT = 30.0
 
 
+
+def _remove_caches(directory: Path) -> None:
+    """Remove an agent's package caches (rmtree never follows a symlink the agent left in them)."""
+
+    def failed(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            log.warning("could not remove %s of a removed agent's package caches: %s", path, exc_info[1])
+
+    shutil.rmtree(directory, onerror=failed)
+
+
 class AgentService:
     """Owns agent records and keeps each agent's machine in the state callers expect."""
 
@@ -73,11 +86,17 @@ class AgentService:
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
 
-    async def create(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
-        """Create an agent and start its machine. The image must already be in Docker."""
+    async def create(
+        self, name: str, image: str | None = None, policy: Policy | None = None, grants: frozenset[str] | None = None
+    ) -> Agent:
+        """Create an agent and start its machine. The image must already be in Docker. With ``grants`` (an MCP
+        client's) a policy beyond them or past the operator's ceilings is refused."""
         validate_agent_name(name)
         image = image or self.settings.default_image
         policy = policy or Policy()
+        if grants is not None:
+            check_granted(policy, grants)
+            self.settings.ceilings.check_policy(policy, len(self.db.list_agents()))
         check_fits_host(policy, await self.docker.cpu_count())
         self._check_egress_possible(policy)
         await self._require_image(image)
@@ -141,6 +160,7 @@ class AgentService:
                     self.db.record_event(agent.id, "machine-missing", f"machine {agent.machine_id[:12]} is gone")
                 await self._create_machine(agent, recreated=agent.machine_id is not None)
             elif not info.running:
+                await asyncio.to_thread(prepare_host_dirs, agent, self.settings)
                 await self.docker.start(info.id)
                 self.db.set_machine(agent.id, info.id, AgentState.RUNNING)
                 self.db.record_event(agent.id, "machine-started", info.id[:12])
@@ -343,7 +363,7 @@ class AgentService:
                 result = await self._capturer.capture(agent, info, label, progress, keep_paused=True)
                 saved = result.snapshot.id if result.created else None
             try:
-                image = await self.snapshots.ensure_image(target, progress)
+                image = await self.snapshots.ensure_image(target, progress, agent.policy.disk)
             except BaseException:
                 if info is not None and info.running and not info.paused:
                     await self.docker.unpause(info.id)  # no restore: the machine goes on
@@ -449,6 +469,7 @@ class AgentService:
         parent = next((a for a in self.db.list_agents() if a.id == source.agent_id), None)
         policy = (policy or (parent.policy if parent else Policy())).updated(network=network, user=user)
         if grants is not None:
+            self.settings.ceilings.check_policy(policy, len(self.db.list_agents()))
             try:
                 check_granted(policy, grants)
             except NotGranted as exc:
@@ -457,7 +478,7 @@ class AgentService:
                     f"A fork of snapshot {snapshot_id} would run under the policy of {whose}. {exc} Or fork it "
                     f"with a policy this server grants (network='none', user='agent')."
                 ) from exc
-        image = await self.snapshots.ensure_image(source)
+        image = await self.snapshots.ensure_image(source, disk=policy.disk)
         agent = self.db.create_agent(name, source.base_image, policy)
         try:
             self.db.set_head(agent.id, source.id)
@@ -491,11 +512,13 @@ class AgentService:
         return hibernated
 
     async def remove(self, name: str) -> Agent:
-        """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
+        """Remove the agent: its machine, its record, its package caches, and its snapshots that no other agent
+        builds on."""
         agent = self.get(name)
         async with self._locks[agent.id]:
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id, ("removed", f"agent {agent.name} and its machine removed"))
+            await asyncio.to_thread(_remove_caches, agent_cache_dir(self.settings, agent))
         self._locks.pop(agent.id, None)
         self._last_used.pop(agent.id, None)
         await self.snapshots.prune_orphans(agent.id)
@@ -509,7 +532,7 @@ class AgentService:
         """Make the agent's machine: from its head snapshot if it has one, else from its base image."""
         head: Snapshot | None = self.snapshots.get(agent.head_snapshot) if agent.head_snapshot else None
         if head is not None:
-            image = await self.snapshots.ensure_image(head)
+            image = await self.snapshots.ensure_image(head, disk=agent.policy.disk)
             await self._start_from(agent, image, "machine-rehydrated", f"from head snapshot {head.id}")
             return
         await self._require_image(agent.image)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ceilings import Ceilings
 from .errors import InvalidInput
 
 DEFAULT_IMAGE = "spinup/base:bookworm"
@@ -24,7 +25,7 @@ TOOLBOX_MOUNT = "/.spinup/busybox"
 # What an MCP client may put in an agent's policy beyond the defaults, if the operator allows it
 # (SPINUP_MCP_GRANTS). The CLI is the operator's and is never limited by this.
 MCP_GRANTS = ("host-network", "root", "allowlist")
-DEFAULT_MCP_GRANTS = "root"
+DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt), the host network or allowlist rules only if the operator says so
 
 
 def parse_grants(text: str) -> frozenset[str]:
@@ -112,13 +113,15 @@ class Settings:
     egress_resolve: str = field(default_factory=lambda: os.environ.get("SPINUP_EGRESS_RESOLVE", ""))
     # A CA file the egress proxy trusts, besides the system's, when it intercepts a host's HTTPS.
     egress_upstream_ca: str = field(default_factory=lambda: os.environ.get("SPINUP_EGRESS_UPSTREAM_CA", ""))
+    # The most one request may ask of the host (SPINUP_MAX_*, SPINUP_MCP_MAX_*, SPINUP_STORE_QUOTA).
+    ceilings: Ceilings = field(default_factory=Ceilings.from_env)
     # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
     # which the process kills itself with SIGKILL. Empty: none.
     crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))
 
     @property
     def cache_dir(self) -> Path:
-        """Package download caches shared by agents (pip, npm)."""
+        """Package download caches, one directory per agent (pip, npm, apt)."""
         return self.home / "cache"
 
     @property

@@ -33,7 +33,7 @@ from spinup.snapshot.store import fsync_dir
 from .errors import CredentialKeyError, InvalidInput, SecretNotFound, SpinupError
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-MIN_SECRET_LENGTH = 4  # shorter values cannot be redacted reliably
+MIN_SECRET_LENGTH = 8  # shorter values cannot be redacted reliably (and redact every agent's output)
 FORMAT_VERSION = 1
 _KEY_BYTES = 32
 _MAKE_KEY = "python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"

@@ -49,10 +49,13 @@ class LimitWatch:
 
 
 def directory_usage(root: str) -> int:
-    """Bytes of disk the tree under ``root`` uses (allocated blocks; each hard-linked inode once).
+    """Bytes of disk the tree under ``root`` uses (each hard-linked inode once).
 
-    The machine runs meanwhile: directories are opened from their parents' descriptors, never
-    through a symlink (``spinup.snapshot.beneath``), and one that moved is left out.
+    A file counts its allocated blocks or its apparent size, whichever is larger: a sparse file
+    costs what it would cost once its holes are written out, as a snapshot restore does (Docker
+    writes every hole of a layer as zeros). The machine runs meanwhile: directories are opened
+    from their parents' descriptors, never through a symlink (``spinup.snapshot.beneath``), and
+    one that moved is left out.
     """
     total = 0
     seen: set[int] = set()
@@ -75,7 +78,8 @@ def directory_usage(root: str) -> int:
                     if st.st_ino in seen:
                         continue
                     seen.add(st.st_ino)
-                total += st.st_blocks * 512
+                allocated = st.st_blocks * 512
+                total += max(allocated, st.st_size) if stat.S_ISREG(st.st_mode) else allocated
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append(prefix + entry.name)
         return subdirs

@@ -114,7 +114,9 @@ class Policy(BaseModel):
     )
     nofile: int = Field(default=8192, ge=64, le=1 << 20, description="Open files per process (ulimit -n).")
     package_cache: bool = Field(
-        default=True, description="Share pip's and npm's download caches with other agents (false: its own)."
+        default=True,
+        description="Keep pip's and npm's download caches on the host for this agent alone, across its machines "
+        "(false: in its home, so in its snapshots).",
     )
 
     @field_validator("allow", mode="before")
@@ -196,7 +198,7 @@ class Policy(BaseModel):
             f"pids={self.pids}",
             f"disk={format_size(self.disk) if self.disk is not None else 'unlimited'}",
             f"nofile={self.nofile}",
-            f"package_cache={'shared' if self.package_cache else 'own'}",
+            f"package_cache={'host' if self.package_cache else 'home'}",
         ]
         return " ".join(parts)
 

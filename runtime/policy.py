@@ -33,8 +33,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An image labelled so has /workspace and the agent's home owned by the agent user already.
 AGENT_DIRS_LABEL = "spinup.agent-dirs"
 
-# A root policy gets Docker's default capability set minus NET_RAW (no raw sockets): enough for
-# apt and dpkg (chown, setuid to _apt, device-less installs), nothing that reaches the host.
+# A root policy gets Docker's default capability set minus NET_RAW (no raw sockets) and MKNOD (no
+# device nodes, not even in the host directories it mounts): enough for apt and dpkg (chown, setuid
+# to _apt, device-less installs), nothing that reaches the host. Overlay whiteouts need no MKNOD.
 ROOT_CAPABILITIES = (
     "CHOWN",
     "DAC_OVERRIDE",
@@ -47,7 +48,6 @@ ROOT_CAPABILITIES = (
     "SETFCAP",
     "NET_BIND_SERVICE",
     "SYS_CHROOT",
-    "MKNOD",
     "AUDIT_WRITE",
 )
 

@@ -3,10 +3,11 @@
 overlay2 on ext4 (the common case) has no per-container size limit, so the writable layer is
 measured instead: after commands and file writes a measurement runs in the background, at most
 every ``MEASURE_INTERVAL`` seconds per machine (the overlay upper directory walked from the host,
-or Docker's ``SizeRw`` for a remote daemon). While the last measurement is over the quota,
-commands and file writes through Spinup are refused with a message that says how to get back
-under it; a refusal re-measures first, so deleting files unblocks the agent at once. A command
-can overshoot the quota, and so can others within the interval; after that they are refused.
+or Docker's ``SizeRw`` for a remote daemon; both count a sparse file at its apparent size). While
+the last measurement is over the quota, commands and file writes through Spinup are refused with
+a message that says how to get back under it; a refusal re-measures first, so deleting files
+unblocks the agent at once. A command can overshoot the quota, and so can others within the
+interval; after that they are refused.
 """
 
 from __future__ import annotations

@@ -137,9 +137,13 @@ class Runtime:
 
     # agents
 
-    async def create_agent(self, name: str, image: str | None = None, policy: Policy | None = None) -> Agent:
-        """Create an agent and start its machine. The image must already be in Docker."""
-        return await self._agents.create(name, image, policy)
+    async def create_agent(
+        self, name: str, image: str | None = None, policy: Policy | None = None, grants: frozenset[str] | None = None
+    ) -> Agent:
+        """Create an agent and start its machine. The image must already be in Docker. With ``grants`` (an MCP
+        client's, see ``Settings.mcp_grants``) a policy beyond them or past the operator's ceilings
+        (``Settings.ceilings``) is refused."""
+        return await self._agents.create(name, image, policy, grants)
 
     async def ensure_agent(self, name: str, image: str | None = None) -> Agent:
         """Wake ``name``, creating the agent first if it does not exist (for servers bound to one agent)."""
@@ -343,6 +347,8 @@ class Runtime:
         When the memory or pids limit hit the command, its stderr ends with a note that says so
         and ``limit`` names it.
         """
+        if output_cap is not None:
+            self.settings.ceilings.check_output(output_cap)
         agent = await self._agents.wake(name)
         assert agent.machine_id is not None
         await self._quota.check(agent)
@@ -539,6 +545,7 @@ class Runtime:
             write_guard=lambda: self._quota.check(agent),
             on_written=lambda: self._quota.changed(agent),
             record=lambda kind, detail, data: self._db.record_event(agent.id, kind, detail, data),
+            ceilings=self.settings.ceilings,
         )
 
     # ports
@@ -603,7 +610,14 @@ class Runtime:
     # snapshots
 
     async def snapshot(self, name: str, label: str = "", progress: ProgressFn | None = None) -> CaptureResult:
-        """Capture what the agent's machine changed since its head; returns the head if nothing did."""
+        """Capture what the agent's machine changed since its head; returns the head if nothing did.
+
+        Refused past the operator's ceilings on an agent's snapshots and store use (``Settings.ceilings``);
+        the snapshots Spinup takes itself (before a stop, a restore, a policy change) are not.
+        """
+        agent = self._agents.get(name)
+        stored = self._db.store_bytes([agent.id]).get(agent.id, 0)
+        self.settings.ceilings.check_snapshot(name, len(self._db.list_snapshots(agent.id)), stored)
         return await self._agents.snapshot(name, label, progress)
 
     async def restore(self, name: str, snapshot_id: str, progress: ProgressFn | None = None) -> RestoreResult:

@@ -34,8 +34,8 @@ from spinup.snapshot.walk import LayerPlan, MemberSink, Planner, scan
 from . import api_capture
 from .config import Settings
 from .docker import DockerBackend, ImageInfo, MachineInfo
-from .errors import DockerFailure, SpinupError
-from .models import Agent, Snapshot, readable_size
+from .errors import DockerFailure, LimitReached, SpinupError
+from .models import Agent, Snapshot, format_size, readable_size
 from .policy import exec_user
 from .snapshot_images import SNAP_REPO, ProgressFn, snapshot_tag
 from .state import StateDB
@@ -87,6 +87,26 @@ def crash_hook(point: str) -> FaultHook:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return crash
+
+
+def check_layer_size(agent: Agent, sizes: dict[str, int]) -> None:
+    """Refuse a layer whose files (by path, apparent sizes) would expand past the agent's disk limit once loaded.
+
+    Docker writes every hole of a sparse file out when it loads a layer, so a layer counts its
+    files whole: a machine's ``truncate -s 16T`` must not become 16 TiB in Docker's data root.
+    """
+    limit = agent.policy.disk
+    total = sum(sizes.values())
+    if limit is None or total <= limit:
+        return
+    largest = sorted(sizes.items(), key=lambda item: item[1], reverse=True)[:3]
+    named = ", ".join(f"{'' if path.startswith('(') else '/'}{path} ({readable_size(size)})" for path, size in largest)
+    raise LimitReached(
+        f"Agent '{agent.name}' cannot be snapshotted: the files it changed add up to {readable_size(total)} "
+        f"(sparse files counted whole, as a restore writes them), past its disk limit of {format_size(limit)}. "
+        f"Largest: {named}. Delete or shrink them (file_delete), or raise the limit "
+        f"(CLI: spinup agent policy {agent.name} --disk <size>); the machine runs on unchanged."
+    )
 
 
 def base_image(image: ImageInfo) -> BaseImage:
@@ -203,9 +223,12 @@ class SnapshotCapture:
         expected: list[int] = []  # content bytes of the changed files, known once the walk is done
 
         def on_walked(index: Index, layer_plan: LayerPlan) -> None:
+            if progress or job.agent.policy.disk is not None:
+                entries = index.entries
+                sizes = {p: e.size for p in layer_plan.archive if (e := entries.get(p)) and e.kind == "file"}
+                expected.append(sum(sizes.values()))
+                check_layer_size(job.agent, sizes)  # tar has read only the data of sparse files, not their holes
             if progress:
-                files = [index.entries[path] for path in layer_plan.archive]
-                expected.append(sum(entry.size for entry in files if entry.kind == "file"))
                 progress(f"archiving {layer_plan.paths_changed} changed paths ({readable_size(expected[0])})", None)
             serialized.append(index.dumps(delta_base))  # while tar and zstd finish the layer
 
@@ -277,6 +300,12 @@ class SnapshotCapture:
                 "Docker refuses images deeper than 125 layers. `spinup agent rebuild %s --image %s` starts afresh.",
                 job.agent.name, job.head.id, job.head.layers, job.agent.name, job.agent.image,
             )  # fmt: skip
+        disk = job.agent.policy.disk
+        if disk is not None:
+            # The toolbox's tar reads sparse files whole: weigh the layer first (Docker counts apparent sizes).
+            used = await self.docker.writable_size(job.machine.id)
+            if used > disk:
+                check_layer_size(job.agent, {"(the machine's writable layer)": used})
         current = await api_capture.changed_paths(self.docker, job.machine.id)
         layer_plan = api_capture.plan_from_changes(job.previous, current)
         if job.head is not None and layer_plan.empty and job.previous is not None:

@@ -15,8 +15,8 @@ from spinup.snapshot.archive import save_stream
 from spinup.snapshot.snapshot_store import SnapshotStore
 
 from .docker import DockerBackend
-from .errors import NotFound
-from .models import Snapshot
+from .errors import LimitReached, NotFound
+from .models import Snapshot, format_size, readable_size
 
 SNAP_REPO = "spinup/snap"
 ProgressFn = Callable[[str, float | None], None]  # a progress message, and how far (None: unknown)
@@ -45,13 +45,25 @@ class SnapshotImages:
         self.docker = docker
         self.snapshot_store = snapshot_store
 
-    async def ensure(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> str:
-        """The Docker image of a snapshot, loading it from the store when Docker does not have it."""
+    async def ensure(self, snapshot: Snapshot, progress: ProgressFn | None = None, disk: int | None = None) -> str:
+        """The Docker image of a snapshot, loading it from the store when Docker does not have it.
+
+        ``disk`` (the disk limit of the agent it is for) refuses, before Docker sees a byte, a layer
+        that would expand past it: Docker writes sparse files' holes out in full.
+        """
         tag = snapshot_tag(snapshot.id)
         if await self.docker.image_exists(tag):
             return tag
         # A missing or corrupt blob raises a StoreError, itself a SpinupError that says what to do.
         image = await asyncio.to_thread(self.snapshot_store.save_image, snapshot.manifest_digest, tag, snapshot.id)
+        largest = max(image.expanded, default=0)
+        if disk is not None and largest > disk:
+            raise LimitReached(
+                f"Snapshot {snapshot.id} has a layer whose files expand to {readable_size(largest)} once loaded "
+                f"(sparse files count whole: Docker writes their holes out), past the disk limit of "
+                f"{format_size(disk)} of the agent it is for. Nothing was loaded. Raise the limit "
+                f"(CLI: spinup agent policy NAME --disk <size>, or fork with a larger disk), or use another snapshot."
+            )
         # The snapshot builds on the exact base image it was taken on (by id, not by tag).
         base_id = image.base_id
         if not base_id or not await self.docker.image_exists(base_id):

@@ -48,9 +48,12 @@ class SnapshotService:
 
     # materialize
 
-    async def ensure_image(self, snapshot: Snapshot, progress: ProgressFn | None = None) -> str:
-        """The Docker image of a snapshot, loading it from the store when Docker does not have it."""
-        return await self._images.ensure(snapshot, progress)
+    async def ensure_image(
+        self, snapshot: Snapshot, progress: ProgressFn | None = None, disk: int | None = None
+    ) -> str:
+        """The Docker image of a snapshot, loading it from the store when Docker does not have it (no layer
+        that expands past ``disk``, the disk limit of the agent it is for)."""
+        return await self._images.ensure(snapshot, progress, disk)
 
     async def packages(self, snapshot: Snapshot) -> builtins.list[PackageEntry]:
         """The package manifest recorded in the snapshot (empty for snapshots that predate it)."""

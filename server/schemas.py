@@ -272,10 +272,20 @@ class SecretEntry(FromRuntime):
     bound_to: list[str] = Field(description="Agents that get this credential (as an env var and/or a file).")
 
 
-class SecretList(BaseModel):
-    """Stored credentials (names and fingerprints only)."""
+class SecretSummary(FromRuntime):
+    """A stored credential as MCP clients see it: its name and bindings. No fingerprint: a model could store a
+    guess under another name and compare."""
 
-    secrets: list[SecretEntry]
+    name: str
+    created_at: str
+    updated_at: str
+    bound_to: list[str] = Field(description="Agents that get this credential (as an env var and/or a file).")
+
+
+class SecretList(BaseModel):
+    """Stored credentials (names and bindings only)."""
+
+    secrets: list[SecretSummary]
 
 
 class PortForwardInfo(FromRuntime):

@@ -31,6 +31,7 @@ class SaveImage:
     base_diff_ids: list[str]
     layers: list[Descriptor]  # Spinup's own layers, bottom first
     base_id: str = ""  # the base image (by id) the daemon must already have: its layers are not included
+    expanded: tuple[int, ...] = ()  # bytes each of ``layers`` writes once loaded (sparse files whole)
 
 
 def _header(name: str, size: int) -> bytes:

@@ -17,8 +17,10 @@ def _normal(name: str) -> str:
     return posixpath.normpath("/" + name.removeprefix("./")).lstrip("/")
 
 
-def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> None:
-    """Raise :class:`UnsafeLayer` for the first dangerous entry.
+def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> int:
+    """Raise :class:`UnsafeLayer` for the first dangerous entry; return the bytes the layer's files expand to.
+
+    The size counts a sparse file whole (its apparent size): Docker writes its holes out as zeros.
 
     Refused: absolute names, names with '..', device nodes (FIFOs are fine), hard links that leave the
     layer root, any entry whose path goes through a symlink the same layer created (the
@@ -26,8 +28,11 @@ def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> N
     namespaces capture records (``trusted.overlay.*`` would steer the overlay filesystem).
     """
     symlinks: set[str] = set()
+    expanded = 0
     for member in members:
         raw = member.name
+        if member.isreg():
+            expanded += member.size
         for key in member.pax_headers:
             if key.startswith(XATTR_RECORD):
                 attribute = key[len(XATTR_RECORD) :]
@@ -57,3 +62,4 @@ def check_members(members: Iterable[tarfile.TarInfo], layer: str = "layer") -> N
             symlinks.add(name)
         else:
             symlinks.discard(name)
+    return expanded

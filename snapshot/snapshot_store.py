@@ -165,15 +165,17 @@ class SnapshotStore:
     def save_image(self, manifest_digest: str, tag: str, name: str) -> SaveImage:
         """Blocking: what ``docker load`` gets to make the snapshot ``name`` an image tagged ``tag``.
 
-        Every layer's digest is verified and unsafe entries refused before Docker sees a byte.
+        Every layer's digest is verified and unsafe entries refused before Docker sees a byte; the
+        result says how many bytes each layer expands to, for the caller to weigh before loading.
         """
         manifest = self.store.get_json(manifest_digest)
         config_descriptor = Descriptor.from_json(manifest["config"])
         with self.store.open_blob(config_descriptor) as reader:
             config: bytes = reader.read()
         layers = [Descriptor.from_json(d) for d in manifest["layers"]]
-        for layer in layers:
-            check_members(layer_members(self.store, layer), f"layer {layer.digest[:19]} of {name}")
+        expanded = tuple(
+            check_members(layer_members(self.store, layer), f"layer {layer.digest[:19]} of {name}") for layer in layers
+        )
         diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         return SaveImage(
             tag=tag,
@@ -182,6 +184,7 @@ class SnapshotStore:
             base_diff_ids=diff_ids[: len(diff_ids) - len(layers)],
             layers=layers,
             base_id=manifest.get("annotations", {}).get(oci.BASE_ID, ""),
+            expanded=expanded,
         )
 
     # maintenance

@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 
 from spinup.runtime import Event, Policy, Runtime, Settings
+from spinup.runtime.host_mounts import release_below
 from spinup.server.app import build_server
 from spinup.snapshot.store import Store
 
@@ -79,7 +80,7 @@ def unique_name(prefix: str = "a") -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _docker_and_cleanup() -> Iterator[None]:
+def _docker_and_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     probe = docker_cli("info", "--format", "{{.ServerVersion}}", check=False)
     if probe.returncode != 0:
         pytest.fail(f"Docker daemon unreachable: {probe.stderr.strip()}. Run scripts/setup first.")
@@ -90,6 +91,7 @@ def _docker_and_cleanup() -> Iterator[None]:
     images = docker_cli("images", "-q", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
     if images:
         docker_cli("rmi", "-f", *sorted(set(images)), check=False)
+    release_below(tmp_path_factory.getbasetemp())  # the nosuid,nodev mounts made for machines
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from ..errors import PermissionDenied, SpinupError
 from .archive import MachineArchive
 from .toolbox import classify_failure, run_toolbox
 
-Action = Literal["read", "list", "write"]
+Action = Literal["read", "list", "write", "stat"]
 
 # Exit 0 when the user may do the action to $2 (run as that user by the toolbox's sh). For a path
 # that does not exist yet, "write" asks whether its nearest existing ancestor takes new entries.
@@ -27,6 +27,7 @@ _ACCESS_SCRIPT = r"""
 case "$1" in
   read) test -r "$2" ;;
   list) test -r "$2" && test -x "$2" ;;
+  stat) cd "$(/.spinup/busybox dirname "$2")" ;;  # every directory on the way searchable, as stat(2) needs
   write)
     # (busybox resolves a dangling link's relative target from the cwd: start in the link's directory)
     cd "$(/.spinup/busybox dirname "$2")" 2>/dev/null && p=$(/.spinup/busybox readlink -f "$2") || p="$2"
@@ -34,7 +35,7 @@ case "$1" in
     if [ -d "$p" ]; then test -w "$p" && test -x "$p"; else test -w "$p"; fi ;;
 esac
 """
-_ACCESS_WORDS = {"read": "read", "list": "list", "write": "write to"}
+_ACCESS_WORDS = {"read": "read", "list": "list", "write": "write to", "stat": "look up"}
 
 
 class AccessMemo:

@@ -11,7 +11,7 @@ import posixpath
 import stat as statmod
 import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Literal
@@ -100,10 +100,16 @@ class MachineArchive:
             return await with_tar_stream(content, linkname)
 
     async def read_range(
-        self, path: str, real: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+        self,
+        path: str,
+        real: str,
+        offset: int,
+        limit: int | None,
+        unit: Literal["bytes", "lines"],
+        check_size: Callable[[int, bool], None],
     ) -> tuple[bytes, int, bool, int, tuple[int, int, int]]:
         """The bytes (or lines) asked for, how many, whether the end was reached, the file's size, and its
-        owner, group and mode."""
+        owner, group and mode. ``check_size(bytes, limited)`` raises before more than the ceiling is held."""
         owner: list[tuple[int, int, int]] = []
 
         def extract(tar: tarfile.TarFile) -> tuple[bytes, int, bool, int]:
@@ -114,33 +120,58 @@ class MachineArchive:
             fh = tar.extractfile(member)
             assert fh is not None
             if unit == "bytes":
+                rest = max(member.size - offset, 0)
+                check_size(rest if limit is None else min(limit, rest), limit is not None)
                 _skip(fh, offset)
                 data = fh.read() if limit is None else fh.read(limit)
                 return data, len(data), offset + len(data) >= member.size, member.size
+            for _ in range(offset):  # skipped lines are read in chunks: a line may be any length
+                while (chunk := fh.readline(_CHUNK)) and not chunk.endswith(b"\n"):
+                    pass
+                if not chunk:
+                    return b"", 0, True, member.size
             lines: list[bytes] = []
-            for index, line in enumerate(fh):
-                if index < offset:
-                    continue
-                if limit is not None and len(lines) >= limit:
-                    return b"".join(lines), len(lines), False, member.size
+            held = 0
+            while limit is None or len(lines) < limit:
+                line = fh.readline(_CHUNK)
+                while line and not line.endswith(b"\n"):
+                    more = fh.readline(_CHUNK)
+                    if not more:
+                        break
+                    line += more
+                    check_size(held + len(line), limit is not None)  # a line without end is held no further
+                if not line:
+                    return b"".join(lines), len(lines), True, member.size
+                held += len(line)
+                check_size(held, limit is not None)
                 lines.append(line)
-            return b"".join(lines), len(lines), True, member.size
+            return b"".join(lines), len(lines), fh.read(1) == b"", member.size
 
         async with self.docker.get_archive(self.machine_id, real) as (_, content):
             data, returned, eof, size = await with_tar_stream(content, extract)
         return data, returned, eof, size, owner[0]
 
     async def entries(
-        self, path: str, real: str, recursive: bool, pattern: str | None, max_entries: int
+        self,
+        path: str,
+        real: str,
+        recursive: bool,
+        pattern: str | None,
+        max_entries: int,
+        max_bytes: int,
+        too_big: Callable[[str], Exception],
     ) -> tuple[list[FileInfo], bool]:
         """The entries under the directory ``real`` (named under ``path``), sorted by path, and whether
-        ``max_entries`` cut the list."""
+        ``max_entries`` cut the list. Docker streams the whole subtree, contents included: past ``max_bytes``
+        of it, ``too_big(path)`` is raised (before that content is read)."""
 
         def collect(tar: tarfile.TarFile) -> tuple[list[FileInfo], bool]:
             entries: list[FileInfo] = []
             sizes: dict[str, int] = {}  # Docker sends a file's second hard link with size 0
             root: str | None = None
             for member in tar:
+                if member.offset_data + member.size > max_bytes:
+                    raise too_big(path)
                 if member.isfile():
                     sizes[member.name] = member.size
                 name = member.name.rstrip("/")

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Literal
 
+from ..ceilings import Ceilings
 from ..docker import DockerBackend
 from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
 from .access import AccessCheck, FileAccess, drop, passed
@@ -43,6 +44,7 @@ class Files:
         write_guard: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] | None = None,
         record: Callable[[str, str, dict[str, Any]], None] | None = None,
+        ceilings: Ceilings | None = None,
     ) -> None:
         self.docker = docker
         self.machine_id = machine_id
@@ -55,10 +57,26 @@ class Files:
         self._on_written = on_written
         # Told of each change a caller made: (event kind, detail, data), e.g. ("file-written", ...).
         self._record = record or (lambda kind, detail, data: None)
+        self.ceilings = ceilings or Ceilings()
 
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
         path = normalize_path(path)
+        check = None if self._check.known(path) else self._check.soon(path, "stat")
+        try:
+            try:
+                info = await self._info(path)
+            except BaseException:
+                await passed(check)  # where the agent's user cannot look, that is the answer, not what root found
+                raise
+            await passed(check)
+        finally:
+            drop(check)
+        self._check.learn(path)
+        return info
+
+    async def _info(self, path: str) -> FileInfo:
+        """Stat a normalized path as the archive API sees it (no access check: callers checked already)."""
         info = info_from_stat(path, await self._paths.stat(path))
         if info.type == "symlink":
             # Docker's stat gives the fully resolved target; a link's own text is in its tar entry.
@@ -66,8 +84,12 @@ class Files:
         return info
 
     async def exists(self, path: str) -> bool:
-        """Whether the path exists (symlinks count as existing)."""
-        return await self._paths.exists(normalize_path(path))
+        """Whether the path exists (symlinks count as existing); :class:`PermissionDenied` where the agent's
+        user cannot look it up."""
+        path = normalize_path(path)
+        if not self._check.known(path):
+            await self._check.require(path, "stat")
+        return await self._paths.exists(path)
 
     async def read(
         self,
@@ -94,7 +116,9 @@ class Files:
         quick = self._check.known(real)
         check = None if quick else self._check.soon(real, "read")
         try:
-            data, returned, eof, size, owner = await self._archive.read_range(path, real, offset, limit, unit)
+            data, returned, eof, size, owner = await self._archive.read_range(
+                path, real, offset, limit, unit, self.ceilings.check_read
+            )
             if quick and not self._check.bits_allow(owner, 4):
                 await self._check.require(real, "read")  # perhaps a group the quick check does not know
             await passed(check)
@@ -139,7 +163,7 @@ class Files:
             target = await self._write(path, content, encoding, perm, create_parents, check)
         finally:
             drop(check)
-        info = await self.stat(target)
+        info = await self._info(target)
         self._record("file-written", f"{target} ({info.size} bytes)", {"path": target, "size": info.size})
         return info
 
@@ -207,7 +231,7 @@ class Files:
         missing = await self._paths.missing_ancestors(posixpath.dirname(path))
         members = [self._member(d, tarfile.DIRTYPE, 0o755) for d in missing]
         await self._put([*members, self._member(path, tarfile.DIRTYPE, 0o755 if perm is None else perm)])
-        return await self.stat(path)
+        return await self._info(path)
 
     def _member(self, path: str, kind: bytes, mode: int) -> tarfile.TarInfo:
         """A tar entry for ``path`` owned by the agent's user."""
@@ -239,7 +263,9 @@ class Files:
             real, st = await self._paths.resolve(path)
             if not st.is_dir:
                 raise NotADirectory(path)
-            entries, cut = await self._archive.entries(path, real, recursive, pattern, max_entries)
+            entries, cut = await self._archive.entries(
+                path, real, recursive, pattern, max_entries, self.ceilings.list_bytes, self.ceilings.list_past
+            )
             await passed(check)
         finally:
             drop(check)
@@ -267,7 +293,7 @@ class Files:
             await self.mkdir(parent)
         await self._toolbox(["mv", "-f", "--", source, destination], f"move {source} to {destination}")
         self._record("file-moved", f"{source} -> {destination}", {"path": source, "destination": destination})
-        return await self.stat(destination)
+        return await self._info(destination)
 
     async def delete(self, path: str, *, recursive: bool = False) -> FileInfo:
         """Delete a file, symlink or empty directory; ``recursive`` deletes a directory tree."""

@@ -51,7 +51,7 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--package-cache",
         action=argparse.BooleanOptionalAction,
-        help="share pip's and npm's download caches with other agents (default on)",
+        help="keep pip's and npm's download caches on the host, for this agent alone (default on; off: in its home)",
     )
 
 

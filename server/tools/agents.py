@@ -71,8 +71,7 @@ def register(reg: Registrar) -> None:
         policy = Policy().updated(
             network=network, user=user, cpus=cpus, memory=memory, pids=pids, disk=disk, allow=allow
         )
-        check_granted(policy, grants)
-        return AgentInfo.of(await runtime.create_agent(name, image, policy))
+        return AgentInfo.of(await runtime.create_agent(name, image, policy, grants))
 
     # Annotations are strings here (postponed evaluation) and resolve against module globals only:
     # the grant-dependent descriptions go in as objects.

@@ -33,9 +33,9 @@ def test_unknown_grants_are_refused_with_the_words_that_work(text: str) -> None:
         parse_grants(text)
 
 
-def test_settings_read_the_environment_and_default_to_root_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_read_the_environment_and_grant_nothing_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPINUP_MCP_GRANTS", raising=False)
-    assert Settings().mcp_grants == {"root"}
+    assert Settings().mcp_grants == set()
     monkeypatch.setenv("SPINUP_MCP_GRANTS", "host-network")
     assert Settings().mcp_grants == {"host-network"}
     monkeypatch.setenv("SPINUP_MCP_GRANTS", "hostnetwork")

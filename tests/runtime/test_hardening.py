@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from conftest import docker_cli
-from spinup.runtime import Runtime
-from spinup.runtime.errors import SpinupError
+from conftest import docker_cli, unique_name
+from spinup.runtime import Policy, Runtime
+from spinup.runtime.errors import PermissionDenied, SpinupError
 
 
 def _on_scandir(monkeypatch: pytest.MonkeyPatch, prefix: str, move: Callable[[], None]) -> threading.Event:
@@ -98,3 +99,70 @@ async def test_live_diff_returns_when_files_become_a_fifo_and_dev_zero(
         asyncio.gather(*(runtime.diff(root_agent) for _ in range(6)), runtime.exec(root_agent, "true")), 20
     )
     assert all("/w/f" in d.added for d in diffs[:-1]), [d.added for d in diffs[:-1]]
+
+
+async def test_one_agent_cannot_plant_files_in_another_agents_package_caches(runtime: Runtime) -> None:
+    attacker, victim = unique_name("plant"), unique_name("victim")
+    await runtime.create_agent(attacker, policy=Policy(user="root"))
+    await runtime.create_agent(victim)
+    plant = (
+        "for d in /var/cache/spinup/pip /var/cache/spinup/npm /var/cache/apt/archives; do "
+        "mkdir -p $d && echo poison > $d/planted-wheel; done; ls /var/cache/spinup/pip/planted-wheel"
+    )
+    assert (await runtime.exec(attacker, plant)).exit_code == 0
+    await runtime.set_policy(victim, Policy(user="root"))  # so it mounts apt's archives too
+    look = "cat /var/cache/spinup/pip/planted-wheel /var/cache/spinup/npm/planted-wheel"
+    seen = await runtime.exec(victim, f"{look} /var/cache/apt/archives/planted-wheel")
+    assert "poison" not in seen.stdout, seen.stdout
+    # The attacker's own cache still holds what it wrote (it is its cache, across its machines).
+    await runtime.stop_agent(attacker, hibernate=True)
+    assert (await runtime.exec(attacker, "cat /var/cache/spinup/pip/planted-wheel")).stdout == "poison\n"
+
+
+async def test_a_root_agent_cannot_make_a_device_node_not_even_in_its_host_mounted_caches(
+    runtime: Runtime, root_agent: str
+) -> None:
+    for where in ("/tmp/disk", "/var/cache/spinup/pip/disk", "/var/cache/apt/archives/disk"):
+        made = await runtime.exec(root_agent, f"mknod {where} b 8 0 && ls -l {where}")
+        assert made.exit_code != 0 and "Operation not permitted" in made.stderr, (where, made)
+    # Deleting a file of the image (an overlay whiteout, a device node the kernel makes) still works.
+    assert (await runtime.exec(root_agent, "rm /etc/motd && test ! -e /etc/motd")).exit_code == 0
+
+
+def _run_as_nobody(path: Path, *args: str) -> str:
+    """Run ``path`` on the host as uid 65534 (through a descriptor: the state directory is root's alone)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return subprocess.run(
+            [f"/proc/self/fd/{fd}", *args], user=65534, group=65534, extra_groups=[], pass_fds=(fd,),
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+async def test_a_setuid_file_planted_in_a_host_mounted_cache_is_not_setuid_on_the_host(
+    runtime: Runtime, root_agent: str
+) -> None:
+    plant = "cp /usr/bin/id /var/cache/spinup/pip/id && chmod 4755 /var/cache/spinup/pip/id"
+    assert (await runtime.exec(root_agent, plant)).exit_code == 0
+    planted = runtime.settings.cache_dir / runtime.get_agent(root_agent).id / "pip" / "id"
+    assert planted.stat().st_mode & 0o4000 and planted.stat().st_uid == 0
+    assert _run_as_nobody(planted, "-u") == "65534\n"  # euid: the setuid bit is ignored
+    mounts = (await runtime.exec(root_agent, "cat /proc/self/mountinfo")).stdout.splitlines()
+    for point in ("/var/cache/spinup/pip", "/var/cache/spinup/npm", "/var/cache/apt/archives", "/spinup/sources"):
+        (line,) = [m for m in mounts if m.split()[4] == point]
+        assert {"nosuid", "nodev"} <= set(line.split()[5].split(",")), line
+    sources = next(m for m in mounts if m.split()[4] == "/spinup/sources")
+    assert "ro" in sources.split()[5].split(","), sources
+
+
+async def test_file_stat_tells_a_non_root_agent_nothing_its_user_cannot_see(runtime: Runtime, agent: str) -> None:
+    assert (await runtime.exec(agent, "stat /root/.bashrc")).exit_code != 0  # /root is root's alone
+    files = await runtime.files(agent)
+    with pytest.raises(PermissionDenied):
+        await files.stat("/root/.bashrc")
+    with pytest.raises(PermissionDenied):
+        await files.exists("/root/.bashrc")
+    assert (await files.stat("/etc/passwd")).type == "file"
+    assert await files.exists("/workspace")

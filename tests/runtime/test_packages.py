@@ -97,7 +97,8 @@ async def test_apt_needs_root_and_installs_a_local_deb(
 ) -> None:
     make_deb(settings.sources_dir / "apt", "spinup-demo-deb", "1.0", "hello-from-deb", tmp_path / "build")
     archives = await runtime.exec(root_agent, "test -d /var/cache/apt/archives/partial && echo shared")
-    assert archives.stdout == "shared\n" and (settings.cache_dir / "apt" / "partial").is_dir()
+    own = settings.cache_dir / runtime.get_agent(root_agent).id / "apt" / "partial"
+    assert archives.stdout == "shared\n" and own.is_dir()
     with pytest.raises(PackageError, match="needs root"):
         await runtime.install_packages(agent, "apt", ["spinup-demo-deb"])
     result = await runtime.install_packages(root_agent, "apt", ["spinup-demo-deb"])
@@ -180,29 +181,37 @@ async def _use_index(runtime: Runtime, name: str, url: str) -> None:
     await files.write("/home/agent/.config/pip/pip.conf", f"[global]\nindex-url = {url}\ntrusted-host = 127.0.0.1\n")
 
 
-async def test_a_second_agent_installs_from_the_shared_download_cache(
+async def test_an_agent_installs_again_from_its_own_download_cache_and_no_other_agent_shares_it(
     runtime: Runtime, settings: Settings, loopback_index: tuple[str, list[str]]
 ) -> None:
     url, requests = loopback_index
-    downloads = [r for r in requests if r.startswith("/files/")]
     first, second, private = unique_name("c1"), unique_name("c2"), unique_name("c3")
     await runtime.create_agent(first, policy=Policy(network="host"))
     await runtime.create_agent(second, policy=Policy(network="host"))
     await runtime.create_agent(private, policy=Policy(network="host", package_cache=False))
     for name in (first, second, private):
         await _use_index(runtime, name, url)
+
+    def downloads() -> int:
+        return len([r for r in requests if r.startswith("/files/")])
+
     await runtime.install_packages(first, "pip", ["spinup-cached-demo"])
-    downloads = [r for r in requests if r.startswith("/files/")]
-    assert len(downloads) == 1
-    cached = [p for p in (settings.cache_dir / "pip").rglob("*") if p.is_file()]
-    assert cached, "the first install filled the shared cache"
-    result = await runtime.install_packages(second, "pip", ["spinup-cached-demo"])
+    assert downloads() == 1
+    cached = [p for p in (settings.cache_dir / runtime.get_agent(first).id / "pip").rglob("*") if p.is_file()]
+    assert cached, "the first install filled the agent's own cache"
+    await runtime.remove_packages(first, "pip", ["spinup-cached-demo"])
+    await runtime.stop_agent(first, hibernate=True)  # the cache outlasts the machine
+    result = await runtime.install_packages(first, "pip", ["spinup-cached-demo"])
     assert [(p.name, p.version) for p in result.added] == [("spinup-cached-demo", "3.1")]
-    assert len([r for r in requests if r.startswith("/files/")]) == 1, "the second agent was served by the cache"
+    assert downloads() == 1, "the agent's second install was served by its cache"
+    await runtime.install_packages(second, "pip", ["spinup-cached-demo"])
+    assert downloads() == 2, "another agent does not share the first one's cache"
     await runtime.install_packages(private, "pip", ["spinup-cached-demo"])
-    assert len([r for r in requests if r.startswith("/files/")]) == 2, "an agent with its own cache downloads"
+    assert downloads() == 3
     mounts = await runtime.exec(private, "ls /var/cache/spinup 2>&1 || true")
     assert "No such file" in mounts.stdout
+    await runtime.remove_agent(first)
+    assert not (settings.cache_dir / cached[0].relative_to(settings.cache_dir).parts[0]).exists()
 
 
 @pytest.fixture

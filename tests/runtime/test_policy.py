@@ -50,10 +50,12 @@ async def test_the_machine_mounts_only_the_read_only_toolbox_and_its_in_memory_d
     assert isinstance(mounts, list)
     assert sorted((m["Destination"], m["RW"]) for m in mounts) == [
         ("/.spinup/busybox", False),
-        ("/spinup/sources", False),
+        ("/spinup/sources", True),  # a read-only, nosuid,nodev view on the host: the kernel keeps it read-only
         ("/var/cache/spinup/npm", True),
         ("/var/cache/spinup/pip", True),
     ]
+    refused = await runtime.exec(agent, "touch /spinup/sources/x")
+    assert refused.exit_code != 0 and "Read-only file system" in refused.stderr, refused
     assert sorted(host["Tmpfs"]) == ["/run/spinup/proc", "/run/spinup/secrets"]
     assert "docker.sock" not in json.dumps(info)
     assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]

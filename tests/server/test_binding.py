@@ -87,3 +87,23 @@ async def test_a_bound_server_sees_and_touches_only_its_agent_and_its_snapshots(
         assert (await call(client, "snapshot_fork", snapshot=own, name=fork))["name"] == fork
     assert [a.name for a in runtime.list_agents()].count(other) == 1
     assert (await runtime.exec(other, "cat /workspace/plan")).stdout == "secret-plan\n"
+
+
+async def test_a_model_cannot_test_guesses_of_a_secret_against_its_fingerprint(
+    client: Client, settings: Settings
+) -> None:
+    operator = Runtime(settings)
+    try:
+        operator.set_secret("DEPLOY_KEY", "hunter2-hunter2")
+    finally:
+        await operator.close()
+    guess = await call(client, "secret_set", name="GUESS", value="hunter2-hunter2")
+    listed = await call(client, "secret_list")
+    assert "fingerprint" not in guess, guess
+    assert all("fingerprint" not in entry for entry in listed["secrets"]), listed
+    assert {entry["name"] for entry in listed["secrets"]} == {"DEPLOY_KEY", "GUESS"}
+
+
+async def test_a_short_secret_that_would_redact_every_agents_output_is_refused(client: Client) -> None:
+    refused = await fails(client, "secret_set", name="PIN", value="1234567")
+    assert "at least 8 characters" in refused and "1234567" not in refused
