@@ -208,7 +208,8 @@ class EgressProxy:
             await relay(reader, writer, upstream_reader, upstream_writer, traffic)
         finally:
             upstream_writer.close()
-            self._finished(view, decision, traffic, started, request.method)
+            writer.close()  # the agent hears the end before the event is written (the close runs first)
+            asyncio.get_running_loop().call_soon(self._finished, view, decision, traffic, started, request.method)
 
     async def _tunnel(
         self,
@@ -246,7 +247,10 @@ class EgressProxy:
             await relay(reader, writer, upstream_reader, upstream_writer, traffic)
         finally:
             upstream_writer.close()
-            self._finished(view, decision, traffic, started, "CONNECT", intercepted=intercept)
+            writer.close()
+            asyncio.get_running_loop().call_soon(
+                self._finished, view, decision, traffic, started, "CONNECT", intercept
+            )
 
     async def _decide(self, view: EgressView, host: str, port: int, scheme: Scheme) -> Decision:
         decision = await decide(view.rules(), host, port, scheme, self._resolve)
