@@ -21,6 +21,7 @@ from pathlib import Path
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
 from .docker import AGENT_LABEL, DockerBackend, ImageInfo, MachineInfo
+from .egress import EgressClient, EgressUnavailable
 from .errors import (
     AgentExists,
     AgentPaused,
@@ -35,7 +36,17 @@ from .errors import (
 from .exec import run_command
 from .machines import agent_cache_dir, machine_config, machine_name, prepare_host_dirs
 from .models import Agent, AgentState, Event, PackageEntry, Policy, Snapshot, validate_agent_name
-from .policy import AGENT_DIRS_LABEL, AGENT_HOME, AGENT_UID, WORKSPACE, check_fits_host, check_granted, is_root
+from .policy import (
+    AGENT_DIRS_LABEL,
+    AGENT_HOME,
+    AGENT_UID,
+    EGRESS_CA_FILE,
+    SYSTEM_CA_BUNDLE,
+    WORKSPACE,
+    check_fits_host,
+    check_granted,
+    is_root,
+)
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
@@ -70,6 +81,8 @@ class AgentService:
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
         self._image_configs: dict[str, ImageInfo] = {}
+        self.egress = EgressClient(settings)
+        self._trusted: dict[str, str] = {}  # machine id -> the egress CA added to its trust store
         # Called with the id of every machine removed, so caches keyed by machine (quota, limits,
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
@@ -86,6 +99,7 @@ class AgentService:
             check_granted(policy, grants)
             self.settings.ceilings.check_policy(policy, len(self.db.list_agents()))
         check_fits_host(policy, await self.docker.cpu_count())
+        self._check_egress_possible(policy)
         await self._require_image(image)
         agent = self.db.create_agent(name, image, policy)
         self.snapshots.bases.soon((await self.docker.image_inspect(image)).id)  # before its first snapshot
@@ -154,7 +168,51 @@ class AgentService:
                 self.db.record_event(agent.id, "machine-started", info.id[:12])
             elif agent.state is not AgentState.RUNNING:
                 self.db.set_machine(agent.id, info.id, AgentState.RUNNING)
-            return self.get(name)
+            agent = self.get(name)
+            if agent.policy.network == "allowlist":
+                await self._attach_egress(agent, info if info is not None and info.running else None)
+            return agent
+
+    async def _attach_egress(self, agent: Agent, info: MachineInfo | None) -> None:
+        """Make sure the egress proxy listens inside the agent's (running) machine."""
+        if info is None or info.pid <= 0:
+            assert agent.machine_id is not None
+            info = await self.docker.inspect(agent.machine_id)
+        if info is None or not info.running or info.pid <= 0:
+            raise EgressUnavailable(f"The machine of agent '{agent.name}' is not running, so it has no way out.")
+        ca_pem = await self.egress.attach(agent.id, info.pid)
+        if ca_pem is not None and self._trusted.get(info.id) != ca_pem:
+            await self._trust_egress_ca(agent, info, ca_pem)
+            self._trusted[info.id] = ca_pem
+
+    async def _trust_egress_ca(self, agent: Agent, info: MachineInfo, ca_pem: str) -> None:
+        """Add the agent's egress CA to the machine's trust store (once; it is public, so a snapshot may keep it)."""
+        script = (
+            'set -e; pem="$(cat)"; mkdir -p "$(dirname "$1")"; printf "%s\\n" "$pem" > "$1"; '
+            'grep -qF "$(printf "%s" "$pem" | sed -n 2p)" "$2" 2>/dev/null || printf "%s\\n" "$pem" >> "$2"'
+        )
+        result = await run_command(
+            self.docker,
+            info.id,
+            [TOOLBOX_MOUNT, "sh", "-c", script, "trust", EGRESS_CA_FILE, SYSTEM_CA_BUNDLE],
+            stdin=ca_pem.encode(),
+            user="0:0",
+            timeout=30,
+            output_cap=8192,
+        )
+        if result.exit_code != 0:
+            raise EgressUnavailable(
+                f"Could not add the egress CA of agent '{agent.name}' to its machine's trust store: "
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def _check_egress_possible(self, policy: Policy) -> None:
+        """Refuse an allowlist policy where the proxy cannot listen in machines (a remote Docker daemon)."""
+        if policy.network == "allowlist" and not self.docker.is_local:
+            raise EgressUnavailable(
+                "Network 'allowlist' needs a local Docker daemon: Spinup's egress proxy listens inside each machine's "
+                "network namespace on this host. Use network 'none' or 'host' with a remote daemon."
+            )
 
     async def _wait_for_thaw(self, agent: Agent, info: MachineInfo) -> MachineInfo | None:
         """Wait for a snapshot's freeze to end; thaw a freeze left behind by a crashed process."""
@@ -334,8 +392,13 @@ class AgentService:
         """
         agent = self.get(name)
         check_fits_host(policy, await self.docker.cpu_count())
+        self._check_egress_possible(policy)
         if policy == agent.policy:
             return agent
+        if only_rules_differ(agent.policy, policy):
+            # The proxy reads the rules for every new connection: no new machine needed.
+            self.db.set_policy(agent.id, policy)
+            return self.get(name)
         async with self._locks[agent.id]:
             info = await self.machine(agent)
             if info is not None:
@@ -572,3 +635,9 @@ def _agent_directories() -> bytes:
             member.uid = member.gid = AGENT_UID
         blocks.append(member.tobuf(format=tarfile.PAX_FORMAT))
     return b"".join(blocks) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def only_rules_differ(old: Policy, new: Policy) -> bool:
+    """Whether two allowlist policies differ only in their rules (applied live by the egress proxy)."""
+    rules = {"allow": (), "intercept": ()}
+    return old.network == new.network == "allowlist" and old.model_copy(update=rules) == new.model_copy(update=rules)

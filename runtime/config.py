@@ -24,8 +24,8 @@ TOOLBOX_MOUNT = "/.spinup/busybox"
 
 # What an MCP client may put in an agent's policy beyond the defaults, if the operator allows it
 # (SPINUP_MCP_GRANTS). The CLI is the operator's and is never limited by this.
-MCP_GRANTS = ("host-network", "root", "registry")
-DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt), the host network or registries only if the operator says so
+MCP_GRANTS = ("host-network", "root", "registry", "allowlist")
+DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt), the host network, registries or allowlist rules only if granted
 
 
 def parse_grants(text: str) -> frozenset[str]:
@@ -56,6 +56,10 @@ def default_base_cache() -> Path | None:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "spinup" / "base-images"
+
+
+DEFAULT_EGRESS_PORT = 3128
+DEFAULT_EGRESS_MAX_CONNECTIONS = 256
 
 
 def default_home() -> Path:
@@ -113,6 +117,16 @@ class Settings:
     exec_logs_bytes: int = field(
         default_factory=lambda: int(os.environ.get("SPINUP_EXEC_LOGS_BYTES") or DEFAULT_EXEC_LOGS_BYTES)
     )
+    # The egress proxy of allowlist machines: the port it listens on inside each machine (127.0.0.1), and
+    # how many connections of one agent it carries at once.
+    egress_port: int = field(default_factory=lambda: int(os.environ.get("SPINUP_EGRESS_PORT") or DEFAULT_EGRESS_PORT))
+    egress_max_connections: int = field(
+        default_factory=lambda: int(os.environ.get("SPINUP_EGRESS_MAX_CONNECTIONS") or DEFAULT_EGRESS_MAX_CONNECTIONS)
+    )
+    # Names the egress proxy resolves itself, "name=address,...", before asking the host's resolver.
+    egress_resolve: str = field(default_factory=lambda: os.environ.get("SPINUP_EGRESS_RESOLVE", ""))
+    # A CA file the egress proxy trusts, besides the system's, when it intercepts a host's HTTPS.
+    egress_upstream_ca: str = field(default_factory=lambda: os.environ.get("SPINUP_EGRESS_UPSTREAM_CA", ""))
     # The most one request may ask of the host (SPINUP_MAX_*, SPINUP_MCP_MAX_*, SPINUP_STORE_QUOTA).
     ceilings: Ceilings = field(default_factory=Ceilings.from_env)
     # Where base images' layers are stored once per host (an OCI image layout), hard-linked into every
@@ -142,6 +156,11 @@ class Settings:
     def master_key_path(self) -> Path:
         """The credential store's key file (when SPINUP_MASTER_KEY is not set)."""
         return self.home / "master.key"
+
+    @property
+    def egress_dir(self) -> Path:
+        """The egress daemon's lock, control socket and log."""
+        return self.home / "egress"
 
     @property
     def db_path(self) -> Path:

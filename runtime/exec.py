@@ -10,8 +10,9 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -44,6 +45,8 @@ class ExecResult:
     limit: str | None = None  # "memory" or "pids" when that limit hit the command
     id: str = ""  # the exec id under which the runtime keeps the command's record and output
     killed_by: str | None = None  # who killed the command by its exec id, if someone did
+    # Connections the egress proxy refused (or could not make) while the command ran: host, port, count, reason.
+    network_denied: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def truncated(self) -> bool:

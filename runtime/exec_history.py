@@ -330,4 +330,5 @@ def _event_data(row: ExecRecord, result: ExecResult, state: str) -> dict[str, An
         "timed_out": result.timed_out,
         "limit": result.limit,
         "killed_by": result.killed_by,
+        **({"network_denied": result.network_denied} if result.network_denied else {}),
     }

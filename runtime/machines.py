@@ -23,6 +23,7 @@ from .policy import (
     host_config,
     is_root,
     package_env,
+    proxy_env,
     user_env,
 )
 
@@ -98,7 +99,12 @@ def machine_config(agent: Agent, settings: Settings, image: str, image_env: list
         "WorkingDir": WORKSPACE,
         "Labels": machine_labels(agent, settings),
         "User": exec_user(agent.policy),
-        "Env": [f"SPINUP_AGENT={agent.name}", *user_env(agent.policy), *package_env(agent.policy, image_env or [])],
+        "Env": [
+            f"SPINUP_AGENT={agent.name}",
+            *user_env(agent.policy),
+            *package_env(agent.policy, image_env or []),
+            *proxy_env(agent.policy, settings.egress_port),
+        ],
         "HostConfig": {
             "Init": True,
             "Binds": binds,

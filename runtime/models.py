@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidInput
 
@@ -82,9 +82,20 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # A later "allowlist" mode (named hosts only) slots in here beside none and host.
-    network: Literal["none", "host"] = Field(
-        default="none", description="'none' (default, no network) or 'host' (weaker: shares the host network)."
+    network: Literal["none", "allowlist", "host"] = Field(
+        default="none",
+        description="'none' (default, no network), 'allowlist' (only the hosts `allow` names, through Spinup's "
+        "egress proxy) or 'host' (weaker: shares the host network).",
+    )
+    allow: tuple[str, ...] = Field(
+        default=(),
+        description="With network 'allowlist': rules like 'pypi.org', '*.github.com', 'https://api.example.com:8443', "
+        "'127.0.0.1:8080', or presets ('pypi', 'npm', 'debian', 'github', 'anthropic', 'openai').",
+    )
+    intercept: tuple[str, ...] = Field(
+        default=(),
+        description="Hosts whose HTTPS the egress proxy terminates (with the agent's own CA) to add credential "
+        "headers at the edge.",
     )
     user: Literal["agent", "root"] = Field(
         default="agent",
@@ -108,28 +119,79 @@ class Policy(BaseModel):
         "(false: in its home, so in its snapshots).",
     )
 
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _normalize_allow(cls, value: object) -> object:
+        from .egress.rules import normalize  # the rule grammar lives with the proxy
+
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            try:
+                return normalize(list(value))
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("intercept", mode="before")
+    @classmethod
+    def _normalize_intercept(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            hosts: dict[str, None] = {}
+            for host in value:
+                if not isinstance(host, str) or not re.fullmatch(r"(\*\.)?[a-z0-9.-]+|\[[0-9a-f:.]+\]", host.lower()):
+                    raise ValueError(f"{host!r} is not a host name, '*.' wildcard or address to intercept")
+                hosts[host.lower()] = None
+            return tuple(hosts)
+        return value
+
+    @model_validator(mode="after")
+    def _rules_need_allowlist(self) -> Policy:
+        if self.network != "allowlist" and (self.allow or self.intercept):
+            raise ValueError(
+                f"allowlist rules and interception need network 'allowlist' (this policy's network is "
+                f"'{self.network}')"
+            )
+        return self
+
     def updated(self, **changes: object) -> Policy:
         """This policy with ``changes`` applied (None values are ignored); raises :class:`InvalidInput`.
 
-        ``cpus="all"`` lifts the CPU limit and ``disk="none"`` the disk quota.
+        ``cpus="all"`` lifts the CPU limit and ``disk="none"`` the disk quota. Rules in ``allow`` on a
+        policy without network switch it to 'allowlist'.
         """
         values = self.model_dump()
+        if changes.get("allow") and changes.get("network") is None and self.network == "none":
+            values["network"] = "allowlist"
         for key, value in changes.items():
             if value is None:
                 continue
+            if isinstance(value, list):
+                value = tuple(value)
             if (key, value) in {("cpus", "all"), ("disk", "none")}:
                 value = None
             values[key] = value
         try:
             return Policy.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+                + str(e["msg"]).removeprefix("Value error, ").rstrip(".")
+                for e in exc.errors()
+            )
             raise InvalidInput(f"Invalid policy: {problems}.") from exc
 
     def describe(self) -> str:
         """One line for status output and events."""
+        network = f"network={self.network}"
+        if self.network == "allowlist":
+            network += f" allow={','.join(self.allow) or '(nothing)'}"
+            if self.intercept:
+                network += f" intercept={','.join(self.intercept)}"
         parts = [
-            f"network={self.network}",
+            network,
             f"user={self.user}",
             f"cpus={self.cpus if self.cpus is not None else 'all'}",
             f"memory={format_size(self.memory)}",
@@ -163,14 +225,32 @@ class Agent(BaseModel):
         return self.policy.network
 
 
+class HeaderBinding(BaseModel):
+    """A credential the egress proxy adds as a request header for one host; it never enters the machine."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = Field(description="A host name, '*.suffix' or address; any port.")
+    name: str = Field(description="The header, e.g. 'Authorization'.")
+    template: str = Field(
+        description="The header's value, '{value}' standing for the credential's, e.g. 'Bearer {value}'."
+    )
+
+    def describe(self) -> str:
+        """``host: Name: template`` (the template holds no value)."""
+        return f"{self.host}: {self.name}: {self.template}"
+
+
 class SecretBinding(BaseModel):
-    """A credential given to an agent: as an environment variable, a file under /run/spinup/secrets, or both."""
+    """A credential given to an agent: as an environment variable, a file under /run/spinup/secrets, a header
+    the egress proxy adds at the edge, or several of these."""
 
     model_config = ConfigDict(frozen=True)
 
     secret: str
     env: str | None = None
     file: str | None = None
+    header: HeaderBinding | None = None
 
 
 PackageManager = Literal["pip", "npm", "apt"]

@@ -19,6 +19,16 @@ NPM_PREFIX = f"{AGENT_HOME}/.npm-global"  # npm's global prefix
 CACHE_MOUNT = "/var/cache/spinup"  # shared pip and npm download caches
 APT_ARCHIVES = "/var/cache/apt/archives"  # shared with root machines
 SOURCES_MOUNT = "/spinup/sources"  # the operator's local package sources, read-only
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; update-ca-certificates rebuilds it
+EGRESS_CA_FILE = "/usr/local/share/ca-certificates/spinup-egress-ca.crt"  # kept across update-ca-certificates
+CA_BUNDLE_VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An image labelled so has /workspace and the agent's home owned by the agent user already.
 AGENT_DIRS_LABEL = "spinup.agent-dirs"
@@ -74,11 +84,43 @@ def package_env(policy: Policy, image_env: list[str]) -> list[str]:
     return env
 
 
+def proxy_env(policy: Policy, port: int) -> list[str]:
+    """For an allowlist policy: every client's proxy settings pointing at the egress listener in the machine.
+
+    curl, wget, pip, requests, git, apt and npm read these; Node's built-in ``fetch`` ignores them unless
+    ``NODE_USE_ENV_PROXY=1`` (Node 24+), and any client that does not use a proxy gets "network unreachable".
+    """
+    if policy.network != "allowlist":
+        return []
+    url = f"http://127.0.0.1:{port}"
+    local = "localhost,127.0.0.1,::1"
+    return [
+        *(f"{name}={url}" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")),
+        f"NO_PROXY={local}",
+        f"no_proxy={local}",
+        f"PIP_PROXY={url}",
+        f"npm_config_proxy={url}",
+        f"npm_config_https_proxy={url}",
+        "GIT_CONFIG_COUNT=1",
+        "GIT_CONFIG_KEY_0=http.proxy",
+        f"GIT_CONFIG_VALUE_0={url}",
+        "NODE_USE_ENV_PROXY=1",
+        # The system bundle, which holds the agent's egress CA when the proxy intercepts a host: pip, requests,
+        # Node and git otherwise read bundles of their own.
+        *(f"{name}={SYSTEM_CA_BUNDLE}" for name in CA_BUNDLE_VARIABLES),
+    ]
+
+
+def docker_network(policy: Policy) -> str:
+    """Docker's network mode: an allowlist machine has only ``lo`` (its way out is the egress listener)."""
+    return "host" if policy.network == "host" else "none"
+
+
 def host_config(policy: Policy) -> dict[str, Any]:
     """The HostConfig entries ``policy`` sets: network, capabilities, limits, the in-memory directories."""
     uid, gid = owner(policy)
     config: dict[str, Any] = {
-        "NetworkMode": policy.network,
+        "NetworkMode": docker_network(policy),
         "CapDrop": ["ALL"],
         "CapAdd": list(ROOT_CAPABILITIES) if is_root(policy) else [],
         # Docker's default seccomp profile stays on (nothing here turns it off).
@@ -106,6 +148,7 @@ def check_granted(policy: Policy, grants: frozenset[str]) -> None:
         for grant, option, wanted in (
             ("host-network", "--network host", policy.network == "host"),
             ("root", "--user root", is_root(policy)),
+            ("allowlist", "--allow RULE", bool(policy.allow)),
         )
         if wanted and grant not in grants
     ]

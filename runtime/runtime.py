@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from signal import Signals
@@ -23,6 +23,7 @@ from .cgroups import Cgroups
 from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
+from .egress.denials import DENIAL_KINDS, summarize_denials
 from .errors import AgentExists, AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
 from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
@@ -356,6 +357,7 @@ class Runtime:
         await self._quota.check(agent)
         await self._secrets.sync_files(agent, agent.machine_id)
         before = await self._counters(agent.machine_id)
+        first_event = self._db.last_event_id()
         user = exec_user(agent.policy)
         exec_id, marker = self._execs.begin(agent, command_text(command), cwd, user)
         try:
@@ -382,7 +384,11 @@ class Runtime:
             self._quota.changed(agent)
             self._access.forget(agent.machine_id)
         after = await self._counters(agent.machine_id)
-        return await self._execs.finish(agent, exec_id, note_limits(result, agent, before, after))
+        result = note_limits(result, agent, before, after)
+        if agent.policy.network == "allowlist":
+            denied = self._db.events(agent.id, limit=500, kinds=DENIAL_KINDS, after=first_event)
+            result = replace(result, network_denied=summarize_denials(denied))
+        return await self._execs.finish(agent, exec_id, result)
 
     async def _counters(self, machine_id: str) -> LimitCounters | None:
         if not self._docker.is_local:
@@ -749,9 +755,12 @@ class Runtime:
         """Stored credentials (names, fingerprints, bound agents), never values."""
         return self._secrets.list()
 
-    def bind_secret(self, name: str, secret: str, env: str | None = None, file: str | None = None) -> SecretBinding:
-        """Give agent ``name`` the credential ``secret`` as an environment variable and/or a file."""
-        return self._secrets.bind(self._agents.get(name), secret, env=env, file=file)
+    def bind_secret(
+        self, name: str, secret: str, env: str | None = None, file: str | None = None, header: str | None = None
+    ) -> SecretBinding:
+        """Give agent ``name`` the credential ``secret`` as an environment variable, a file, and/or a header the
+        egress proxy adds for one host (``host:Header:template``, the value never entering the machine)."""
+        return self._secrets.bind(self._agents.get(name), secret, env=env, file=file, header=header)
 
     def unbind_secret(self, name: str, secret: str) -> None:
         """Stop giving agent ``name`` the credential ``secret``."""

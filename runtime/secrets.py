@@ -23,7 +23,7 @@ from .credentials import CredentialStore, SecretInfo, SecretNotFound, validate_s
 from .docker import DockerBackend
 from .errors import InvalidInput, SpinupError
 from .exec import run_command
-from .models import Agent, SecretBinding
+from .models import Agent, HeaderBinding, SecretBinding
 from .policy import SECRETS_DIR, exec_user, owner
 from .redact import Redactor
 from .state import StateDB
@@ -51,6 +51,30 @@ def redact_stored(text: str, settings: Settings | None = None) -> str:
         log.warning("the credential store cannot be read; text is not redacted")
         return text
     return Redactor(values).redact_text(text) if values else text
+
+
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
+
+
+def parse_header_binding(spec: str) -> HeaderBinding:
+    """``host:Header:template`` (e.g. ``api.example.com:Authorization:Bearer {value}``) as a binding."""
+    host, sep1, rest = spec.partition(":")
+    name, sep2, template = rest.partition(":")
+    host, name, template = host.strip().lower(), name.strip(), template.strip()
+    if not (sep1 and sep2) or not host or not template:
+        raise InvalidInput(
+            f"Invalid --header {spec!r}: write HOST:HEADER:TEMPLATE, e.g. "
+            f"'api.example.com:Authorization:Bearer {{value}}' ({{value}} stands for the credential)."
+        )
+    if not re.fullmatch(r"(\*\.)?[a-z0-9.-]+|\[[0-9a-f:.]+\]", host):
+        raise InvalidInput(f"Invalid --header host {host!r}: a host name, '*.domain' or address (any port).")
+    if not _HEADER_NAME_RE.fullmatch(name):
+        raise InvalidInput(f"Invalid --header name {name!r}: an HTTP header name such as 'Authorization'.")
+    if "{value}" not in template:
+        raise InvalidInput(f"The --header template {template!r} has no {{value}}: where does the credential go?")
+    if any(ch in template for ch in "\r\n\0"):
+        raise InvalidInput("The --header template cannot hold line breaks.")
+    return HeaderBinding(host=host, name=name, template=template)
 
 
 def secret_file_path(file: str) -> str:
@@ -101,12 +125,28 @@ class SecretService:
 
     # bindings
 
-    def bind(self, agent: Agent, name: str, env: str | None = None, file: str | None = None) -> SecretBinding:
-        """Give ``agent`` the credential ``name`` as an env var (default: the name itself) and/or a file."""
+    def bind(
+        self,
+        agent: Agent,
+        name: str,
+        env: str | None = None,
+        file: str | None = None,
+        header: str | None = None,
+    ) -> SecretBinding:
+        """Give ``agent`` the credential ``name`` as an env var (default: the name itself), a file, and/or a
+        request header the egress proxy adds for one host (``host:Header:template``; the value stays out of
+        the machine)."""
         validate_secret_name(name)
         if not self.store.exists(name):
             raise SecretNotFound(name)
-        if env is None and file is None:
+        edge = parse_header_binding(header) if header is not None else None
+        if edge is not None and agent.policy.network != "allowlist":
+            raise InvalidInput(
+                f"A header binding is added by the egress proxy, and agent '{agent.name}' has network "
+                f"'{agent.policy.network}': give it network 'allowlist' first (spinup agent policy {agent.name} "
+                f"--allow {edge.host})."
+            )
+        if env is None and file is None and edge is None:
             env = name
         if env is not None and not ENV_NAME_RE.fullmatch(env):
             raise InvalidInput(f"Invalid environment variable name {env!r}: use letters, digits and '_'.")
@@ -117,7 +157,7 @@ class SecretService:
                     f"Agent '{agent.name}' already gets {other.secret} as {env if other.env == env else path}; "
                     f"choose another --env or --file, or unbind {other.secret} first."
                 )
-        binding = SecretBinding(secret=name, env=env, file=path)
+        binding = SecretBinding(secret=name, env=env, file=path, header=edge)
         self.db.bind_secret(agent.id, binding)
         return binding
 

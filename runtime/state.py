@@ -17,7 +17,7 @@ from typing import Any
 
 from .actors import current_actor
 from .errors import AgentExists, AgentNotFound
-from .models import Agent, AgentState, Event, PackageEntry, Policy, SecretBinding, Snapshot
+from .models import Agent, AgentState, Event, HeaderBinding, PackageEntry, Policy, SecretBinding, Snapshot
 
 # Each entry moves the schema from version i to i+1. Never edit one that has shipped: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -152,6 +152,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX processes_by_agent ON processes (agent_id, started_at);
     """,
+    # Credentials the egress proxy adds as a request header (JSON: host, name, template).
+    """
+    ALTER TABLE secret_bindings ADD COLUMN header TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -282,6 +286,11 @@ class StateDB:
     def find_agent(self, name: str) -> Agent | None:
         """The agent named ``name``, or None."""
         row = self._conn.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self._agent(row)
+
+    def agent_by_id(self, agent_id: str) -> Agent | None:
+        """The agent with id ``agent_id``, or None."""
+        row = self._conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
         return None if row is None else self._agent(row)
 
     def list_agents(self) -> list[Agent]:
@@ -437,11 +446,23 @@ class StateDB:
         """Bind a credential to an agent (replacing an earlier binding of the same credential)."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO secret_bindings (agent_id, secret, env, file) VALUES (?, ?, ?, ?)",
-                (agent_id, binding.secret, binding.env, binding.file),
+                "INSERT OR REPLACE INTO secret_bindings (agent_id, secret, env, file, header) VALUES (?, ?, ?, ?, ?)",
+                (
+                    agent_id,
+                    binding.secret,
+                    binding.env,
+                    binding.file,
+                    binding.header.model_dump_json() if binding.header else None,
+                ),
             )
             where = ", ".join(
-                part for part in (f"env {binding.env}" if binding.env else "", binding.file or "") if part
+                part
+                for part in (
+                    f"env {binding.env}" if binding.env else "",
+                    binding.file or "",
+                    f"header {binding.header.describe()}" if binding.header else "",
+                )
+                if part
             )
             self._insert_event(conn, agent_id, "secret-bound", f"{binding.secret} -> {where}")
 
@@ -459,7 +480,18 @@ class StateDB:
         """(agent id, binding) pairs, of one agent when ``agent_id`` is given."""
         query = "SELECT * FROM secret_bindings" + (" WHERE agent_id = ?" if agent_id else "") + " ORDER BY secret"
         rows = self._conn.execute(query, (agent_id,) if agent_id else ()).fetchall()
-        return [(r["agent_id"], SecretBinding(secret=r["secret"], env=r["env"], file=r["file"])) for r in rows]
+        return [
+            (
+                r["agent_id"],
+                SecretBinding(
+                    secret=r["secret"],
+                    env=r["env"],
+                    file=r["file"],
+                    header=HeaderBinding.model_validate_json(r["header"]) if r["header"] else None,
+                ),
+            )
+            for r in rows
+        ]
 
     # package manifest
 

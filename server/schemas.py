@@ -41,14 +41,24 @@ class FromRuntime(BaseModel):
         return cls.model_validate({**fields, **extra})
 
 
+class AllowlistResult(BaseModel):
+    """The hosts an agent may reach through the egress proxy."""
+
+    agent: str
+    network: str = Field(description="'allowlist' when the rules apply; 'none' or 'host' otherwise.")
+    allow: list[str] = Field(description="Rules and presets, as the proxy reads them for each new connection.")
+
+
 class AgentInfo(FromRuntime):
     """An agent: the durable object that outlives its machines."""
 
     name: str
     id: str
     image: str = Field(description="Base image the agent's machine is made from.")
-    network: str = Field(description="Network policy: 'none' or 'host'.")
-    policy: Policy = Field(description="Isolation: network, user (agent or root), cpus, memory, pids, disk, nofile.")
+    network: str = Field(description="Network policy: 'none', 'allowlist' (see policy.allow) or 'host'.")
+    policy: Policy = Field(
+        description="Isolation: network (and its allowlist), user (agent or root), cpus, memory, pids, disk, nofile."
+    )
     state: str = Field(description="created, running, stopped, hibernated or missing (rebuilt on next use).")
     head_snapshot: str | None = Field(
         default=None, description="The latest snapshot; a lost machine comes back from it."
@@ -135,6 +145,16 @@ class AgentStatusResult(BaseModel):
         )
 
 
+class NetworkDenial(BaseModel):
+    """A destination the egress proxy did not let a command reach."""
+
+    host: str
+    port: int
+    count: int = Field(description="Connections refused while the command ran.")
+    decision: str = Field(description="'refused' (no rule allows it) or 'failed' (allowed, but unreachable).")
+    reason: str
+
+
 class ExecOutput(FromRuntime):
     """What a command did. A non-zero exit_code is a normal result, not a tool error."""
 
@@ -152,6 +172,11 @@ class ExecOutput(FromRuntime):
     stderr_dropped_bytes: int
     id: str = Field(description="Exec id: read the output again with exec_log, or kill it while it runs.")
     killed_by: str | None = Field(default=None, description="Who killed the command by its exec id, if anyone.")
+    network_denied: list[NetworkDenial] = Field(
+        default_factory=list,
+        description="Connections the egress proxy refused (or could not make) while the command ran: why a "
+        "download failed. Ask the operator to allow the host (or use agent_allow, if granted).",
+    )
 
 
 class FileEntry(FromRuntime):

@@ -22,7 +22,26 @@ def policy_changes(args: argparse.Namespace) -> dict[str, Any]:
 def add_policy_options(parser: argparse.ArgumentParser) -> None:
     """The ``--network``, ``--user``, ``--cpus`` ... options of ``agent create`` and ``agent policy``."""
     group = parser.add_argument_group("policy (defaults: README, 'Isolation policy')")
-    group.add_argument("--network", choices=["none", "host"], help="'none' (default) or 'host' (weaker)")
+    group.add_argument(
+        "--network",
+        choices=["none", "allowlist", "host"],
+        help="'none' (default), 'allowlist' (only what --allow names, through the egress proxy) or 'host' (weaker)",
+    )
+    group.add_argument(
+        "--allow",
+        action="append",
+        metavar="RULE",
+        help="let the machine reach RULE: a host (pypi.org), *.domain, [scheme://]host:port, an address "
+        "(127.0.0.1:8080), or a preset (pypi, npm, debian, github, anthropic, openai); repeatable. Implies "
+        "--network allowlist. With 'agent policy' it adds to the rules",
+    )
+    group.add_argument(
+        "--intercept",
+        action="append",
+        metavar="HOST",
+        help="terminate HTTPS to HOST in the egress proxy (the agent trusts a CA of its own) so credential "
+        "headers bound with 'secret bind --header' are added; repeatable",
+    )
     group.add_argument("--user", choices=["agent", "root"], help="who commands run as (default agent, uid 1000)")
     group.add_argument("--cpus", help="CPU cores, fractional, or 'all' (default all)")
     group.add_argument("--memory", help="memory limit such as 512m or 4g (default 4g, no swap)")
@@ -36,15 +55,33 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def rule_changes(args: argparse.Namespace, policy: Policy | None = None) -> dict[str, Any]:
+    """``--allow``/``--disallow``/``--intercept`` as policy changes: added to ``policy``'s rules when given."""
+    allow = list(policy.allow if policy else ()) + list(args.allow or [])
+    drop = {rule.strip().lower() for rule in getattr(args, "disallow", None) or []}
+    if drop:
+        allow = [rule for rule in allow if rule.strip().lower() not in drop]
+    intercept = list(policy.intercept if policy else ()) + list(args.intercept or [])
+    changes: dict[str, Any] = {}
+    if args.allow or drop:
+        changes["allow"] = allow
+    if args.intercept:
+        changes["intercept"] = intercept
+    return changes
+
+
 async def create(rt: Runtime, args: argparse.Namespace) -> int:
-    agent = await rt.create_agent(args.name, args.image, Policy().updated(**policy_changes(args)))
+    changes = {**policy_changes(args), **rule_changes(args)}
+    agent = await rt.create_agent(args.name, args.image, Policy().updated(**changes))
     print_json(AgentInfo.of(agent).model_dump())
     return 0
 
 
 async def policy(rt: Runtime, args: argparse.Namespace) -> int:
     agent = rt.get_agent(args.name)
-    changes = policy_changes(args)
+    changes = {**policy_changes(args), **rule_changes(args, agent.policy)}
+    if changes.get("network") in ("none", "host") and "allow" not in changes:
+        changes["allow"], changes["intercept"] = [], []  # leaving the allowlist drops its rules
     if any(value is not None for value in changes.values()):
         agent = await rt.set_policy(args.name, agent.policy.updated(**changes))
     print_json(agent.policy.model_dump())
@@ -114,10 +151,15 @@ def register(sub: SubParsers) -> None:
     pulled.add_argument("--insecure", action="store_true", help="plain HTTP, for a registry on loopback only")
     pulled.add_argument("--credential", help="a secret holding the registry's user:password")
     policied = agent_sub.add_parser(
-        "policy", help="show an agent's policy, or change it (the machine is rebuilt, its state kept)"
+        "policy",
+        help="show an agent's policy, or change it (the machine is rebuilt, its state kept; a change of "
+        "allowlist rules alone applies to the next connection, with no rebuild)",
     )
     policied.add_argument("name")
     add_policy_options(policied)
+    policied.add_argument(
+        "--disallow", action="append", metavar="RULE", help="remove RULE (as written in the policy) from the allowlist"
+    )
     listed = agent_sub.add_parser("list", help="list agents")
     listed.add_argument("--json", action="store_true")
     agent_sub.add_parser("show", help="show an agent, its machine and events").add_argument("name")

@@ -22,6 +22,11 @@ async def run_command(rt: Runtime, args: argparse.Namespace) -> int:
     )
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
+    for denial in result.network_denied:
+        times = f" ({denial['count']} times)" if denial["count"] > 1 else ""
+        sys.stderr.write(
+            f"spinup: egress {denial['decision']} {denial['host']}:{denial['port']}{times}: {denial['reason']}\n"
+        )
     if result.timed_out:
         return 124
     return result.exit_code if result.exit_code is not None else 1

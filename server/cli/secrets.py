@@ -47,8 +47,18 @@ async def remove(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 async def bind(rt: Runtime, args: argparse.Namespace) -> int:
-    binding = rt.bind_secret(args.agent, args.name, env=args.env, file=args.file)
-    where = " and ".join(part for part in (f"${binding.env}" if binding.env else "", binding.file or "") if part)
+    binding = rt.bind_secret(args.agent, args.name, env=args.env, file=args.file, header=args.header)
+    where = " and ".join(
+        part
+        for part in (
+            f"${binding.env}" if binding.env else "",
+            binding.file or "",
+            f"a {binding.header.name} header on requests to {binding.header.host} (added by the egress proxy)"
+            if binding.header
+            else "",
+        )
+        if part
+    )
     print(f"{args.agent} gets {args.name} as {where} (from its next command)", file=sys.stderr)
     return 0
 
@@ -77,11 +87,17 @@ def register(sub: SubParsers) -> None:
         "--json", action="store_true"
     )
     sec_sub.add_parser("rm", help="forget a credential and its bindings").add_argument("name")
-    bound = sec_sub.add_parser("bind", help="give an agent a credential as an env var and/or a file")
+    bound = sec_sub.add_parser("bind", help="give an agent a credential as an env var, a file or an edge header")
     bound.add_argument("agent")
     bound.add_argument("name")
     bound.add_argument("--env", help="environment variable name (default: NAME, unless --file alone is given)")
     bound.add_argument("--file", help="file under /run/spinup/secrets/ (in memory, never in a snapshot)")
+    bound.add_argument(
+        "--header",
+        metavar="HOST:HEADER:TEMPLATE",
+        help="add it at the egress proxy as a request header for HOST, e.g. 'api.example.com:Authorization:Bearer "
+        "{value}'; it never enters the machine (HTTPS needs 'agent policy --intercept HOST')",
+    )
     unbound = sec_sub.add_parser("unbind", help="take a credential away from an agent")
     unbound.add_argument("agent")
     unbound.add_argument("name")

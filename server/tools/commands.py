@@ -44,7 +44,8 @@ def register(reg: Registrar) -> None:
         normal result. A string runs under /bin/sh -c; a list runs without a shell. Long commands send progress;
         a command still running at `timeout` is killed. Your harness may stop waiting sooner (its tool timeout):
         start servers, watchers and long jobs with process_start instead and read their output with
-        process_output. The machine has no network unless its agent was created with network 'host'."""
+        process_output. The machine has no network unless its agent's policy gives it one: with network
+        'allowlist', connections go through Spinup's egress proxy and `network_denied` lists those it refused."""
 
         async def progress(elapsed: float, output_bytes: int) -> None:
             await ctx.report_progress(

@@ -15,7 +15,8 @@ from spinup.runtime.policy import check_granted
     [
         ("root", {"root"}),
         ("host-network, ROOT", {"host-network", "root"}),
-        ("all", {"host-network", "root", "registry"}),
+        ("all", {"host-network", "root", "registry", "allowlist"}),
+        ("allowlist", {"allowlist"}),
         ("none", set()),
         ("", set()),
         (" , ", set()),
@@ -27,7 +28,7 @@ def test_grants_parse(text: str, grants: set[str]) -> None:
 
 @pytest.mark.parametrize("text", ["host", "root,sudo", "all,root", "none,root"])
 def test_unknown_grants_are_refused_with_the_words_that_work(text: str) -> None:
-    words = "comma-separated list of host-network, root, registry, or 'all', or 'none'"
+    words = "comma-separated list of host-network, root, registry, allowlist, or 'all', or 'none'"
     with pytest.raises(InvalidInput, match=words):
         parse_grants(text)
 

@@ -15,6 +15,7 @@ from spinup.server.app import build_server
 
 EXPECTED_TOOLS = {
     "agent_create",
+    "agent_allow",
     "agent_list",
     "agent_status",
     "agent_stop",
