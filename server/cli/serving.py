@@ -13,7 +13,7 @@ from typing import Any
 from spinup.runtime import Runtime, Settings, SpinupError
 
 from ..auth import BearerAuth, is_loopback, rebinding_protection, url_host
-from ..tokens import TOKEN_VAR, ServeToken, resolve_token
+from ..tokens import TOKEN_VAR, ServeToken, known_token, resolve_token
 from .common import SubParsers
 
 HOST_CHECK_INTERVAL = 1.0  # seconds a "no agent has network=host" answer is reused by a --no-auth server
@@ -116,6 +116,7 @@ def serve_http(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..app import RuntimeHolder, build_server
+    from ..dashboard import Dashboard
     from ..metrics import SpinupMetrics
 
     settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
@@ -127,18 +128,42 @@ def serve_http(args: argparse.Namespace) -> int:
     # Beside /mcp, behind the same token and the same Host/Origin checks.
     server.custom_route("/metrics", methods=["GET"], include_in_schema=False)(metrics.endpoint(security))
     app: Any = server.streamable_http_app(host=args.host, transport_security=security)
-    app = BearerAuth(app, token.value if token else None, unsafe=_no_auth_guard(lambda: holder.runtime))
+    dashboard = Dashboard(holder, token.value if token else None, security, port=args.port, bound_agent=args.agent)
+    dashboard.mount(app)
+    app = BearerAuth(
+        app, token.value if token else None, passes=dashboard.owns, unsafe=_no_auth_guard(lambda: holder.runtime)
+    )
     base = f"http://{url_host(args.host)}:{args.port}"
     print(
-        f"spinup: serving MCP at {base}/mcp and metrics at /metrics ({describe_token(token)})",
+        f"spinup: serving MCP at {base}/mcp, metrics at /metrics, the dashboard at / ({describe_token(token)})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(f"spinup: dashboard login: {login_url(base, token.value if token else None)}", file=sys.stderr, flush=True)
+    # Open dashboard streams end within a few seconds of a stop (they would hold the shutdown forever).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+    return 0
+
+
+def open_dashboard(args: argparse.Namespace) -> int:
+    """``spinup dashboard``: print the login URL of this state directory's server (and open it with --open)."""
+    token = known_token(Settings())
+    if token is None:
+        raise SpinupError(
+            f"No token to sign in with: start spinup serve first (it generates one), or set {TOKEN_VAR} to the token "
+            "the server was given."
+        )
+    url = login_url(f"http://{url_host(args.host)}:{args.port}", token)
+    print(url)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            print("spinup: no browser to open here; open the URL above.", file=sys.stderr)
     return 0
 
 
 def register(sub: SubParsers) -> None:
-    """Add ``spinup mcp`` and ``spinup serve``."""
+    """Add ``spinup mcp``, ``spinup serve`` and ``spinup dashboard``."""
     mcp = sub.add_parser("mcp", help="serve MCP over stdio")
     mcp.add_argument("--agent", help="bind every tool to this agent (created on first use)")
     mcp.set_defaults(func=serve_stdio)
@@ -162,3 +187,9 @@ def register(sub: SubParsers) -> None:
     serve.add_argument("--agent", help="bind every tool to this agent (created on first use)")
     serve.add_argument("--idle-timeout", type=float, help="hibernate agents unused this many seconds (default off)")
     serve.set_defaults(func=serve_http)
+
+    dash = sub.add_parser("dashboard", help="print (or --open) the login URL of the dashboard of spinup serve")
+    dash.add_argument("--host", default="127.0.0.1", help="where spinup serve listens (default 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8765)
+    dash.add_argument("--open", action="store_true", help="open it in the default browser")
+    dash.set_defaults(func=open_dashboard)
