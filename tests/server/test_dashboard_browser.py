@@ -282,3 +282,27 @@ async def test_spinup_dashboard_prints_the_login_url(served: Served, tmp_path: P
     async with asyncio.timeout(30):
         out, _ = await proc.communicate()
     assert proc.returncode == 0 and out.decode().strip() == served.login
+
+
+async def test_no_credential_value_reaches_a_page(served: Served, page: Page) -> None:
+    name = served.agents[0]
+    value = "sk-dashboard-secret-0123456789abcdef"
+    runtime = served.runtime
+    runtime.set_secret("DASH_API_KEY", value)
+    runtime.bind_secret(name, "DASH_API_KEY")
+    result = await runtime.exec(name, 'echo "key=$DASH_API_KEY" | tee /workspace/key.txt')
+    exec_id = runtime.recent_execs(name, 1)[0].id
+    cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
+    async with httpx2.AsyncClient(base_url=served.base, cookies=cookies, timeout=60) as http:
+        pages = [
+            await http.get(f"/agents/{name}"),
+            await http.get(f"/agents/{name}/execs/{exec_id}"),
+            await http.get(f"/agents/{name}/files", params={"path": "/workspace/key.txt"}),
+            await http.get("/"),
+        ]
+    for answer in pages:
+        assert answer.status_code == 200, answer.text
+        assert value not in answer.text
+    assert "DASH_API_KEY" in pages[0].text  # the binding, by name
+    assert "[REDACTED:DASH_API_KEY]" in pages[1].text and "[REDACTED" in result.stdout
+    runtime.remove_secret("DASH_API_KEY")
