@@ -111,6 +111,24 @@ def login_url(base: str, token: str | None) -> str:
     return f"{base}/login#token={token}" if token else f"{base}/"
 
 
+def _server_class() -> Any:
+    """uvicorn's server class, extended (made on first use: uvicorn is imported only to serve)."""
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        """uvicorn's server, telling the dashboard's streams to end when it is asked to stop."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Any) -> None:
+            super().__init__(config)
+            self._on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self._on_exit()
+            super().handle_exit(sig, frame)
+
+    return StoppingServer
+
+
 def serve_http(args: argparse.Namespace) -> int:
     """Serve MCP over streamable HTTP, /metrics and the dashboard, behind a bearer token (generated if none)."""
     import uvicorn
@@ -139,8 +157,10 @@ def serve_http(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"spinup: dashboard login: {login_url(base, token.value if token else None)}", file=sys.stderr, flush=True)
-    # Open dashboard streams end within a few seconds of a stop (they would hold the shutdown forever).
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+    # A stop first ends the dashboard's open streams (each would hold the shutdown); whatever still runs
+    # after a few seconds is cancelled.
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    _server_class()(config, dashboard.hub.end_streams_soon).run()
     return 0
 
 

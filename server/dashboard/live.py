@@ -118,10 +118,20 @@ class LiveHub:
             asyncio.create_task(self._run("reading process output", self._tail)),
         ]
 
-    async def close(self) -> None:
-        """Stop the feed (the server is shutting down); open streams end."""
+    def end_streams_soon(self) -> None:
+        """Tell every open stream to end (from any thread, e.g. a signal handler): the server is stopping,
+        and an open stream would hold its shutdown."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                self._loop.call_soon_threadsafe(self._end_streams)
+
+    def _end_streams(self) -> None:
         for sub in list(self._subs):
             sub.put("close", "{}")
+
+    async def close(self) -> None:
+        """Stop the feed (the server is shutting down); open streams end."""
+        self._end_streams()
         await self._stop()
 
     async def _stop(self) -> None:
