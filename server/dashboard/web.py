@@ -79,7 +79,10 @@ class Dashboard:
     # what it serves
 
     def owns(self, path: str) -> bool:
-        """Whether ``path`` is the dashboard's (signed in with its cookie rather than the bearer header)."""
+        """Whether ``path`` is the dashboard's (signed in with its cookie rather than the bearer header); a path
+        with dot segments or empty segments never is (it stays behind the bearer token, whatever routes it)."""
+        if "//" in path or any(part in (".", "..") for part in path.split("/")):
+            return False
         return path == "/" or path == "/favicon.ico" or path.startswith(PREFIXES)
 
     def routes(self) -> list[Route]:

@@ -95,3 +95,14 @@ def test_an_explicit_token_wins_and_a_short_one_is_refused(tmp_path: Path, monke
     with pytest.raises(InvalidInput, match="too short"):
         resolve_token(settings, "short", None)
     assert not (settings.home / "http-token").exists()
+
+
+def test_the_dashboard_owns_its_paths_only_and_never_one_with_dot_segments() -> None:
+    from spinup.server.app import RuntimeHolder
+    from spinup.server.dashboard import Dashboard
+
+    dash = Dashboard(RuntimeHolder(Settings()), "a-token-of-ours", None, port=8765)
+    for path in ("/", "/login", "/agents/a", "/stream", "/static/app.js", "/fragments/agents"):
+        assert dash.owns(path), path
+    for path in ("/mcp", "/metrics", "/static/../mcp", "/agents/a/../../mcp", "//mcp", "/agents", "/x"):
+        assert not dash.owns(path), path
