@@ -27,6 +27,9 @@ LIST_ENTRIES = 500  # entries of a directory listing
 PREVIEW_BYTES = 256 * 1024  # of a file shown as text
 DOWNLOAD_BYTES = 16 * 1024 * 1024  # the largest file the browser can download
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (keeps proxies from closing it)
+SHOWN_PROCESSES = 20  # background processes listed, newest first
+ENDED_TAILS = 3  # ended processes whose output tail is shown (each read costs a look at the machine)
+STREAMS = ("stdout", "stderr")
 PANELS = ("execs", "processes", "ports", "snapshots", "policy", "header")
 
 
@@ -118,8 +121,14 @@ class Pages:
         rt = self.rt
         shown = []
         processes: list[ProcessInfo] = await rt.process_list(name)
-        for info in reversed(processes[-20:]):
+        ended_with_tail = 0
+        for info in reversed(processes[-SHOWN_PROCESSES:]):
             tails: dict[str, dict[str, Any]] = {}
+            if info.state != "running":
+                ended_with_tail += 1
+                if ended_with_tail > ENDED_TAILS:  # older ended ones: listed, their output a click away in the CLI
+                    shown.append({"info": info, "tails": {s: {"data": "", "next": 0, "cut": False} for s in STREAMS}})
+                    continue
             sizes: tuple[tuple[Literal["stdout", "stderr"], int], ...] = (
                 ("stdout", info.stdout_bytes),
                 ("stderr", info.stderr_bytes),

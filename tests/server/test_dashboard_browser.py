@@ -306,3 +306,26 @@ async def test_no_credential_value_reaches_a_page(served: Served, page: Page) ->
     assert "DASH_API_KEY" in pages[0].text  # the binding, by name
     assert "[REDACTED:DASH_API_KEY]" in pages[1].text and "[REDACTED" in result.stdout
     runtime.remove_secret("DASH_API_KEY")
+
+
+async def test_an_open_port_forward_shows_with_its_link(served: Served, page: Page) -> None:
+    name = served.agents[0]
+    await served.runtime.process_start(
+        name, ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1"], process_name="web"
+    )
+    await page.goto(f"{served.base}/agents/{name}")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    async with mcp_client(served) as client:
+        forward = await call(client, "port_forward", agent=name, port=8000)
+        link = page.locator(f'#panel-ports a[href="{forward["url"]}"]')
+        await expect(link).to_be_visible()  # shown live, from the port-forwarded event
+        async with httpx2.AsyncClient(timeout=30) as raw:
+            for _ in range(50):  # until the machine's server listens (it was just started)
+                try:
+                    answer = await raw.get(forward["url"])
+                    break
+                except httpx2.TransportError:
+                    await asyncio.sleep(0.2)
+            assert answer.status_code == 200
+        await call(client, "port_close", agent=name, port=8000)
+        await expect(link).to_have_count(0)
