@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -31,13 +31,15 @@ def guide_text() -> str:
     return resources.files("spinup.server").joinpath("guide.md").read_text(encoding="utf-8")
 
 
-class _RuntimeHolder:
-    """The runtime of the running server, set for the lifetime of the server's lifespan."""
+class RuntimeHolder:
+    """The runtime of the running server, set for the lifetime of the server's lifespan; what else serves
+    over HTTP beside MCP (the dashboard) reads it here and registers ``closing`` hooks run before it closes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runtime: Runtime | None = None
         self.background: list[asyncio.Task[None]] = []
+        self.closing: list[Callable[[], Awaitable[None]]] = []
         self.users = 0
 
     def get(self) -> Runtime:
@@ -72,14 +74,15 @@ def build_server(
     agent: str | None = None,
     transport: str = "in-memory",
     metrics: SpinupMetrics | None = None,
+    holder: RuntimeHolder | None = None,
 ) -> MCPServer[Any]:
     """An MCP server exposing the runtime; bound to ``agent`` when given. ``transport`` (stdio,
     streamable-http, in-memory) is recorded with every tool call's client; ``metrics`` count the
-    runtime's events."""
-    settings = settings or Settings()
+    runtime's events; ``holder`` (made here when None) holds the runtime while the server runs."""
+    settings = holder.settings if holder is not None else settings or Settings()
     if agent is not None:
         validate_agent_name(agent)
-    holder = _RuntimeHolder(settings)
+    holder = holder or RuntimeHolder(settings)
     bus = InMemorySubscriptionBus()
     notifier = ResourceNotifier(bus, agent)
 
@@ -100,6 +103,11 @@ def build_server(
         finally:
             holder.users -= 1
             if holder.users == 0 and holder.runtime is not None:
+                for hook in holder.closing:
+                    try:
+                        await hook()
+                    except Exception:  # one failing hook must not keep the runtime open
+                        log.exception("a shutdown hook failed; closing the runtime anyway")
                 for task in holder.background:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spinup.runtime import InvalidInput, validate_agent_name
+from spinup.runtime import InvalidInput, Settings, validate_agent_name
+
+from .tokens import token_path
 
 SERVER_NAME = "spinup"
 TOKEN_VAR = "SPINUP_TOKEN"
@@ -419,4 +421,16 @@ def run_config_command(args: argparse.Namespace) -> int:
         sys.stdout.write(render(args.harness, {SERVER_NAME: server}))
     if spec.note:
         print(f"note: {spec.note}", file=sys.stderr)
+    if args.http:
+        print(f"note: {token_hint()}", file=sys.stderr)
     return 0
+
+
+def token_hint() -> str:
+    """How a harness gets the token of ``spinup serve``: from ``$SPINUP_TOKEN``, set from the state directory's
+    token file when the server generated it."""
+    path = token_path(Settings())
+    return (
+        f"the entry sends the bearer token from ${TOKEN_VAR}. spinup serve generates one into {path} when given "
+        f'none: export {TOKEN_VAR}="$(cat {path})" before starting the harness.'
+    )

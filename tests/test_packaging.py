@@ -50,6 +50,9 @@ def test_a_plain_install_lays_out_the_spinup_namespace(tmp_path: Path) -> None:
         shipped = {p.relative_to(target / "spinup" / package) for p in (target / "spinup" / package).rglob("*.py")}
         assert shipped == {p.relative_to(ROOT / package) for p in (ROOT / package).rglob("*.py")}, package
     assert (target / "spinup" / "server" / "guide.md").is_file()
+    dashboard = target / "spinup" / "server" / "dashboard"
+    for shipped_file in ("templates/base.html", "templates/agent.html", "static/app.js", "static/app.css"):
+        assert (dashboard / shipped_file).is_file(), shipped_file
     for package in PACKAGES:
         assert (target / "spinup" / package / "py.typed").is_file()
     assert not (target / "spinup" / "__init__.py").exists(), "spinup is a namespace of three packages"

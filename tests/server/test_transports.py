@@ -1,6 +1,9 @@
 """The real transports: ``spinup mcp`` over stdio and ``spinup serve`` over streamable HTTP, as
 subprocesses driven by the real MCP client; the bearer token; a clean stdout.
 
+``spinup serve`` always requires a token on HTTP: one it is given, or one it generates into the
+state directory; ``--no-auth`` only on loopback and never beside a host-network agent.
+
 A server subprocess builds ``Settings()`` from its environment, so its machines do not carry the
 session's test label: every test removes the agents it made through the tools, and then any
 container left with its agent's ``spinup.name`` label.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +28,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import call, docker_cli, server_env, unique_name
-from spinup.runtime import Settings
+from spinup.runtime import Policy, Runtime, Settings
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
 LEGACY = "2025-11-25"
@@ -72,35 +76,65 @@ def stdio(settings: Settings, *args: str) -> StdioServerParameters:
     return StdioServerParameters(command=SPINUP, args=["mcp", *args], env=server_env(settings))
 
 
+def serve_log(settings: Settings, url: str) -> Path:
+    """Where :func:`http_server` keeps the stderr of the server at ``url``."""
+    return settings.home.parent / f"serve-{url.split(':')[2].split('/')[0]}.log"
+
+
+async def wait_listening(proc: asyncio.subprocess.Process, host: str, port: int) -> None:
+    """Until ``host:port`` accepts a connection (the server must not exit first)."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                assert proc.returncode is None, "spinup serve exited before it listened"
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
 @asynccontextmanager
 async def http_server(
     settings: Settings, *args: str, token: str | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[str]:
-    """``spinup serve`` on a free loopback port; yields its /mcp URL once it answers."""
+    """``spinup serve`` on a free loopback port; yields its /mcp URL once it answers (its stderr: serve_log)."""
     port = free_port()
     env = server_env(settings) | ({"SPINUP_TOKEN": token} if token else {})
+    settings.home.parent.mkdir(parents=True, exist_ok=True)
+    log = (settings.home.parent / f"serve-{port}.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         SPINUP, "serve", "--host", host, "--port", str(port), *args, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=log,
     )
     try:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection(host, port)
-                except OSError:
-                    assert proc.returncode is None, "spinup serve exited before it listened"
-                    await asyncio.sleep(0.1)
-                    continue
-                writer.close()
-                await writer.wait_closed()
-                break
+        await wait_listening(proc, host, port)
         yield f"http://{host}:{port}/mcp"
     finally:
         if proc.returncode is None:
             proc.terminate()
         async with asyncio.timeout(15):
             await proc.wait()
+        log.close()
+
+
+async def serve_exits(settings: Settings, *args: str) -> tuple[int, str]:
+    """Run ``spinup serve`` expected to refuse to start: its exit code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        SPINUP, "serve", "--port", str(free_port()), *args, env=server_env(settings),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stderr.decode()
 
 
 def authorized(token: str) -> httpx2.AsyncClient:
@@ -290,38 +324,89 @@ async def test_a_client_with_the_wrong_token_cannot_connect(settings: Settings) 
                 await client.list_tools()
 
 
-async def test_http_on_loopback_without_a_token_is_open_to_this_machine(settings: Settings) -> None:
-    async with asyncio.timeout(SESSION_DEADLINE), http_server(settings) as url, Client(url) as client:
-        assert {t.name for t in (await client.list_tools()).tools} >= CORE_TOOLS
-        assert (await call(client, "agent_list"))["agents"] == []
+async def test_http_without_a_token_generates_one_keeps_it_private_and_requires_it(settings: Settings) -> None:
+    token_file = settings.home / "http-token"
+    async with asyncio.timeout(SESSION_DEADLINE):
+        async with http_server(settings) as url:
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            assert stat.S_IMODE(settings.home.stat().st_mode) == 0o700
+            token = token_file.read_text().strip()
+            assert len(token) >= 40
+            printed = serve_log(settings, url).read_text()
+            assert str(token_file) in printed and "generated" in printed
+            async with httpx2.AsyncClient(timeout=30) as raw:
+                assert (await raw.post(url, json={})).status_code == 401
+                assert (await raw.get(url.removesuffix("/mcp") + "/metrics")).status_code == 401
+            async with authorized(token) as http, Client(streamable_http_client(url, http_client=http)) as client:
+                assert {t.name for t in (await client.list_tools()).tools} >= CORE_TOOLS
+        # The next start keeps the token MCP clients were given.
+        async with http_server(settings) as url:
+            assert token_file.read_text().strip() == token
+            assert "kept" in serve_log(settings, url).read_text()
+            async with authorized(token) as http, Client(streamable_http_client(url, http_client=http)) as client:
+                assert (await call(client, "agent_list"))["agents"] == []
+
+
+async def test_a_token_file_others_can_read_is_refused(settings: Settings) -> None:
+    settings.home.mkdir(parents=True)
+    token_file = settings.home / "http-token"
+    token_file.write_text("readable-by-all-0123456789\n")
+    token_file.chmod(0o644)
+    code, stderr = await serve_exits(settings)
+    assert code == 2 and "chmod 600" in stderr and "readable-by-all" not in stderr
+
+
+async def test_token_on_the_command_line_is_warned_about(settings: Settings) -> None:
+    async with asyncio.timeout(SESSION_DEADLINE), http_server(settings, "--token", "cmdline-token-0123") as url:
+        assert "visible to every local user in ps" in serve_log(settings, url).read_text()
+        async with authorized("cmdline-token-0123") as http, Client(streamable_http_client(url, http_client=http)) as c:
+            assert (await call(c, "agent_list"))["agents"] == []
+
+
+async def test_no_auth_serves_loopback_with_a_warning_and_never_beside_a_host_network_agent(
+    settings: Settings,
+) -> None:
+    code, stderr = await serve_exits(settings, "--host", "0.0.0.0", "--no-auth")
+    assert code == 2 and "loopback" in stderr
+    name = unique_name("hostnet")
+    async with asyncio.timeout(SESSION_DEADLINE), http_server(settings, "--no-auth") as url:
+        assert "--no-auth" in serve_log(settings, url).read_text()
+        assert not (settings.home / "http-token").exists()
+        async with Client(url) as client:
+            assert (await call(client, "agent_list"))["agents"] == []
+        runtime = Runtime(settings)
+        try:
+            await runtime.create_agent(name, policy=Policy(network="host"))
+            async with httpx2.AsyncClient(timeout=30) as raw:
+                for _ in range(50):  # the server looks again within a second
+                    refused = await raw.post(url, json={})
+                    if refused.status_code == 403:
+                        break
+                    await asyncio.sleep(0.2)
+                assert refused.status_code == 403 and name in refused.json()["error_description"]
+            code, stderr = await serve_exits(settings, "--no-auth")
+            assert code == 2 and name in stderr and "network=host" in stderr
+        finally:
+            if runtime.find_agent(name) is not None:
+                await runtime.remove_agent(name)
+            await runtime.close()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
 async def test_http_on_any_loopback_address_refuses_a_rebound_host_name(settings: Settings, host: str) -> None:
-    """Without a token, only DNS-rebinding protection keeps a web page from reaching the server."""
+    """DNS-rebinding protection keeps a web page from reaching the server through a name it controls."""
     initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
-    headers = {"Accept": "application/json, text/event-stream"}
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer rebind-token"}
     async with (
         asyncio.timeout(SESSION_DEADLINE),
-        http_server(settings, host=host) as url,
+        http_server(settings, host=host, token="rebind-token") as url,
         httpx2.AsyncClient(timeout=30, headers=headers) as raw,
     ):
         port = url.split(":")[2].split("/")[0]
         rebound = await raw.post(url, json=initialize, headers={"Host": f"attacker.example:{port}"})
         assert rebound.status_code in (400, 403, 421)
         assert (await raw.post(url, json=initialize)).status_code == 200
-
-
-async def test_serving_a_non_loopback_address_without_a_token_is_refused(settings: Settings) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        SPINUP, "serve", "--host", "0.0.0.0", "--port", str(free_port()), env=server_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        _, stderr = await proc.communicate()
-    assert proc.returncode != 0
-    assert b"token" in stderr and b"SPINUP_TOKEN" in stderr
 
 
 # the command line
