@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -248,9 +249,7 @@ class EgressProxy:
         finally:
             upstream_writer.close()
             writer.close()
-            asyncio.get_running_loop().call_soon(
-                self._finished, view, decision, traffic, started, "CONNECT", intercept
-            )
+            asyncio.get_running_loop().call_soon(self._finished, view, decision, traffic, started, "CONNECT", intercept)
 
     async def _decide(self, view: EgressView, host: str, port: int, scheme: Scheme) -> Decision:
         decision = await decide(view.rules(), host, port, scheme, self._resolve)
@@ -279,11 +278,12 @@ class EgressProxy:
                     decision.address, decision.port, ssl=self._upstream_tls, server_hostname=tls_host, limit=CHUNK
                 )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            why = (
-                f"no answer within {CONNECT_TIMEOUT:g}s"
-                if isinstance(exc, TimeoutError)
-                else str(exc) or type(exc).__name__
-            )
+            if isinstance(exc, TimeoutError):
+                why = f"no answer within {CONNECT_TIMEOUT:g}s"
+            elif isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+                why = os.strerror(exc.errno).lower()  # "connection refused", "network is unreachable"
+            else:
+                why = str(exc) or type(exc).__name__
             reason = f"connecting to {decision.address}:{decision.port} failed: {why}"
             self._record(
                 view.agent_id,

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator
@@ -389,3 +390,18 @@ async def test_edge_credentials_reach_the_server_and_never_the_machine(world: Wo
     finally:
         rt.unbind_secret(world.name, "EDGE_TOKEN")
         await rt.set_policy(world.name, rt.get_agent(world.name).policy.updated(intercept=[]))
+
+
+async def test_an_allowed_destination_that_does_not_answer_gets_a_502_with_the_reason(world: World) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    policy = world.rt.get_agent(world.name).policy
+    await world.rt.set_policy(world.name, policy.updated(allow=[*policy.allow, f"127.0.0.1:{closed}"]))
+    try:
+        (answer,), result = await fetch(world, f"http://127.0.0.1:{closed}/")
+        assert answer["status"] == 502 and "failed: connection refused" in answer["body"], answer
+        (denial,) = result.network_denied
+        assert denial["decision"] == "failed" and denial["port"] == closed
+    finally:
+        await world.rt.set_policy(world.name, policy)
