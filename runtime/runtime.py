@@ -427,6 +427,7 @@ class Runtime:
         assert machine is not None
         process_id, marker = self._processes.new_ids()
         self._secrets.record_use(agent)
+        before = await self._counters(machine.id)
         launched = await run_command(
             self._docker,
             machine.id,
@@ -440,7 +441,10 @@ class Runtime:
         )
         if launched.exit_code != 0:
             said = (launched.stderr or launched.stdout).strip()
-            if "can't fork" in said or "Resource temporarily unavailable" in said:
+            after = await self._counters(machine.id)
+            # At the limit the fork fails in the command, or earlier in Docker's own exec setup ("read init-p").
+            refused = before is not None and after is not None and after.pids_refused > before.pids_refused
+            if refused or "can't fork" in said or "Resource temporarily unavailable" in said:
                 raise LimitReached(
                     f"Agent '{name}' is at its pids limit ({agent.policy.pids} processes and threads): no new process "
                     f"can start. Stop some (process_list, process_signal) or raise it: spinup agent policy {name} "
