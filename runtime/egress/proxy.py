@@ -198,14 +198,11 @@ class EgressProxy:
             raise ProxyError(400, "Bad Request", f"Cannot forward {request.method} {request.target[:200]!r}: {hint}.")
         host, port = url.hostname, url.port or 80
         decision = await self._decide(view, host, port, "http")
-        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         started = time.monotonic()
         upstream_reader, upstream_writer = await self._connect(view, decision)
         traffic = _Traffic()
         try:
-            head = forward_head(request, path, host, port, view.headers_for(host))
-            upstream_writer.write(head + request.rest)
-            traffic.sent += len(head) + len(request.rest)
+            send_request(upstream_writer, request, host, port, view.headers_for(host), traffic)
             await relay(reader, writer, upstream_reader, upstream_writer, traffic)
         finally:
             upstream_writer.close()
@@ -229,22 +226,14 @@ class EgressProxy:
         try:
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await writer.drain()
-            if request.rest:
-                upstream_writer.write(request.rest)
-                traffic.sent += len(request.rest)
             if intercept:
                 assert self._tls is not None
                 await writer.start_tls(self._tls(view.agent_id, host))
                 inner = await read_head(reader)
-                url = urlsplit(inner.target)
-                path = (
-                    inner.target
-                    if inner.target.startswith("/")
-                    else ((url.path or "/") + (f"?{url.query}" if url.query else ""))
-                )
-                head = forward_head(inner, path, host, port, view.headers_for(host))
-                upstream_writer.write(head + inner.rest)
-                traffic.sent += len(head) + len(inner.rest)
+                send_request(upstream_writer, inner, host, port, view.headers_for(host), traffic)
+            elif request.rest:  # sent before the tunnel's answer: it belongs to the tunnel
+                upstream_writer.write(request.rest)
+                traffic.sent += len(request.rest)
             await relay(reader, writer, upstream_reader, upstream_writer, traffic)
         finally:
             upstream_writer.close()
@@ -378,6 +367,23 @@ def split_authority(target: str, default_port: int | None) -> tuple[str, int]:
     if not url.hostname or port is None:
         raise ProxyError(400, "Bad Request", f"CONNECT needs host:port, got {target[:200]!r}.")
     return url.hostname, port
+
+
+def origin_path(target: str) -> str:
+    """The origin-form path (``/a?b``) of a request target in absolute or origin form."""
+    if target.startswith("/"):
+        return target
+    url = urlsplit(target)
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+
+def send_request(
+    upstream: asyncio.StreamWriter, request: _Request, host: str, port: int, edge: list[EdgeHeader], traffic: _Traffic
+) -> None:
+    """Send ``request`` on towards its destination (head rewritten, then what followed it)."""
+    data = forward_head(request, origin_path(request.target), host, port, edge) + request.rest
+    upstream.write(data)
+    traffic.sent += len(data)
 
 
 def forward_head(request: _Request, path: str, host: str, port: int, edge: list[EdgeHeader]) -> bytes:
