@@ -2,7 +2,8 @@
 
 Each is a short sequence over the other modules: normalize and look up the path (``paths``),
 check the agent may act (``access``), then read or extract a tar (``archive``) or, for move
-and delete, run the toolbox (``toolbox``).
+and delete, run the toolbox (``toolbox``). A non-root agent's reads and writes skip the check and
+the archive: they are done from the host as the agent's user, on one descriptor (``as_agent``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from ..ceilings import Ceilings
 from ..docker import DockerBackend
 from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
 from .access import AccessCheck, FileAccess, drop, passed
-from .archive import MachineArchive, new_member
+from .archive import MachineArchive, new_member, read_part
+from .as_agent import AgentFiles, off_thread
 from .encodings import decode, encode, off_loop, parse_mode
 from .paths import MachinePaths, normalize_path
 from .results import Encoding, FileContent, FileInfo, info_from_stat
@@ -45,6 +47,7 @@ class Files:
         on_written: Callable[[], None] | None = None,
         record: Callable[[str, str, dict[str, Any]], None] | None = None,
         ceilings: Ceilings | None = None,
+        as_agent: Callable[[], Awaitable[AgentFiles]] | None = None,
     ) -> None:
         self.docker = docker
         self.machine_id = machine_id
@@ -58,6 +61,8 @@ class Files:
         # Told of each change a caller made: (event kind, detail, data), e.g. ("file-written", ...).
         self._record = record or (lambda kind, detail, data: None)
         self.ceilings = ceilings or Ceilings()
+        # A non-root agent on a local daemon: reads and writes as its user from the host (no check, no race).
+        self._as_agent = as_agent
 
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
@@ -109,6 +114,39 @@ class Files:
         if encoding == "base64" and unit == "lines":
             unit = "bytes"
         path = normalize_path(path)
+        if self._as_agent is not None:
+            data, returned, eof, size = await self._read_as_agent(await self._as_agent(), path, offset, limit, unit)
+        else:
+            data, returned, eof, size = await self._read_as_root(path, offset, limit, unit)
+        if self._redact is not None:
+            data = self._redact(data)
+        text, used = await off_loop(encode, data, encoding, size=len(data))
+        return FileContent(
+            path=path,
+            content=text,
+            encoding=used,
+            size=size,
+            offset=offset,
+            returned=returned,
+            unit=unit,
+            eof=eof,
+        )
+
+    async def _read_as_agent(
+        self, host: AgentFiles, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int]:
+        """Read through one descriptor the kernel opened as the agent's user."""
+        check_size = self.ceilings.check_read
+
+        def consume(fh: Any, size: int) -> tuple[bytes, int, bool, int]:
+            return (*read_part(fh, size, offset, limit, unit, check_size), size)
+
+        return await off_thread(lambda: host.read(path, consume))
+
+    async def _read_as_root(
+        self, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int]:
+        """Read through the archive API (as root), checked first when the agent is not root."""
         real, st = await self._paths.resolve(path)
         if st.is_dir:
             raise IsADirectory(path)
@@ -125,19 +163,7 @@ class Files:
         finally:
             drop(check)
         self._check.learn(real)
-        if self._redact is not None:
-            data = self._redact(data)
-        text, used = await off_loop(encode, data, encoding, size=len(data))
-        return FileContent(
-            path=path,
-            content=text,
-            encoding=used,
-            size=size,
-            offset=offset,
-            returned=returned,
-            unit=unit,
-            eof=eof,
-        )
+        return data, returned, eof, size
 
     async def write(
         self,
@@ -157,6 +183,8 @@ class Files:
         if path == "/":
             raise IsADirectory(path)
         perm = parse_mode(mode)
+        if self._as_agent is not None:
+            return await self._write_as_agent(await self._as_agent(), path, content, encoding, perm, create_parents)
         # With a memo the check waits for the resolved target: a known directory may spare it.
         check = self._check.soon(path, "write") if self.access.memo is None else None
         try:
@@ -165,6 +193,27 @@ class Files:
             drop(check)
         info = await self._info(target)
         self._record("file-written", f"{target} ({info.size} bytes)", {"path": target, "size": info.size})
+        return info
+
+    async def _write_as_agent(
+        self,
+        host: AgentFiles,
+        path: str,
+        content: str,
+        encoding: Literal["text", "base64"],
+        perm: int | None,
+        create_parents: bool,
+    ) -> FileInfo:
+        """Write through one descriptor the kernel opened (or created) as the agent's user."""
+        data = await off_loop(decode, content, encoding, size=len(content))
+        if self._write_guard is not None:
+            await self._write_guard()
+        try:
+            info = await off_thread(lambda: host.write(path, data, perm, create_parents))
+        finally:
+            if self._on_written is not None:
+                self._on_written()
+        self._record("file-written", f"{info.path} ({info.size} bytes)", {"path": info.path, "size": info.size})
         return info
 
     async def _write(
