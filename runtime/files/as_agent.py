@@ -186,7 +186,7 @@ def _where(fd: int, fallback: str) -> str:
 def _info(path: str, st: os.stat_result) -> FileInfo:
     return FileInfo(
         path=path,
-        type="file",
+        type="directory" if statmod.S_ISDIR(st.st_mode) else "file",
         size=st.st_size,
         mode=f"{statmod.S_IMODE(st.st_mode):04o}",
         mtime=datetime.fromtimestamp(int(st.st_mtime), UTC).isoformat(),
@@ -249,6 +249,37 @@ class AgentFiles:
                 except OSError as exc:
                     raise _error(exc, path, "write to", self.user_name) from exc
                 return _info(_where(fd, path), os.fstat(fd))
+            finally:
+                os.close(fd)
+
+    def mkdir(self, path: str, perm: int | None) -> FileInfo:
+        """Create the directory ``path`` and missing parents (0755) as the agent's user; an existing one is fine."""
+        parent_dir, name = posixpath.split(path)
+        with _machine_root(self.pid, self.machine_id) as root, _acting_as(*self.owner):
+            try:
+                created = False
+                if name:
+                    _make_parents(root, parent_dir)
+                    parent = _openat2(root, parent_dir, os.O_PATH | os.O_DIRECTORY)
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=parent)  # opened up below, once it is known to be ours
+                        created = True
+                    except FileExistsError:
+                        pass
+                    finally:
+                        os.close(parent)
+                fd = _openat2(root, path, os.O_PATH | os.O_DIRECTORY)
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR or (exc.errno == errno.ENOENT and name and not created):
+                    raise NotADirectory(path) from exc  # a file, or a link to nothing, holds the name
+                raise _error(exc, path, "write to", self.user_name) from exc
+            try:
+                if created:
+                    try:
+                        os.chmod(f"/proc/self/fd/{fd}", 0o755 if perm is None else perm)
+                    except OSError as exc:
+                        raise _error(exc, path, "write to", self.user_name) from exc
+                return _info(path, os.fstat(fd))
             finally:
                 os.close(fd)
 

@@ -261,6 +261,16 @@ class Files:
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
         """Create a directory and any missing parents; an existing directory is fine."""
         path = normalize_path(path)
+        if self._as_agent is not None:
+            host, perm = await self._as_agent(), parse_mode(mode)
+            if self._write_guard is not None:
+                await self._write_guard()
+            try:
+                return await off_thread(lambda: host.mkdir(path, perm))
+            finally:
+                self._check.forget()  # a new directory's mode may close what lies below it
+                if self._on_written is not None:
+                    self._on_written()
         try:
             current = await self._paths.stat(path)
         except PathNotFound:

@@ -199,6 +199,9 @@ async def test_file_tools_never_reach_past_a_directory_swapped_for_a_symlink_by_
     with pytest.raises(PermissionDenied):
         await files.write("/workspace/w/ld.so.preload", preload)
     assert preload not in docker_cli("exec", "-u", "0", machine.id, "cat", "/etc/ld.so.preload", check=False).stdout
+    with pytest.raises(PermissionDenied):
+        await files.mkdir("/workspace/w/cron.hourly.d")
+    assert docker_cli("exec", machine.id, "test", "-e", "/etc/cron.hourly.d", check=False).returncode == 1
     # Links that stay where the agent may go keep working, both ways.
     await _swap_in_background(
         runtime, agent, "ln -s /workspace/r.real /workspace/mine && ln -s own /workspace/r.real/link && "
