@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fnmatch
 import os
 import platform
 import posixpath
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from typing import IO, TypeVar
 
 from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound, PermissionDenied, SpinupError
-from .results import FileInfo
+from .results import FileInfo, FileType
 
 T = TypeVar("T")
 
@@ -40,6 +41,8 @@ _libc.syscall.restype = ctypes.c_long
 _SYSCALLS = {"x86_64": (116, 122, 123), "aarch64": (159, 151, 152)}
 _SYS_OPENAT2 = 437
 _RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
 _RESOLVE_IN_ROOT = 0x10
 _CHUNK = 1024 * 1024
 _COMMON = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # a FIFO in a file's place never blocks
@@ -84,10 +87,11 @@ def _acting_as(uid: int, gid: int) -> Iterator[None]:
             raise SpinupError("Cannot restore this thread's groups after acting as the agent's user.")
 
 
-def _openat2(root: int, path: str, flags: int, mode: int = 0) -> int:
-    """Open the machine path ``path`` below the machine's ``root`` descriptor, resolved as the machine sees it."""
+def _openat2(root: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """Open the machine path ``path`` below the machine's ``root`` descriptor, resolved as the machine sees it
+    (or as ``resolve`` says)."""
     extra = os.O_CLOEXEC if flags & os.O_PATH else _COMMON  # openat2 refuses other flags beside O_PATH
-    how = _OpenHow(flags | extra, mode, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    how = _OpenHow(flags | extra, mode, resolve or _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
     rel = os.fsencode(path.lstrip("/") or ".")
     fd = _call(_SYS_OPENAT2, ctypes.c_int(root), ctypes.c_char_p(rel), ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:
@@ -282,6 +286,113 @@ class AgentFiles:
                 return _info(path, os.fstat(fd))
             finally:
                 os.close(fd)
+
+    def entries(
+        self,
+        path: str,
+        recursive: bool,
+        pattern: str | None,
+        max_entries: int,
+        max_bytes: int,
+        too_big: Callable[[str], Exception],
+    ) -> tuple[list[FileInfo], bool]:
+        """The entries under the directory ``path`` as the agent's user lists them, sorted by path, and
+        whether ``max_entries`` cut the list. Subdirectories it cannot open are listed, not walked.
+
+        The walk is bounded as the archive API's stream would be: past ``max_bytes`` of what that tar
+        would hold (a 512-byte header and the contents of each entry), ``too_big(path)`` is raised.
+        """
+        with _machine_root(self.pid, self.machine_id) as root, _acting_as(*self.owner):
+            try:
+                top = _openat2(root, path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    raise NotADirectory(path) from exc
+                raise _error(exc, path, "list", self.user_name) from exc
+            try:
+                return _walk(top, path, recursive, pattern, max_entries, max_bytes, too_big)
+            finally:
+                os.close(top)
+
+
+def _listing(fd: int) -> list[tuple[str, os.stat_result, str | None]]:
+    """The directory open at ``fd``: each name (sorted), its lstat, and a symlink's target."""
+    found = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            st = entry.stat(follow_symlinks=False)
+            link = os.readlink(entry.name, dir_fd=fd) if statmod.S_ISLNK(st.st_mode) else None
+            found.append((entry.name, st, link))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def _kind(mode: int) -> FileType:
+    if statmod.S_ISDIR(mode):
+        return "directory"
+    if statmod.S_ISLNK(mode):
+        return "symlink"
+    return "file" if statmod.S_ISREG(mode) else "other"
+
+
+def _walk(
+    top: int,
+    path: str,
+    recursive: bool,
+    pattern: str | None,
+    max_entries: int,
+    max_bytes: int,
+    too_big: Callable[[str], Exception],
+) -> tuple[list[FileInfo], bool]:
+    """Depth first, in name order (as Docker's tar of the subtree), one open directory at a time."""
+    entries: list[FileInfo] = []
+    streamed = 512
+    stack = [iter(_listing(top))]
+    prefixes = [""]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        name, st, link = item
+        rel = prefixes[-1] + name
+        kind = _kind(st.st_mode)
+        size = st.st_size if kind == "file" else 0
+        streamed += 512 + size + (-size % 512)
+        if streamed > max_bytes:
+            raise too_big(path)
+        target = rel if pattern and "/" in pattern else name
+        if not pattern or fnmatch.fnmatchcase(target, pattern):
+            if len(entries) >= max_entries:
+                entries.sort(key=lambda entry: entry.path)
+                return entries, True
+            entries.append(
+                FileInfo(
+                    path=posixpath.join(path, rel),
+                    type=kind,
+                    size=size,
+                    mode=f"{statmod.S_IMODE(st.st_mode):04o}",
+                    mtime=datetime.fromtimestamp(int(st.st_mtime), UTC).isoformat(),
+                    link_target=link,
+                )
+            )
+        if recursive and kind == "directory":
+            try:
+                # Below the listed directory, never through a symlink put in a directory's place.
+                fd = _openat2(top, rel, os.O_RDONLY | os.O_DIRECTORY, resolve=_RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
+            except OSError:
+                continue  # its user cannot open it (or it is gone): listed, not walked
+            try:
+                listing = _listing(fd)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            stack.append(iter(listing))
+            prefixes.append(rel + "/")
+    entries.sort(key=lambda entry: entry.path)
+    return entries, False
 
 
 async def off_thread(call: Callable[[], T]) -> T:

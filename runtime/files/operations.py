@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from ..ceilings import Ceilings
 from ..docker import DockerBackend
-from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
+from ..errors import InvalidInput, IsADirectory, LimitReached, NotADirectory, PathNotFound
+from ..models import format_size
 from .access import AccessCheck, FileAccess, drop, passed
 from .archive import MachineArchive, new_member, read_part
 from .as_agent import AgentFiles, off_thread
@@ -317,6 +318,9 @@ class Files:
         if max_entries < 1:
             raise InvalidInput("max_entries must be >= 1.")
         path = normalize_path(path)
+        if self._as_agent is not None:
+            host, most = await self._as_agent(), self.ceilings.list_bytes
+            return await off_thread(lambda: host.entries(path, recursive, pattern, max_entries, most, self._walk_past))
         check = self._check.soon(path, "list")
         try:
             real, st = await self._paths.resolve(path)
@@ -329,6 +333,15 @@ class Files:
         finally:
             drop(check)
         return entries, cut
+
+    def _walk_past(self, path: str) -> LimitReached:
+        """The error for a listing as the agent whose walk passes the ceiling (entries and their contents)."""
+        return LimitReached(
+            f"Listing {path} walks more than {format_size(self.ceilings.list_bytes)} of entries and file contents "
+            f"(counted as the archive API would send them): this server's ceiling "
+            f"({self.ceilings.setting('list_bytes')}). List a smaller directory, or without recursive, or run "
+            f"`find {path} -maxdepth 1 -printf '%y %s %p\\n'` with exec."
+        )
 
     async def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
         """Move or rename a file or directory."""
