@@ -256,6 +256,27 @@ class AgentFiles:
             finally:
                 os.close(fd)
 
+    def stat(self, path: str) -> FileInfo:
+        """The entry ``path`` as the agent's user looks it up (a symlink as itself, with the target it names)."""
+        with _machine_root(self.pid, self.machine_id) as root, _acting_as(*self.owner):
+            try:
+                fd = _openat2(root, path, os.O_PATH | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise _error(exc, path, "look up", self.user_name) from exc
+            try:
+                st = os.fstat(fd)
+                link = os.readlink("", dir_fd=fd) if statmod.S_ISLNK(st.st_mode) else None  # the link itself
+            finally:
+                os.close(fd)
+        return FileInfo(
+            path=path,
+            type=_kind(st.st_mode),
+            size=st.st_size,
+            mode=f"{statmod.S_IMODE(st.st_mode):04o}",
+            mtime=datetime.fromtimestamp(int(st.st_mtime), UTC).isoformat(),
+            link_target=link,
+        )
+
     def mkdir(self, path: str, perm: int | None) -> FileInfo:
         """Create the directory ``path`` and missing parents (0755) as the agent's user; an existing one is fine."""
         parent_dir, name = posixpath.split(path)

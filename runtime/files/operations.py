@@ -68,6 +68,9 @@ class Files:
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
         path = normalize_path(path)
+        if self._as_agent is not None:
+            host = await self._as_agent()
+            return await off_thread(lambda: host.stat(path))
         check = None if self._check.known(path) else self._check.soon(path, "stat")
         try:
             try:
@@ -93,6 +96,12 @@ class Files:
         """Whether the path exists (symlinks count as existing); :class:`PermissionDenied` where the agent's
         user cannot look it up."""
         path = normalize_path(path)
+        if self._as_agent is not None:
+            try:
+                await self.stat(path)
+            except PathNotFound:
+                return False
+            return True
         if not self._check.known(path):
             await self._check.require(path, "stat")
         return await self._paths.exists(path)

@@ -203,6 +203,8 @@ async def test_file_tools_never_reach_past_a_directory_swapped_for_a_symlink_by_
         await files.mkdir("/workspace/w/cron.hourly.d")
     with pytest.raises(PermissionDenied):
         await files.list("/workspace/r")
+    with pytest.raises(PermissionDenied):
+        await files.stat("/workspace/r/secret")
     assert docker_cli("exec", machine.id, "test", "-e", "/etc/cron.hourly.d", check=False).returncode == 1
     # Links that stay where the agent may go keep working, both ways.
     await _swap_in_background(
