@@ -2,8 +2,9 @@
 
 Each is a short sequence over the other modules: normalize and look up the path (``paths``),
 check the agent may act (``access``), then read or extract a tar (``archive``) or, for move
-and delete, run the toolbox (``toolbox``). A non-root agent's reads and writes skip the check and
-the archive: they are done from the host as the agent's user, on one descriptor (``as_agent``).
+and delete, run the toolbox (``toolbox``). On a local daemon a non-root agent's stat, read, write,
+mkdir and list skip the check and the archive: they are done from the host as the agent's user,
+on one descriptor (``as_agent``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Files:
     """File operations on one machine, acting as the agent's user.
 
     New files and directories belong to ``access.owner`` (uid, gid). When ``access.check_access``
-    is set (a non-root agent) every operation first asks the machine whether ``access.user`` may
-    do it, so the archive API, which acts as root, never lets the agent past its own permissions.
+    is set (a non-root agent) and ``as_agent`` is given (a local daemon), stat, read, write, mkdir
+    and list act as the agent's user from the host; otherwise each operation first asks the machine
+    whether ``access.user`` may do it before the archive API, which acts as root, does it.
     """
 
     def __init__(
