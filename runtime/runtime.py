@@ -27,7 +27,7 @@ from .egress.denials import DENIAL_KINDS, summarize_denials
 from .errors import AgentExists, AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
 from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
-from .files import AccessMemo, FileAccess, Files
+from .files import AccessMemo, AgentFiles, FileAccess, Files, as_agent_supported
 from .image import build_base_image
 from .limits import LimitCounters, LimitWatch, note_limits
 from .logredact import add_log_redactor, remove_log_redactor
@@ -544,6 +544,13 @@ class Runtime:
             user_name="root" if root else "agent",
             memo=self._access,
         )
+
+        async def as_agent() -> AgentFiles:
+            machine = await self._agents.machine(agent)
+            if machine is None or not machine.running or machine.pid <= 0:
+                raise SpinupError(f"Agent '{agent.name}''s machine is not running; try again.")
+            return AgentFiles(machine.pid, machine.id, owner(agent.policy), access.user_name)
+
         return Files(
             self._docker,
             agent.machine_id,
@@ -553,6 +560,8 @@ class Runtime:
             on_written=lambda: self._quota.changed(agent),
             record=lambda kind, detail, data: self._db.record_event(agent.id, kind, detail, data),
             ceilings=self.settings.ceilings,
+            # Not root, on this host: reads and writes as the agent's user, so no race past its permissions.
+            as_agent=as_agent if not root and self._docker.is_local and as_agent_supported() else None,
         )
 
     # ports

@@ -8,6 +8,7 @@ Modules, by job:
 - ``operations``: :class:`Files`, the operations (stat, read, write, mkdir, list, move, delete)
 - ``paths``: path rules (:func:`normalize_path`) and lookups (stat, symlinks, missing ancestors)
 - ``access``: whom operations act as (:class:`FileAccess`) and the non-root agent's access check
+- ``as_agent``: a non-root agent's reads and writes done from the host as its user (:class:`AgentFiles`)
 - ``archive``: tar members and streams for ``put_archive``, reads out of ``get_archive``
 - ``toolbox``: busybox applets through exec, and what their failures mean
 - ``encodings``: text/base64 content and octal modes
@@ -15,17 +16,20 @@ Modules, by job:
 """
 
 from .access import AccessMemo, FileAccess
+from .as_agent import AgentFiles, as_agent_supported
 from .operations import Files
 from .paths import normalize_path
 from .results import Encoding, FileContent, FileInfo, FileType
 
 __all__ = [
     "AccessMemo",
+    "AgentFiles",
     "Encoding",
     "FileAccess",
     "FileContent",
     "FileInfo",
     "FileType",
     "Files",
+    "as_agent_supported",
     "normalize_path",
 ]

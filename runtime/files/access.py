@@ -1,4 +1,6 @@
-"""Access control for a non-root agent's file tools: the archive API acts as root, so we check first.
+"""Access control for a non-root agent's file tools where they go through the archive API (as root).
+
+On a local daemon stat, read, write, mkdir and list act as the agent's user instead (``as_agent``).
 
 The check runs in the machine as the agent's user (the toolbox's ``sh`` with ``test -r/-w/-x``),
 usually beside the operation's own calls so it adds no round trip. Below a directory the agent

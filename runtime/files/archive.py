@@ -66,6 +66,45 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def read_part(
+    fh: IO[bytes],
+    size: int,
+    offset: int,
+    limit: int | None,
+    unit: Literal["bytes", "lines"],
+    check_size: Callable[[int, bool], None],
+) -> tuple[bytes, int, bool]:
+    """The bytes (or lines) asked for from a file of ``size`` bytes open at its start, how many, and
+    whether its end was reached. ``check_size(bytes, limited)`` raises before more than the ceiling is held."""
+    if unit == "bytes":
+        rest = max(size - offset, 0)
+        check_size(rest if limit is None else min(limit, rest), limit is not None)
+        _skip(fh, offset)
+        data = fh.read(rest) if limit is None else fh.read(min(limit, rest))
+        return data, len(data), offset + len(data) >= size
+    for _ in range(offset):  # skipped lines are read in chunks: a line may be any length
+        while (chunk := fh.readline(_CHUNK)) and not chunk.endswith(b"\n"):
+            pass
+        if not chunk:
+            return b"", 0, True
+    lines: list[bytes] = []
+    held = 0
+    while limit is None or len(lines) < limit:
+        line = fh.readline(_CHUNK)
+        while line and not line.endswith(b"\n"):
+            more = fh.readline(_CHUNK)
+            if not more:
+                break
+            line += more
+            check_size(held + len(line), limit is not None)  # a line without end is held no further
+        if not line:
+            return b"".join(lines), len(lines), True
+        held += len(line)
+        check_size(held, limit is not None)
+        lines.append(line)
+    return b"".join(lines), len(lines), fh.read(1) == b""
+
+
 @dataclass(frozen=True)
 class MachineArchive:
     """One machine's files as tar: what its archives hold, and entries extracted at '/'."""
@@ -119,33 +158,7 @@ class MachineArchive:
             owner.append((member.uid, member.gid, member.mode))
             fh = tar.extractfile(member)
             assert fh is not None
-            if unit == "bytes":
-                rest = max(member.size - offset, 0)
-                check_size(rest if limit is None else min(limit, rest), limit is not None)
-                _skip(fh, offset)
-                data = fh.read() if limit is None else fh.read(limit)
-                return data, len(data), offset + len(data) >= member.size, member.size
-            for _ in range(offset):  # skipped lines are read in chunks: a line may be any length
-                while (chunk := fh.readline(_CHUNK)) and not chunk.endswith(b"\n"):
-                    pass
-                if not chunk:
-                    return b"", 0, True, member.size
-            lines: list[bytes] = []
-            held = 0
-            while limit is None or len(lines) < limit:
-                line = fh.readline(_CHUNK)
-                while line and not line.endswith(b"\n"):
-                    more = fh.readline(_CHUNK)
-                    if not more:
-                        break
-                    line += more
-                    check_size(held + len(line), limit is not None)  # a line without end is held no further
-                if not line:
-                    return b"".join(lines), len(lines), True, member.size
-                held += len(line)
-                check_size(held, limit is not None)
-                lines.append(line)
-            return b"".join(lines), len(lines), fh.read(1) == b"", member.size
+            return (*read_part(fh, member.size, offset, limit, unit, check_size), member.size)
 
         async with self.docker.get_archive(self.machine_id, real) as (_, content):
             data, returned, eof, size = await with_tar_stream(content, extract)

@@ -2,7 +2,9 @@
 
 Each is a short sequence over the other modules: normalize and look up the path (``paths``),
 check the agent may act (``access``), then read or extract a tar (``archive``) or, for move
-and delete, run the toolbox (``toolbox``).
+and delete, run the toolbox (``toolbox``). On a local daemon a non-root agent's stat, read, write,
+mkdir and list skip the check and the archive: they are done from the host as the agent's user,
+on one descriptor (``as_agent``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any, Literal
 
 from ..ceilings import Ceilings
 from ..docker import DockerBackend
-from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound
+from ..errors import InvalidInput, IsADirectory, LimitReached, NotADirectory, PathNotFound
+from ..models import format_size
 from .access import AccessCheck, FileAccess, drop, passed
-from .archive import MachineArchive, new_member
+from .archive import MachineArchive, new_member, read_part
+from .as_agent import AgentFiles, off_thread
 from .encodings import decode, encode, off_loop, parse_mode
 from .paths import MachinePaths, normalize_path
 from .results import Encoding, FileContent, FileInfo, info_from_stat
@@ -30,8 +34,9 @@ class Files:
     """File operations on one machine, acting as the agent's user.
 
     New files and directories belong to ``access.owner`` (uid, gid). When ``access.check_access``
-    is set (a non-root agent) every operation first asks the machine whether ``access.user`` may
-    do it, so the archive API, which acts as root, never lets the agent past its own permissions.
+    is set (a non-root agent) and ``as_agent`` is given (a local daemon), stat, read, write, mkdir
+    and list act as the agent's user from the host; otherwise each operation first asks the machine
+    whether ``access.user`` may do it before the archive API, which acts as root, does it.
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class Files:
         on_written: Callable[[], None] | None = None,
         record: Callable[[str, str, dict[str, Any]], None] | None = None,
         ceilings: Ceilings | None = None,
+        as_agent: Callable[[], Awaitable[AgentFiles]] | None = None,
     ) -> None:
         self.docker = docker
         self.machine_id = machine_id
@@ -58,10 +64,15 @@ class Files:
         # Told of each change a caller made: (event kind, detail, data), e.g. ("file-written", ...).
         self._record = record or (lambda kind, detail, data: None)
         self.ceilings = ceilings or Ceilings()
+        # A non-root agent on a local daemon: reads and writes as its user from the host (no check, no race).
+        self._as_agent = as_agent
 
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
         path = normalize_path(path)
+        if self._as_agent is not None:
+            host = await self._as_agent()
+            return await off_thread(lambda: host.stat(path))
         check = None if self._check.known(path) else self._check.soon(path, "stat")
         try:
             try:
@@ -87,6 +98,12 @@ class Files:
         """Whether the path exists (symlinks count as existing); :class:`PermissionDenied` where the agent's
         user cannot look it up."""
         path = normalize_path(path)
+        if self._as_agent is not None:
+            try:
+                await self.stat(path)
+            except PathNotFound:
+                return False
+            return True
         if not self._check.known(path):
             await self._check.require(path, "stat")
         return await self._paths.exists(path)
@@ -109,6 +126,39 @@ class Files:
         if encoding == "base64" and unit == "lines":
             unit = "bytes"
         path = normalize_path(path)
+        if self._as_agent is not None:
+            data, returned, eof, size = await self._read_as_agent(await self._as_agent(), path, offset, limit, unit)
+        else:
+            data, returned, eof, size = await self._read_as_root(path, offset, limit, unit)
+        if self._redact is not None:
+            data = self._redact(data)
+        text, used = await off_loop(encode, data, encoding, size=len(data))
+        return FileContent(
+            path=path,
+            content=text,
+            encoding=used,
+            size=size,
+            offset=offset,
+            returned=returned,
+            unit=unit,
+            eof=eof,
+        )
+
+    async def _read_as_agent(
+        self, host: AgentFiles, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int]:
+        """Read through one descriptor the kernel opened as the agent's user."""
+        check_size = self.ceilings.check_read
+
+        def consume(fh: Any, size: int) -> tuple[bytes, int, bool, int]:
+            return (*read_part(fh, size, offset, limit, unit, check_size), size)
+
+        return await off_thread(lambda: host.read(path, consume))
+
+    async def _read_as_root(
+        self, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int]:
+        """Read through the archive API (as root), checked first when the agent is not root."""
         real, st = await self._paths.resolve(path)
         if st.is_dir:
             raise IsADirectory(path)
@@ -125,19 +175,7 @@ class Files:
         finally:
             drop(check)
         self._check.learn(real)
-        if self._redact is not None:
-            data = self._redact(data)
-        text, used = await off_loop(encode, data, encoding, size=len(data))
-        return FileContent(
-            path=path,
-            content=text,
-            encoding=used,
-            size=size,
-            offset=offset,
-            returned=returned,
-            unit=unit,
-            eof=eof,
-        )
+        return data, returned, eof, size
 
     async def write(
         self,
@@ -157,6 +195,8 @@ class Files:
         if path == "/":
             raise IsADirectory(path)
         perm = parse_mode(mode)
+        if self._as_agent is not None:
+            return await self._write_as_agent(await self._as_agent(), path, content, encoding, perm, create_parents)
         # With a memo the check waits for the resolved target: a known directory may spare it.
         check = self._check.soon(path, "write") if self.access.memo is None else None
         try:
@@ -165,6 +205,27 @@ class Files:
             drop(check)
         info = await self._info(target)
         self._record("file-written", f"{target} ({info.size} bytes)", {"path": target, "size": info.size})
+        return info
+
+    async def _write_as_agent(
+        self,
+        host: AgentFiles,
+        path: str,
+        content: str,
+        encoding: Literal["text", "base64"],
+        perm: int | None,
+        create_parents: bool,
+    ) -> FileInfo:
+        """Write through one descriptor the kernel opened (or created) as the agent's user."""
+        data = await off_loop(decode, content, encoding, size=len(content))
+        if self._write_guard is not None:
+            await self._write_guard()
+        try:
+            info = await off_thread(lambda: host.write(path, data, perm, create_parents))
+        finally:
+            if self._on_written is not None:
+                self._on_written()
+        self._record("file-written", f"{info.path} ({info.size} bytes)", {"path": info.path, "size": info.size})
         return info
 
     async def _write(
@@ -212,6 +273,16 @@ class Files:
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
         """Create a directory and any missing parents; an existing directory is fine."""
         path = normalize_path(path)
+        if self._as_agent is not None:
+            host, perm = await self._as_agent(), parse_mode(mode)
+            if self._write_guard is not None:
+                await self._write_guard()
+            try:
+                return await off_thread(lambda: host.mkdir(path, perm))
+            finally:
+                self._check.forget()  # a new directory's mode may close what lies below it
+                if self._on_written is not None:
+                    self._on_written()
         try:
             current = await self._paths.stat(path)
         except PathNotFound:
@@ -258,6 +329,9 @@ class Files:
         if max_entries < 1:
             raise InvalidInput("max_entries must be >= 1.")
         path = normalize_path(path)
+        if self._as_agent is not None:
+            host, most = await self._as_agent(), self.ceilings.list_bytes
+            return await off_thread(lambda: host.entries(path, recursive, pattern, max_entries, most, self._walk_past))
         check = self._check.soon(path, "list")
         try:
             real, st = await self._paths.resolve(path)
@@ -270,6 +344,15 @@ class Files:
         finally:
             drop(check)
         return entries, cut
+
+    def _walk_past(self, path: str) -> LimitReached:
+        """The error for a listing as the agent whose walk passes the ceiling (entries and their contents)."""
+        return LimitReached(
+            f"Listing {path} walks more than {format_size(self.ceilings.list_bytes)} of entries and file contents "
+            f"(counted as the archive API would send them): this server's ceiling "
+            f"({self.ceilings.setting('list_bytes')}). List a smaller directory, or without recursive, or run "
+            f"`find {path} -maxdepth 1 -printf '%y %s %p\\n'` with exec."
+        )
 
     async def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
         """Move or rename a file or directory."""

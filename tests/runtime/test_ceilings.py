@@ -76,8 +76,10 @@ async def test_exec_output_files_and_listings_are_bounded_by_the_ceilings(rt: Ru
     assert (await files.read("/workspace/ok/small")).content == "hi\n"
     started = time.monotonic()
     with pytest.raises(LimitReached, match="SPINUP_MAX_LIST_BYTES") as listing:
-        await files.list("/workspace/tree")  # the daemon streams the subtree's 6 MB of contents
+        await files.list("/workspace/tree", recursive=True)  # a walk past 6 MB of entries and contents
     assert "find /workspace/tree" in str(listing.value) and time.monotonic() - started < 10
+    flat, _ = await files.list("/workspace/tree")  # a flat listing as the agent walks only the directory
+    assert [entry.path for entry in flat] == ["/workspace/tree/sub"]
     listed, _ = await files.list("/workspace/ok")
     assert [entry.path for entry in listed] == ["/workspace/ok/small"]
 

@@ -166,3 +166,63 @@ async def test_file_stat_tells_a_non_root_agent_nothing_its_user_cannot_see(runt
         await files.exists("/root/.bashrc")
     assert (await files.stat("/etc/passwd")).type == "file"
     assert await files.exists("/workspace")
+
+
+async def _swap_in_background(runtime: Runtime, agent: str, script: str) -> None:
+    """Run ``script`` as a background job of the agent and wait for it (background jobs clear no memo)."""
+    process = await runtime.process_start(agent, script)
+    info, running = await runtime.process_wait(agent, process.id, 30)
+    assert not running and info.exit_code == 0, info
+
+
+async def test_file_tools_never_reach_past_a_directory_swapped_for_a_symlink_by_a_background_job(
+    runtime: Runtime, agent: str
+) -> None:
+    marker = f"ROOT-ONLY-{secrets.token_hex(6)}"
+    machine = await runtime.machine(agent)
+    assert machine is not None
+    docker_cli("exec", "-u", "0", machine.id, "sh", "-c", f"echo {marker} > /root/secret && chmod 644 /root/secret")
+    files = await runtime.files(agent)
+    # The file tools use two directories of the agent's: they are checked and remembered.
+    await files.write("/workspace/r/own", "mine\n")
+    assert (await files.read("/workspace/r/own")).content == "mine\n"
+    await files.write("/workspace/w/own", "mine\n")
+    await files.write("/workspace/w/again", "mine\n")
+    await _swap_in_background(
+        runtime, agent, "mv /workspace/r /workspace/r.real && ln -s /root /workspace/r && "
+        "mv /workspace/w /workspace/w.real && ln -s /etc /workspace/w",
+    )  # fmt: skip
+    files = await runtime.files(agent)
+    with pytest.raises(PermissionDenied):
+        await files.read("/workspace/r/secret")
+    preload = f"/nonexistent-{secrets.token_hex(4)}.so\n"
+    with pytest.raises(PermissionDenied):
+        await files.write("/workspace/w/ld.so.preload", preload)
+    assert preload not in docker_cli("exec", "-u", "0", machine.id, "cat", "/etc/ld.so.preload", check=False).stdout
+    with pytest.raises(PermissionDenied):
+        await files.mkdir("/workspace/w/cron.hourly.d")
+    with pytest.raises(PermissionDenied):
+        await files.list("/workspace/r")
+    with pytest.raises(PermissionDenied):
+        await files.stat("/workspace/r/secret")
+    assert docker_cli("exec", machine.id, "test", "-e", "/etc/cron.hourly.d", check=False).returncode == 1
+    # Links that stay where the agent may go keep working, both ways.
+    await _swap_in_background(
+        runtime, agent, "ln -s /workspace/r.real /workspace/mine && ln -s own /workspace/r.real/link && "
+        "ln -s /etc/shadow /workspace/shadow && mkfifo /workspace/fifo",
+    )  # fmt: skip
+    assert (await files.read("/workspace/mine/link")).content == "mine\n"
+    written = await files.write("/workspace/mine/link", "through\n")
+    assert (written.path, written.size) == ("/workspace/r.real/own", 8)
+    assert (await files.read("/workspace/r.real/own")).content == "through\n"
+    new = await files.write("/workspace/mine/deeper/new", "x", mode="0750")
+    assert new.mode == "0750"
+    owned = docker_cli("exec", machine.id, "stat", "-c", "%u:%g %a", "/workspace/r.real/deeper", new.path).stdout
+    assert owned.split("\n")[:2] == ["1000:1000 755", "1000:1000 750"]
+    # A link to a file its user cannot read, and a FIFO (no hang), in a file's place.
+    with pytest.raises(PermissionDenied):
+        await files.read("/workspace/shadow")
+    with pytest.raises(SpinupError, match="not a regular file"):
+        await asyncio.wait_for(files.read("/workspace/fifo"), 10)
+    with pytest.raises(SpinupError, match="not a regular file"):
+        await asyncio.wait_for(files.write("/workspace/fifo", "x"), 10)
