@@ -22,6 +22,7 @@ import os
 import ssl
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class EgressDaemon:
             max_connections=settings.egress_max_connections,
         )
         self.listeners: dict[str, _Listener] = {}
+        self._attaching: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one listen at a time per agent
         self._idle_since = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -117,6 +119,10 @@ class EgressDaemon:
 
     async def attach(self, agent_id: str, pid: int) -> int:
         """Listen inside the namespace of machine process ``pid`` for ``agent_id`` (once per namespace)."""
+        async with self._attaching[agent_id]:  # the start-up adoption and a client may ask at once
+            return await self._attach(agent_id, pid)
+
+    async def _attach(self, agent_id: str, pid: int) -> int:
         inode = netns_inode(pid)
         if inode is None:
             raise ListenerUnavailable(f"The machine's first process ({pid}) is gone: is the machine running?")
