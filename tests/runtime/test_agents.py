@@ -96,13 +96,13 @@ async def test_ensure_creates_a_bound_agent_on_first_use_and_reuses_it(runtime: 
 
 
 async def test_what_is_cached_per_machine_goes_with_the_machine(runtime: Runtime, agent: str) -> None:
-    """Quota measurements, cgroup paths and learned file permissions are dropped when a machine is removed."""
+    """Quota measurements and cgroup paths are dropped when a machine is removed (file permissions are learned
+    only on the archive-API path of a remote daemon; here a non-root agent's file I/O runs as its own user)."""
 
     def cached(machine_id: str) -> list[str]:
         places = {
             "quota": machine_id in runtime._quota._used,
             "limits": machine_id in runtime._cgroups,
-            "access": machine_id in runtime._access._reachable,
         }
         return [place for place, present in places.items() if present]
 
@@ -115,7 +115,7 @@ async def test_what_is_cached_per_machine_goes_with_the_machine(runtime: Runtime
         return machine
 
     first = await use()
-    assert cached(first) == ["quota", "limits", "access"]
+    assert cached(first) == ["quota", "limits"]
     snapshot = (await runtime.snapshot(agent)).snapshot
     await runtime.restore(agent, snapshot.id)  # a new machine; the old one goes in the background
     await runtime.drain()

@@ -132,7 +132,8 @@ async def test_a_fork_bomb_is_contained_by_the_pids_limit(runtime: Runtime) -> N
     name = unique_name("pids")
     await runtime.create_agent(name, policy=Policy(pids=64))
     bomb = await runtime.exec(name, "bomb() { bomb | bomb & }; bomb; sleep 30", timeout=6)
-    assert bomb.timed_out
+    # Killed at the timeout, or ended sooner when even its own `sleep` could not fork.
+    assert bomb.timed_out or bomb.exit_code != 0, bomb
     assert bomb.limit == "pids" and "pids limit (64" in bomb.stderr
     started = time.monotonic()
     after = await runtime.exec(name, "echo alive; ls /proc | grep -c '^[0-9]'", timeout=20)
