@@ -136,12 +136,14 @@ class Policy(BaseModel):
     @field_validator("intercept", mode="before")
     @classmethod
     def _normalize_intercept(cls, value: object) -> object:
+        from .egress.rules import is_host_pattern
+
         if isinstance(value, str):
             value = [value]
         if isinstance(value, (list, tuple)):
             hosts: dict[str, None] = {}
             for host in value:
-                if not isinstance(host, str) or not re.fullmatch(r"(\*\.)?[a-z0-9.-]+|\[[0-9a-f:.]+\]", host.lower()):
+                if not isinstance(host, str) or not is_host_pattern(host.lower()):
                     raise ValueError(f"{host!r} is not a host name, '*.' wildcard or address to intercept")
                 hosts[host.lower()] = None
             return tuple(hosts)

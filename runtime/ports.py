@@ -110,7 +110,7 @@ def enter_netns(path: str) -> None:
         os.close(fd)
 
 
-def _netns_inode(pid: int) -> int | None:
+def netns_inode(pid: int) -> int | None:
     """The inode of process ``pid``'s network namespace, or None when the process is gone."""
     try:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
@@ -257,7 +257,7 @@ class PortForwarder:
         self.machine_id = machine.id
         self.port = port
         self._pid = machine.pid
-        self._netns = _netns_inode(machine.pid)
+        self._netns = netns_inode(machine.pid)
         self._worker = _NetnsWorker(machine.pid, agent.name)
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
@@ -447,7 +447,7 @@ class PortForwarder:
 
     def alive(self) -> bool:
         """Whether the machine's first process still runs in the namespace the forward entered."""
-        return self._netns is not None and _netns_inode(self._pid) == self._netns
+        return self._netns is not None and netns_inode(self._pid) == self._netns
 
     async def _watch(self) -> None:
         while self.is_open:

@@ -357,7 +357,7 @@ class Runtime:
         await self._quota.check(agent)
         await self._secrets.sync_files(agent, agent.machine_id)
         before = await self._counters(agent.machine_id)
-        first_event = self._db.last_event_id()
+        first_event = self._db.last_event_id() if agent.policy.network == "allowlist" else 0
         user = exec_user(agent.policy)
         exec_id, marker = self._execs.begin(agent, command_text(command), cwd, user)
         try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .config import TOOLBOX_MOUNT, Settings
 from .credentials import CredentialStore, SecretInfo, SecretNotFound, validate_secret_name
 from .docker import DockerBackend
+from .egress.rules import is_host_pattern
 from .errors import InvalidInput, SpinupError
 from .exec import run_command
 from .models import Agent, HeaderBinding, SecretBinding
@@ -66,7 +67,7 @@ def parse_header_binding(spec: str) -> HeaderBinding:
             f"Invalid --header {spec!r}: write HOST:HEADER:TEMPLATE, e.g. "
             f"'api.example.com:Authorization:Bearer {{value}}' ({{value}} stands for the credential)."
         )
-    if not re.fullmatch(r"(\*\.)?[a-z0-9.-]+|\[[0-9a-f:.]+\]", host):
+    if not is_host_pattern(host):
         raise InvalidInput(f"Invalid --header host {host!r}: a host name, '*.domain' or address (any port).")
     if not _HEADER_NAME_RE.fullmatch(name):
         raise InvalidInput(f"Invalid --header name {name!r}: an HTTP header name such as 'Authorization'.")

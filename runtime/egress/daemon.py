@@ -31,9 +31,10 @@ from ..actors import Actor, acting_as
 from ..config import Settings
 from ..credentials import CredentialStore
 from ..docker import DockerBackend
+from ..ports import netns_inode
 from ..state import StateDB
 from .decide import parse_pins, pinned_resolver
-from .listeners import ListenerUnavailable, listen_in_netns, netns_inode
+from .listeners import ListenerUnavailable, listen_in_netns
 from .proxy import EdgeHeader, EgressProxy, EgressView
 from .tls import AgentAuthorities
 

@@ -8,7 +8,6 @@ accepts on it, and the proxy's outbound connections are made from the host.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import threading
 
@@ -21,14 +20,6 @@ BACKLOG = 512
 
 class ListenerUnavailable(SpinupError):
     """The proxy cannot listen inside a machine (no permission, port taken, machine gone)."""
-
-
-def netns_inode(pid: int) -> int | None:
-    """The inode of process ``pid``'s network namespace, or None when it is gone."""
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino
-    except OSError:
-        return None
 
 
 def listen_in_netns(pid: int, port: int) -> socket.socket:

@@ -86,6 +86,15 @@ class Rule:
         return port == self.port if self.port is not None else port in WEB_PORTS
 
 
+_HOST_PATTERN_RE = re.compile(r"(\*\.)?[a-z0-9.-]+|\[[0-9a-f:.]+\]")
+
+
+def is_host_pattern(host: str) -> bool:
+    """Whether ``host`` (lowercase) is a name, a '*.' wildcard or a bracketed address: what intercept and
+    edge-header bindings name (any port)."""
+    return _HOST_PATTERN_RE.fullmatch(host) is not None
+
+
 def parse_rule(text: str) -> Rule:
     """Parse one rule (not a preset); raises :class:`InvalidInput` saying what is wrong and how to write it."""
     if not isinstance(text, str) or not text.strip():
