@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import shutil
 import tarfile
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,11 +29,14 @@ from .errors import (
     DockerFailure,
     ImageNotFound,
     InvalidInput,
+    MachineReplaced,
+    NotFound,
     NotGranted,
     SpinupError,
     WrongState,
 )
 from .exec import run_command
+from .locks import Hold, Locks
 from .machines import agent_cache_dir, machine_config, machine_name, prepare_host_dirs
 from .models import Agent, AgentState, Event, PackageEntry, Policy, Snapshot, validate_agent_name
 from .policy import (
@@ -47,15 +50,18 @@ from .policy import (
     check_granted,
     is_root,
 )
+from .snapshot_capture import crash_hook
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
 
 log = logging.getLogger(__name__)
 
-# How long a call waits for a machine frozen by a snapshot in progress (in this or another Spinup
-# process) before deciding the freeze was left behind by a crash and thawing it.
-FREEZE_WAIT = 30.0
-
+# Crash-test points of the agent operations (SPINUP_CRASH_AT, as the snapshot store has its own), in order.
+RESTORE_CAPTURED = "restore-captured"  # the old machine is captured and left frozen; nothing else changed
+RESTORE_HEAD_MOVED = "restore-head-moved"  # the record names the target as head and no machine; none made yet
+POLICY_CAPTURED = "policy-captured"  # the old machine is captured and frozen; the new policy is not recorded
+POLICY_RECORDED = "policy-recorded"  # the new policy is recorded with no machine; the old one is still frozen
+FORK_RECORDED = "fork-recorded"  # the new agent is recorded with its head; it has no machine yet
 
 
 def _remove_caches(directory: Path) -> None:
@@ -77,7 +83,9 @@ class AgentService:
         self.docker = docker
         self.snapshots = snapshots
         self._capturer = snapshots.capturer  # the snapshot flow starts at SnapshotCapture.capture
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._fault = crash_hook(settings.crash_at)
+        # Held across every Spinup process on this state directory (see locks.py).
+        self.locks = Locks(settings.home / "locks", settings.lock_wait)
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
         self._image_configs: dict[str, ImageInfo] = {}
@@ -143,24 +151,27 @@ class AgentService:
     async def wake(self, name: str) -> Agent:
         """Make sure the agent's machine is running and return the fresh record.
 
-        A paused agent is refused at once (:class:`AgentPaused`); a machine frozen by a snapshot in
-        progress is waited for.
+        A paused agent is refused at once (:class:`AgentPaused`); a snapshot or restore in progress
+        (in any Spinup process) is waited for, since it holds the agent's operation lock. A machine
+        found frozen with no pause recorded was left so by a process that died mid-snapshot: it is
+        thawed.
         """
         agent = self.get(name)
         self._last_used[agent.id] = time.monotonic()
-        async with self._locks[agent.id]:
+        async with self.locks.operating(agent):
             agent = self.get(name)
             info = await self.machine(agent)
             if info is not None and info.paused:
                 if agent.paused_at is not None:
                     raise AgentPaused(name, agent.paused_at.isoformat(timespec="seconds"), agent.paused_by)
-                info = await self._wait_for_thaw(agent, info)
+                info = await self._thaw_left_frozen(agent, info)
             elif agent.paused_at is not None:
                 self.db.set_paused(agent.id, None, "resumed", "the machine is no longer frozen (thawed outside Spinup)")
             if info is None:
                 if agent.machine_id is not None:
                     self.db.record_event(agent.id, "machine-missing", f"machine {agent.machine_id[:12]} is gone")
                 await self._create_machine(agent, recreated=agent.machine_id is not None)
+                await self._remove_strays(self.get(name))
             elif not info.running:
                 await asyncio.to_thread(prepare_host_dirs, agent, self.settings)
                 await self.docker.start(info.id)
@@ -172,6 +183,28 @@ class AgentService:
             if agent.policy.network == "allowlist":
                 await self._attach_egress(agent, info if info is not None and info.running else None)
             return agent
+
+    async def wake_and_hold(self, name: str) -> tuple[Agent, Hold]:
+        """Wake the agent and take its machine lock shared before anything else can freeze, stop or replace
+        the machine; the caller releases the hold once its Docker calls into the machine are made."""
+        agent = self.get(name)
+        async with self.locks.operating(agent):
+            agent = await self.wake(name)
+            return agent, await self.locks.share(agent)
+
+    @contextlib.asynccontextmanager
+    async def using_machine(self, agent: Agent, machine_id: str) -> AsyncIterator[None]:
+        """Hold the agent's machine lock shared, and check the machine is still ``machine_id`` and not
+        paused: nothing freezes, stops or replaces it until the block ends."""
+        async with self.locks.using(agent):
+            current = self.db.find_agent(agent.name)
+            if current is None or current.id != agent.id:
+                raise NotFound(f"Agent '{agent.name}' was removed during this call.")
+            if current.paused_at is not None:
+                raise AgentPaused(agent.name, current.paused_at.isoformat(timespec="seconds"), current.paused_by)
+            if current.machine_id != machine_id:
+                raise MachineReplaced(agent.name)
+            yield
 
     async def _attach_egress(self, agent: Agent, info: MachineInfo | None) -> None:
         """Make sure the egress proxy listens inside the agent's (running) machine."""
@@ -214,18 +247,13 @@ class AgentService:
                 "network namespace on this host. Use network 'none' or 'host' with a remote daemon."
             )
 
-    async def _wait_for_thaw(self, agent: Agent, info: MachineInfo) -> MachineInfo | None:
-        """Wait for a snapshot's freeze to end; thaw a freeze left behind by a crashed process."""
-        deadline = time.monotonic() + FREEZE_WAIT
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            current = await self.docker.inspect(info.id)
-            if current is None or not current.paused:
-                return current
-            if self.get(agent.name).paused_at is not None:
-                raise AgentPaused(agent.name, "just now", self.get(agent.name).paused_by)
-        await self.docker.unpause(info.id)
-        self.db.record_event(agent.id, "machine-unpaused", f"{info.id[:12]} was left frozen for over {FREEZE_WAIT:g}s")
+    async def _thaw_left_frozen(self, agent: Agent, info: MachineInfo) -> MachineInfo | None:
+        """Thaw a machine frozen with no pause recorded, under the operation lock: whoever froze it held that
+        lock, so it died before thawing (a crash mid-snapshot, or a `docker pause` outside Spinup)."""
+        await self._thaw(info.id)
+        self.db.record_event(
+            agent.id, "machine-unpaused", f"{info.id[:12]} was left frozen (by a process that ended mid-snapshot)"
+        )
         return await self.docker.inspect(info.id)
 
     async def _thaw(self, machine_id: str) -> None:
@@ -245,7 +273,7 @@ class AgentService:
         kill, snapshot and remove still work.
         """
         agent = self.get(name)
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             agent = self.get(name)
             info = await self.machine(agent)
             if info is None or not info.running:
@@ -268,7 +296,7 @@ class AgentService:
     async def resume(self, name: str) -> Agent:
         """Thaw a paused agent: its processes go on where they stopped."""
         agent = self.get(name)
-        async with self._locks[agent.id]:
+        async with self.locks.operating(agent):
             agent = self.get(name)
             info = await self.machine(agent)
             if info is None or not info.paused or agent.paused_at is None:
@@ -307,7 +335,7 @@ class AgentService:
         if hibernate and not snapshot:
             raise InvalidInput("hibernate needs snapshot: a removed machine can only come back from a snapshot.")
         agent = self.get(name)
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             info = await self.machine(agent)
             if info is None:
                 state = AgentState.HIBERNATED if agent.head_snapshot else AgentState.MISSING
@@ -334,7 +362,7 @@ class AgentService:
     async def snapshot(self, name: str, label: str = "", progress: ProgressFn | None = None) -> CaptureResult:
         """Capture what the agent's machine changed since its head; returns the head if nothing did."""
         agent = self.get(name)
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             info = await self.machine(agent)
             if info is None:
                 await self._create_machine(agent, recreated=True)
@@ -356,7 +384,7 @@ class AgentService:
         # Snapshots belong to their agent: another agent's state comes in only through an explicit fork.
         target = self.snapshots.check_of(agent, snapshot_id)
         started = time.monotonic()
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             saved: str | None = None
             info = await self.machine(agent)
             if info is not None:
@@ -364,14 +392,17 @@ class AgentService:
                 label = f"before restore to {snapshot_id}"
                 result = await self._capturer.capture(agent, info, label, progress, keep_paused=True)
                 saved = result.snapshot.id if result.created else None
+            self._fault(RESTORE_CAPTURED)
             try:
                 image = await self.snapshots.ensure_image(target, progress, agent.policy.disk)
+                packages = await self.snapshots.packages(target)
             except BaseException:
                 if info is not None and info.running and not info.paused:
                     await self.docker.unpause(info.id)  # no restore: the machine goes on
                 raise
-            self.db.set_head(agent.id, target.id)
-            self.db.set_packages(agent.id, await self.snapshots.packages(target))
+            # From here a process that dies leaves an agent whose next wake makes the machine from the target.
+            self.db.detach_machine(agent.id, head=(target.id, packages))
+            self._fault(RESTORE_HEAD_MOVED)
             await self._start_from(self.get(name), image, "machine-restored", f"from snapshot {target.id}")
             if info is not None:
                 self._remove_later(info.id)
@@ -399,7 +430,7 @@ class AgentService:
             # The proxy reads the rules for every new connection: no new machine needed.
             self.db.set_policy(agent.id, policy)
             return self.get(name)
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             info = await self.machine(agent)
             if info is not None:
                 if is_root(agent.policy) and not is_root(policy):
@@ -407,9 +438,13 @@ class AgentService:
                     info = await self.machine(agent) or info  # the hand-over may have started it
                 # Captured and left paused: the old machine stops changing at once.
                 await self._capturer.capture(agent, info, "before policy change", progress, keep_paused=True)
+                self._fault(POLICY_CAPTURED)
+                # One transaction: a process that dies after it leaves the agent to be woken under the new policy.
+                self.db.detach_machine(agent.id, policy=policy)
+                self._fault(POLICY_RECORDED)
                 self._remove_later(info.id)
-                self.db.set_machine(agent.id, None, AgentState.HIBERNATED)
-            self.db.set_policy(agent.id, policy)
+            else:
+                self.db.set_policy(agent.id, policy)
             if info is not None and info.running:
                 await self._create_machine(self.get(name), recreated=True)
             return self.get(name)
@@ -419,7 +454,7 @@ class AgentService:
         files can be copied over, and the caller removes it with :meth:`discard_machine`."""
         agent = self.get(name)
         await self._require_image(image)
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             old = await self.machine(agent)
             self.db.set_image(agent.id, image)
             await self._create_machine(self.get(name), recreated=False)
@@ -481,11 +516,14 @@ class AgentService:
                     f"with a policy this server grants (network='none', user='agent')."
                 ) from exc
         image = await self.snapshots.ensure_image(source, disk=policy.disk)
-        agent = self.db.create_agent(name, source.base_image, policy)
+        # Recorded with its head in one transaction: a process that dies after it leaves an agent whose next
+        # wake makes its machine from the snapshot.
+        agent = self.db.create_agent(
+            name, source.base_image, policy, head=(source.id, await self.snapshots.packages(source))
+        )
         try:
-            self.db.set_head(agent.id, source.id)
-            self.db.set_packages(agent.id, await self.snapshots.packages(source))
-            async with self._locks[agent.id]:
+            self._fault(FORK_RECORDED)
+            async with self.locks.operating(agent):
                 await self._start_from(self.get(name), image, "machine-created", f"forked from snapshot {source.id}")
         except BaseException:
             await self._remove_machines(agent)
@@ -544,11 +582,11 @@ class AgentService:
         """Remove the agent: its machine, its record, its package caches, and its snapshots that no other agent
         builds on."""
         agent = self.get(name)
-        async with self._locks[agent.id]:
+        async with self.locks.exclusive(agent):
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id, ("removed", f"agent {agent.name} and its machine removed"))
             await asyncio.to_thread(_remove_caches, agent_cache_dir(self.settings, agent))
-        self._locks.pop(agent.id, None)
+        self.locks.forget(agent.id)
         self._last_used.pop(agent.id, None)
         await self.snapshots.prune_orphans(agent.id)
         return agent
@@ -613,6 +651,16 @@ class AgentService:
         """Wait for background machine removals to finish."""
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
+
+    async def _remove_strays(self, agent: Agent) -> None:
+        """Remove the agent's machines other than its current one: left by a process that died between making
+        a new machine and recording it, or between recording a restore and removing the old, frozen one."""
+        for machine_id in await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}"):
+            if machine_id != agent.machine_id:
+                self.db.record_event(
+                    agent.id, "machine-removed", f"stray machine {machine_id[:12]} of an interrupted change"
+                )
+                await self._remove_machine(machine_id)
 
     async def _remove_machines(self, agent: Agent) -> None:
         await self.drain()

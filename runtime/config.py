@@ -14,6 +14,7 @@ DEFAULT_OUTPUT_CAP = 1024 * 1024
 DEFAULT_EXEC_TIMEOUT = 600.0
 DEFAULT_DOCKER_TIMEOUT = 60.0  # seconds a Docker request may take, its answer included
 DEFAULT_DOCKER_STREAM_IDLE = 300.0  # seconds a Docker stream may go without a byte
+DEFAULT_LOCK_WAIT = 900.0  # seconds a call waits for another's hold on the same agent (SPINUP_LOCK_WAIT)
 DEFAULT_EVENTS_KEEP = 10_000  # events kept per agent (SPINUP_EVENTS_KEEP)
 DEFAULT_EVENTS_MAX_AGE_DAYS = 30.0  # events older than this are trimmed (SPINUP_EVENTS_MAX_AGE_DAYS)
 DEFAULT_EXEC_LOGS_KEEP = 200  # exec outputs kept per agent (SPINUP_EXEC_LOGS_KEEP)
@@ -100,6 +101,9 @@ class Settings:
     docker_stream_idle: float = field(
         default_factory=lambda: float(os.environ.get("SPINUP_DOCKER_STREAM_IDLE") or DEFAULT_DOCKER_STREAM_IDLE)
     )
+    # How long a call waits for another call on the same agent, in any Spinup process sharing the state
+    # directory (a snapshot or restore holds the agent for its whole length).
+    lock_wait: float = field(default_factory=lambda: float(os.environ.get("SPINUP_LOCK_WAIT") or DEFAULT_LOCK_WAIT))
     # Policies MCP clients may ask agent_create for: network=host ("host-network"), user=root ("root").
     mcp_grants: frozenset[str] = field(
         default_factory=lambda: parse_grants(os.environ.get("SPINUP_MCP_GRANTS", DEFAULT_MCP_GRANTS))

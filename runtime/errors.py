@@ -131,6 +131,29 @@ class AgentPaused(Conflict):
         self.name = name
 
 
+class AgentBusy(Conflict):
+    """Another call (in this or another Spinup process) held the agent's lock for longer than the wait."""
+
+    def __init__(self, name: str, waited: float) -> None:
+        super().__init__(
+            f"Agent '{name}' is busy: another call (in this or another Spinup process sharing this state "
+            f"directory) has held it for over {waited:g}s, for example a long snapshot or restore. Try again "
+            f"when it is done (spinup events {name} shows what runs), or raise SPINUP_LOCK_WAIT."
+        )
+        self.name = name
+
+
+class MachineReplaced(Conflict):
+    """The agent's machine was replaced between the wake and the call's first Docker request."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"The machine of agent '{name}' was replaced during this call (a restore, a rebuild, a policy change "
+            f"or a stop); nothing was done in the new one. Call again."
+        )
+        self.name = name
+
+
 class WrongState(Conflict):
     """The agent or command is not in a state the operation applies to."""
 
@@ -176,11 +199,12 @@ class ForwardUnavailable(SpinupError):
 class DockerUnavailable(SpinupError):
     """The Docker daemon could not be reached."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, host: str) -> None:
         super().__init__(
-            f"Cannot reach the Docker daemon ({detail}). Start it (for example: dockerd --bridge=none "
+            f"Docker is not reachable at {host} ({detail}). Start the daemon (for example: dockerd --bridge=none "
             f"--iptables=false), check DOCKER_HOST, then run: spinup doctor"
         )
+        self.host = host
 
 
 class DockerFailure(SpinupError):

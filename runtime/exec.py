@@ -18,7 +18,7 @@ import aiohttp
 
 from .config import TOOLBOX_MOUNT
 from .docker import DockerBackend, ExecSession
-from .errors import InvalidInput
+from .errors import DockerUnavailable, InvalidInput, SpinupError
 from .output import BoundedOutput
 from .redact import Redactor
 
@@ -112,6 +112,8 @@ async def run_command(
     redactor: Redactor | None = None,
     marker: str | None = None,
     on_created: Callable[[str], None] | None = None,
+    guard: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> ExecResult:
     """Run ``command`` in the machine and collect its result.
 
@@ -120,6 +122,9 @@ async def run_command(
     replaced in both streams as they arrive (also when a value is split across chunks), before
     the output cap applies. ``marker`` (default: a new one) tags every process of the command, so
     :func:`kill_command` can find them; ``on_created`` is told Docker's exec id before it starts.
+    ``guard`` (the agent's machine lock) is held while Docker sets the command up and starts it, and
+    while a timed-out command is killed: no exec may reach a machine another call froze. ``on_started``
+    is called once the command runs.
     """
     env = dict(env or {})
     _validate(cwd, env, timeout, output_cap)
@@ -128,26 +133,53 @@ async def run_command(
     env[EXEC_MARKER] = marker
     out, err = BoundedOutput(output_cap), BoundedOutput(output_cap)
     started = time.monotonic()
-    execution = await docker.exec_create(machine_id, argv, env=env, workdir=cwd, user=user, stdin=stdin is not None)
-    if on_created is not None:
-        on_created(execution.id)
+    guarded = guard or contextlib.nullcontext
     timed_out = False
-    ticker = asyncio.create_task(_tick(on_progress, started, out, err)) if on_progress else None
+    ticker: asyncio.Task[None] | None = None
+    running = False
+    confirming: asyncio.Task[None] | None = None
     try:
-        async with execution.attach() as stream:
+        async with contextlib.AsyncExitStack() as attached:
+            async with guarded():
+                execution = await docker.exec_create(
+                    machine_id, argv, env=env, workdir=cwd, user=user, stdin=stdin is not None
+                )
+                if on_created is not None:
+                    on_created(execution.id)
+                stream = await attached.enter_async_context(execution.attach())
+            running = True
+            if on_started is not None:
+                # Docker answers the start before its runtime has made the process: told once it exists.
+                confirming = asyncio.create_task(_once_started(docker, execution.id, on_started))
+            ticker = asyncio.create_task(_tick(on_progress, started, out, err)) if on_progress else None
             try:
                 async with asyncio.timeout(timeout):
                     await _pump(stream, stdin, out, err, redactor)
             except TimeoutError:
                 timed_out = True
-                await kill_command(docker, machine_id, execution.id, marker, user)
+                async with guarded():
+                    await kill_command(docker, machine_id, execution.id, marker, user)
+        exit_code, pid = (None, 0) if timed_out else await _exit_status(docker, execution.id)
+    except (DockerUnavailable, aiohttp.ClientError, ConnectionError) as exc:
+        if running and not await _daemon_answers(docker):
+            raise DockerUnavailable(
+                "it went away while the command ran; the command may not have finished", docker.host
+            ) from exc
+        raise
     finally:
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-    exit_code, pid = (None, 0) if timed_out else await _exit_status(docker, execution.id)
+        for task in (ticker, confirming):
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     stderr_text = err.text()
+    if exit_code not in (0, None) and not await _machine_runs(docker, machine_id, exit_code):
+        stderr_text += (
+            ("\n" if stderr_text else "")
+            + "[spinup: the machine stopped while the command ran (a stop, a kill or a Docker daemon restart); "
+            "the next call starts it again]"
+        )
     if timed_out:
         stderr_text += (
             ("\n" if stderr_text else "")
@@ -205,6 +237,54 @@ async def _tick(on_progress: ProgressCallback, started: float, out: BoundedOutpu
         except Exception:
             log.exception("progress callback failed; no more progress for this command")
             return
+
+
+# A signalled command's machine is looked at this many times, this far apart, to see whether it stopped.
+STOPPED_LOOKS = 8
+STOPPED_LOOK_INTERVAL = 0.05
+
+
+async def _once_started(docker: DockerBackend, exec_id: str, on_started: Callable[[], None]) -> None:
+    """Call ``on_started`` once Docker's exec has a process (or has already ended). If Docker cannot say, it is
+    not called: the caller lets go when the command ends."""
+    delay = 0.002
+    while True:
+        try:
+            state = await docker.exec_inspect(exec_id)
+        except SpinupError as exc:
+            log.info("could not see whether exec %s started: %s", exec_id[:12], exc)
+            return
+        if state.pid > 0 or state.exit_code is not None:
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    on_started()
+
+
+async def _daemon_answers(docker: DockerBackend) -> bool:
+    """Whether the Docker daemon answers now."""
+    try:
+        await docker.version()
+    except DockerUnavailable:
+        return False
+    return True
+
+
+async def _machine_runs(docker: DockerBackend, machine_id: str, exit_code: int) -> bool:
+    """Whether the machine still runs after a command ended with ``exit_code``; :class:`DockerUnavailable` if
+    the daemon went away meanwhile. A command killed by SIGTERM or SIGKILL may have gone with its machine's
+    init a moment before Docker records the machine stopped: that is looked at a few times."""
+    looks = STOPPED_LOOKS if exit_code in (128 + signal.SIGTERM, 128 + signal.SIGKILL) else 1
+    for look in range(looks):
+        try:
+            info = await docker.inspect(machine_id)
+        except DockerUnavailable as exc:
+            raise DockerUnavailable("it went away while the command ran", docker.host) from exc
+        if info is None or not info.running:
+            return False
+        if look + 1 < looks:
+            await asyncio.sleep(STOPPED_LOOK_INTERVAL)
+    return True
 
 
 async def _exit_status(docker: DockerBackend, exec_id: str) -> tuple[int | None, int]:

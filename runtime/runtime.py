@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from signal import Signals
+from typing import TypeVar
 
 from .actors import current_actor
 from .agents import AgentService
@@ -24,12 +26,22 @@ from .config import Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
 from .egress.denials import DENIAL_KINDS, summarize_denials
-from .errors import AgentExists, AgentNotFound, AgentPaused, InvalidInput, LimitReached, SpinupError, WrongState
+from .errors import (
+    AgentExists,
+    AgentNotFound,
+    AgentPaused,
+    InvalidInput,
+    LimitReached,
+    MachineReplaced,
+    SpinupError,
+    WrongState,
+)
 from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, AgentFiles, FileAccess, Files, as_agent_supported
 from .image import build_base_image
 from .limits import LimitCounters, LimitWatch, note_limits
+from .locks import Hold
 from .logredact import add_log_redactor, remove_log_redactor
 from .models import Agent, Event, PackageEntry, PackageManager, Policy, SecretBinding, Snapshot, validate_agent_name
 from .packages import InstallResult, PackageService
@@ -40,10 +52,17 @@ from .quota import DiskQuota
 from .rebuild import Reinstalled, copy_directories, replay
 from .registry import parse_ref
 from .secrets import SecretListing, SecretService
+from .snapshot_capture import crash_hook
 from .snapshot_transfer import Pushed
 from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, SnapshotService, VerifyReport
 from .state import StateDB
 from .usage import AgentOverview, ResourceUse, UsageMeter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# How often a file operation is tried again on the new machine when the old one was replaced under it.
+MACHINE_REPLACED_RETRIES = 3
+EXEC_RUNNING = "exec-running"  # crash-test point (SPINUP_CRASH_AT): a command has started in the machine
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class Runtime:
             call_timeout=self.settings.docker_timeout, stream_idle=self.settings.docker_stream_idle
         )
         self._db = StateDB(self.settings.db_path)
+        self._fault = crash_hook(self.settings.crash_at)
         self._db.events_keep = self.settings.events_keep
         self._db.events_max_age_days = self.settings.events_max_age_days
         self._processes = ProcessService(self._db, self._docker)
@@ -262,7 +282,8 @@ class Runtime:
             raise AgentPaused(name, agent.paused_at.isoformat(timespec="seconds"), agent.paused_by)
         record = self._execs.request_kill(agent, exec_id, _actor_name())
         assert record.docker_exec is not None
-        await kill_command(self._docker, record.machine_id, record.docker_exec, record.marker, record.user)
+        async with self._agents.locks.using(agent):  # the sweep is an exec: never into a frozen machine
+            await kill_command(self._docker, record.machine_id, record.docker_exec, record.marker, record.user)
         self._db.record_event(agent.id, "exec-killed", f"{exec_id} killed by {record.killed_by}", {"id": exec_id})
         return record
 
@@ -295,8 +316,13 @@ class Runtime:
 
     async def rebuild(self, name: str, image: str) -> RebuildResult:
         """Move the agent to base ``image``: snapshot it, make a new machine, carry /workspace and the home
-        directory over, reinstall its packages from the manifest, snapshot the result."""
+        directory over, reinstall its packages from the manifest, snapshot the result. The agent is held for
+        the whole rebuild (other calls on it wait)."""
         before = self._agents.get(name)
+        async with self._agents.locks.operating(before):
+            return await self._rebuild_held(name, image, before)
+
+    async def _rebuild_held(self, name: str, image: str, before: Agent) -> RebuildResult:
         saved = (await self._agents.snapshot(name, f"before rebuild on {image}")).snapshot
         manifest = self._db.packages(before.id)
         agent, old = await self._agents.move_to_image(name, image)
@@ -352,11 +378,30 @@ class Runtime:
         """
         if output_cap is not None:
             self.settings.ceilings.check_output(output_cap)
-        agent = await self._agents.wake(name)
+        # Held from the wake until the command runs: nothing freezes or replaces the machine in between.
+        agent, hold = await self._agents.wake_and_hold(name)
+        try:
+            return await self._exec_held(agent, hold, command, cwd, env, stdin, timeout, output_cap, on_progress)
+        finally:
+            hold.release()
+
+    async def _exec_held(
+        self,
+        agent: Agent,
+        hold: Hold,
+        command: str | list[str],
+        cwd: str | None,
+        env: dict[str, str] | None,
+        stdin: bytes | None,
+        timeout: float | None,
+        output_cap: int | None,
+        on_progress: ProgressCallback | None,
+    ) -> ExecResult:
         assert agent.machine_id is not None
+        machine_id = agent.machine_id
         await self._quota.check(agent)
-        await self._secrets.sync_files(agent, agent.machine_id)
-        before = await self._counters(agent.machine_id)
+        await self._secrets.sync_files(agent, machine_id)
+        before = await self._counters(machine_id)
         first_event = self._db.last_event_id() if agent.policy.network == "allowlist" else 0
         user = exec_user(agent.policy)
         exec_id, marker = self._execs.begin(agent, command_text(command), cwd, user)
@@ -376,19 +421,26 @@ class Runtime:
                 on_progress=on_progress,
                 marker=marker,
                 on_created=lambda docker_exec: self._execs.attach(exec_id, docker_exec),
+                guard=lambda: self._agents.using_machine(agent, machine_id),
+                on_started=lambda: self._started(hold),
             )
         except BaseException as exc:
             self._execs.abandon(agent, exec_id, exc)
             raise
         finally:
             self._quota.changed(agent)
-            self._access.forget(agent.machine_id)
-        after = await self._counters(agent.machine_id)
+            self._access.forget(machine_id)
+        after = await self._counters(machine_id)
         result = note_limits(result, agent, before, after)
         if agent.policy.network == "allowlist":
             denied = self._db.events(agent.id, limit=500, kinds=DENIAL_KINDS, after=first_event)
             result = replace(result, network_denied=summarize_denials(denied))
         return await self._execs.finish(agent, exec_id, result)
+
+    def _started(self, hold: Hold) -> None:
+        """A command runs: let go of its machine (a snapshot may freeze it now)."""
+        hold.release()
+        self._fault(EXEC_RUNNING)
 
     async def _counters(self, machine_id: str) -> LimitCounters | None:
         if not self._docker.is_local:
@@ -419,7 +471,23 @@ class Runtime:
                 "Background processes need a local Docker daemon (their output is read from the host); "
                 "run the command with exec, or run Spinup on the Docker host."
             )
-        agent = await self._agents.wake(name)
+        agent, hold = await self._agents.wake_and_hold(name)
+        try:
+            return await self._process_start_held(agent, hold, command, argv, cwd, env, process_name)
+        finally:
+            hold.release()
+
+    async def _process_start_held(
+        self,
+        agent: Agent,
+        hold: Hold,
+        command: str | list[str],
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str] | None,
+        process_name: str | None,
+    ) -> ProcessInfo:
+        name = agent.name
         assert agent.machine_id is not None
         await self._quota.check(agent)
         await self._secrets.sync_files(agent, agent.machine_id)
@@ -438,6 +506,8 @@ class Runtime:
             output_cap=8192,
             user=exec_user(agent.policy),
             redactor=self._secrets.redactor(),
+            guard=lambda: self._agents.using_machine(agent, machine.id),
+            on_started=hold.release,
         )
         if launched.exit_code != 0:
             said = (launched.stderr or launched.stdout).strip()
@@ -532,6 +602,16 @@ class Runtime:
         agent = self._agents.get(name)
         return self._processes.forget(agent, process_id, await self._agents.machine(agent))
 
+    async def on_files(self, name: str, operation: Callable[[Files], Awaitable[T]]) -> T:
+        """Wake the agent and run ``operation`` on its files; called again on the new machine when a restore or
+        rebuild replaced the machine between the wake and the operation (which then did nothing)."""
+        for _ in range(MACHINE_REPLACED_RETRIES):
+            try:
+                return await operation(await self.files(name))
+            except MachineReplaced:
+                log.info("the machine of agent %s was replaced before a file operation; again", name)
+        return await operation(await self.files(name))
+
     async def files(self, name: str) -> Files:
         """Wake the agent and return file operations on its machine."""
         agent = await self._agents.wake(name)
@@ -551,9 +631,10 @@ class Runtime:
                 raise SpinupError(f"Agent '{agent.name}''s machine is not running; try again.")
             return AgentFiles(machine.pid, machine.id, owner(agent.policy), access.user_name)
 
+        machine_id = agent.machine_id
         return Files(
             self._docker,
-            agent.machine_id,
+            machine_id,
             access,
             redact=self._secrets.redactor().redact_bytes,
             write_guard=lambda: self._quota.check(agent),
@@ -562,6 +643,7 @@ class Runtime:
             ceilings=self.settings.ceilings,
             # Not root, on this host: reads and writes as the agent's user, so no race past its permissions.
             as_agent=as_agent if not root and self._docker.is_local and as_agent_supported() else None,
+            guard=lambda: self._agents.using_machine(agent, machine_id),
         )
 
     # ports

@@ -191,4 +191,6 @@ class SnapshotService:
 
     async def gc(self) -> GcResult:
         """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken)."""
-        return await asyncio.to_thread(self.snapshot_store.gc, lambda: {s.id for s in self.db.list_snapshots()})
+        return await asyncio.to_thread(
+            self.snapshot_store.gc, lambda: {s.id: s.manifest_digest for s in self.db.list_snapshots()}
+        )

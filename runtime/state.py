@@ -245,8 +245,11 @@ class StateDB:
 
     # agents
 
-    def create_agent(self, name: str, image: str, policy: Policy) -> Agent:
-        """Insert a new agent record; raise :class:`AgentExists` if the name is taken."""
+    def create_agent(
+        self, name: str, image: str, policy: Policy, head: tuple[str, list[PackageEntry]] | None = None
+    ) -> Agent:
+        """Insert a new agent record, with ``head`` (snapshot id, its package manifest) for a fork, in one
+        transaction; raise :class:`AgentExists` if the name is taken."""
         agent = Agent(
             id=uuid.uuid4().hex[:16],
             name=name,
@@ -272,9 +275,12 @@ class StateDB:
                     ),
                 )
                 self._insert_event(conn, agent.id, "created", f"image={image} {policy.describe()}")
+                if head is not None:
+                    conn.execute("UPDATE agents SET head_snapshot = ? WHERE id = ?", (head[0], agent.id))
+                    self._replace_packages(conn, agent.id, head[1])
         except sqlite3.IntegrityError as exc:
             raise AgentExists(name) from exc
-        return agent
+        return agent.model_copy(update={"head_snapshot": head[0]}) if head is not None else agent
 
     def get_agent(self, name: str) -> Agent:
         """The agent named ``name``; raise :class:`AgentNotFound` if there is none."""
@@ -534,13 +540,38 @@ class StateDB:
     def set_packages(self, agent_id: str, entries: list[PackageEntry]) -> None:
         """Replace the agent's whole manifest (after a restore or fork: the snapshot's manifest)."""
         with self._tx() as conn:
-            conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
-            for entry in entries:
-                conn.execute(
-                    "INSERT INTO packages (agent_id, manager, name, spec, version, installed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (agent_id, entry.manager, entry.name, entry.spec, entry.version, entry.installed_at.isoformat()),
-                )
+            self._replace_packages(conn, agent_id, entries)
+
+    @staticmethod
+    def _replace_packages(conn: sqlite3.Connection, agent_id: str, entries: list[PackageEntry]) -> None:
+        conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
+        for entry in entries:
+            conn.execute(
+                "INSERT INTO packages (agent_id, manager, name, spec, version, installed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (agent_id, entry.manager, entry.name, entry.spec, entry.version, entry.installed_at.isoformat()),
+            )
+
+    def detach_machine(
+        self,
+        agent_id: str,
+        *,
+        head: tuple[str, list[PackageEntry]] | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        """In one transaction: forget the agent's machine (hibernated: the next wake makes one from its head),
+        and move its head to ``head`` (snapshot id, that snapshot's package manifest) or give it ``policy``.
+        A process that dies after this leaves an agent whose next wake completes the change; before it, the
+        agent as it was."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE agents SET machine_id = NULL, state = ? WHERE id = ?", (AgentState.HIBERNATED.value, agent_id)
+            )
+            if head is not None:
+                conn.execute("UPDATE agents SET head_snapshot = ? WHERE id = ?", (head[0], agent_id))
+                self._replace_packages(conn, agent_id, head[1])
+            if policy is not None:
+                conn.execute("UPDATE agents SET policy = ? WHERE id = ?", (policy.model_dump_json(), agent_id))
+                self._insert_event(conn, agent_id, "policy-changed", policy.describe())
 
     # events
 

@@ -40,6 +40,7 @@ EVENT_KINDS = frozenset(
         "machine-hibernated",
         "machine-missing",
         "machine-unpaused",
+        "machine-removed",
         "paused",
         "resumed",
         "killed",

@@ -2,6 +2,7 @@
 
     SpinupError              the root (re-exported by ``spinup.runtime``, whose errors derive from it)
     └── StoreError
+        ├── StoreFull        the store's filesystem is out of space (or quota)
         ├── BlobMissing      a referenced blob is not in the store
         ├── BlobCorrupt      a blob's bytes do not match its digest
         └── UnsafeLayer      a layer tries to escape its root or create a device
@@ -27,6 +28,19 @@ class SpinupError(Exception):
 
 class StoreError(SpinupError):
     """Base of snapshot store errors; the message says what to do."""
+
+
+class StoreFull(StoreError):
+    """The store's filesystem ran out of space (or of the user's quota) during a write."""
+
+    def __init__(self, root: str, free: int | None) -> None:
+        left = f", {free} bytes free" if free is not None else ""
+        super().__init__(
+            f"The snapshot store's disk is full ({root}{left}): nothing was stored and no partial file was kept, "
+            f"the previous snapshot is intact and the agent keeps running. Free space (spinup snapshot rm OLD_ID, "
+            f"then spinup snapshot gc) or move SPINUP_HOME to a bigger disk, then take the snapshot again."
+        )
+        self.root = root
 
 
 class BlobMissing(StoreError):

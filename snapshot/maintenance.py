@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .base import is_base
 from .errors import StoreError
 from .index import parse
-from .oci import BASE_ID, INDEX, REF_NAME
+from .oci import BASE_ID, INDEX, MANIFEST_MEDIA_TYPE, REF_NAME
 from .store import Descriptor, Store
 
 
@@ -131,15 +131,33 @@ class GcResult:
     blobs_removed: int
     bytes_freed: int
     temp_files_removed: int
+    relisted: tuple[str, ...] = ()  # snapshots the database records that index.json had lost, listed again
 
 
-def gc(store: Store, known_snapshots: Callable[[], set[str]]) -> GcResult:
+def relist_lost(store: Store, known: dict[str, str], listed: set[str]) -> list[str]:
+    """List again in index.json every recorded snapshot it lacks whose manifest blob is still stored (an
+    entry lost to a writer that rewrote index.json from an older read); returns their ids."""
+    relisted = []
+    for snapshot_id, digest in sorted(known.items()):
+        if snapshot_id in listed or not store.has_blob(digest):
+            continue
+        size = store.blob_path(digest).stat().st_size
+        store.add_manifest(Descriptor(MANIFEST_MEDIA_TYPE, digest, size, {REF_NAME: snapshot_id}))
+        relisted.append(snapshot_id)
+    return relisted
+
+
+def gc(store: Store, known_manifests: Callable[[], dict[str, str]]) -> GcResult:
     """Remove manifests of interrupted snapshots, blobs nothing references, and temp files.
 
-    ``known_snapshots`` returns the ids the state database records; it is called under the lock.
+    ``known_manifests`` returns snapshot id -> manifest digest as the state database records them; it is
+    called under the lock. The database, not index.json, says what is kept: a recorded snapshot missing
+    from index.json is listed again, never collected.
     """
     with store_lock(store, exclusive=True):
-        known = known_snapshots()
+        known = known_manifests()
+        listed = {(d.annotations or {}).get(REF_NAME, "") for d in store.manifests() if not is_base(d)}
+        relisted = relist_lost(store, known, listed)
         referenced: set[str] = set()
         used_bases: set[str] = set()
         everything = store.manifests()
@@ -171,4 +189,4 @@ def gc(store: Store, known_snapshots: Callable[[], set[str]]) -> GcResult:
         for tmp in (store.root / "tmp").iterdir():
             tmp.unlink(missing_ok=True)
             temps += 1
-        return GcResult(removed, freed, temps)
+        return GcResult(removed, freed, temps, tuple(relisted))

@@ -313,6 +313,7 @@ class SnapshotStore:
         """Blocking: re-hash every blob and check every reference (snapshot id -> manifest digest known)."""
         return verify(self.store, known_manifests)
 
-    def gc(self, known_snapshots: Callable[[], set[str]]) -> GcResult:
-        """Blocking: remove unlisted manifests, unreferenced blobs and interrupted writes."""
-        return gc(self.store, known_snapshots)
+    def gc(self, known_manifests: Callable[[], dict[str, str]]) -> GcResult:
+        """Blocking: relist recorded snapshots index.json lost; remove unrecorded manifests, unreferenced blobs
+        and interrupted writes (``known_manifests``: snapshot id -> manifest digest, from the database)."""
+        return gc(self.store, known_manifests)

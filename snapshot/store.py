@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import BlobCorrupt, BlobMissing, StoreError
+from .errors import BlobCorrupt, BlobMissing, StoreError, StoreFull
 from .oci import OCI_INDEX_MEDIA_TYPE, REF_NAME
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
@@ -73,6 +73,18 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
+def out_of_space(exc: OSError, root: Path) -> StoreFull | None:
+    """:class:`StoreFull` when ``exc`` says the filesystem of ``root`` is out of space or quota, else None."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    try:
+        stats = os.statvfs(root)
+        free: int | None = stats.f_bavail * stats.f_frsize
+    except OSError:
+        free = None
+    return StoreFull(str(root), free)
+
+
 class BlobWriter:
     """Streams one blob into the store: temp file, hash while writing, fsync, verify, rename."""
 
@@ -86,11 +98,14 @@ class BlobWriter:
         self._writeback: Future[None] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append bytes to the blob."""
+        """Append bytes to the blob (:class:`StoreFull`, the partial blob discarded, when the disk is full)."""
         assert self._fh is not None, "blob already committed"
         self._hash.update(data)
         self.size += len(data)
-        written = self._fh.write(data)
+        try:
+            written = self._fh.write(data)
+        except OSError as exc:
+            raise self._fail(exc) from exc
         if self.size - self._written_back >= _WRITEBACK_EVERY and (self._writeback is None or self._writeback.done()):
             self._writeback = _WRITEBACK.submit(
                 _start_writeback, self._fh.fileno(), self._written_back, self.size - self._written_back
@@ -107,10 +122,13 @@ class BlobWriter:
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
         """Make the blob durable under its digest and return its descriptor."""
         assert self._fh is not None, "blob already committed"
-        self._fh.flush()
-        self._wait_writeback()  # never close the file under a pending call on its descriptor
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            self._fh.flush()
+            self._wait_writeback()  # never close the file under a pending call on its descriptor
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:
+            raise self._fail(exc) from exc
         self._fh = None
         digest = "sha256:" + self._hash.hexdigest()
         if os.path.getsize(self._tmp) != self.size:
@@ -129,10 +147,16 @@ class BlobWriter:
         """Discard the partial blob."""
         self._wait_writeback()
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):  # a full disk fails the flush of what was buffered: discarded anyway
+                fh.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
+
+    def _fail(self, exc: OSError) -> BaseException:
+        """Discard the partial blob after a failed write; the error to raise (:class:`StoreFull` for no space)."""
+        self.abort()
+        return out_of_space(exc, self._store.root) or exc
 
 
 class VerifiedReader:
@@ -325,9 +349,13 @@ class Store:
 
     def _write_file_atomic(self, path: Path, data: bytes) -> None:
         tmp = self.root / "tmp" / f"{path.name}-{secrets.token_hex(6)}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise (out_of_space(exc, self.root) or exc) from exc
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -29,6 +29,9 @@ T = TypeVar("T")
 RUN_ID = "t" + secrets.token_hex(4)
 TEST_LABEL = "spinup.test"
 DOCKER_ENV = {"DOCKER_API_VERSION": "1.41"}
+# A call waits this long for another's hold on an agent (900 s by default): a lock left held fails fast.
+LOCK_WAIT = "120"
+os.environ.setdefault("SPINUP_LOCK_WAIT", LOCK_WAIT)
 
 
 def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -71,7 +74,12 @@ async def fails(client: Client, tool: str, **arguments: Any) -> str:
 
 def server_env(settings: Settings) -> dict[str, str]:
     """What a server subprocess needs: MCP clients pass little of our environment on."""
-    return {"SPINUP_HOME": str(settings.home), "DOCKER_API_VERSION": "1.41", "PATH": os.environ["PATH"]}
+    return {
+        "SPINUP_HOME": str(settings.home),
+        "DOCKER_API_VERSION": "1.41",
+        "PATH": os.environ["PATH"],
+        "SPINUP_LOCK_WAIT": LOCK_WAIT,
+    }
 
 
 def unique_name(prefix: str = "a") -> str:

@@ -58,14 +58,14 @@ def translate_docker_errors(what: str, seconds: float = CALL_TIMEOUT, host: str 
         yield
     except DockerError as exc:
         if exc.status == 900:
-            raise DockerUnavailable(exc.message) from exc
+            raise DockerUnavailable(exc.message, host or _docker_host()) from exc
         if exc.status == 404:
             raise NotFound(f"{what}: {exc.message}") from exc
         raise DockerFailure(f"{what} failed: Docker said: {exc.message}", exc.status) from exc
     except TimeoutError as exc:  # aiohttp's deadlines (its ServerTimeoutError is a TimeoutError too)
         raise DockerTimeout(what, seconds, host or _docker_host()) from exc
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-        raise DockerUnavailable(str(exc)) from exc
+        raise DockerUnavailable(str(exc) or type(exc).__name__, host or _docker_host()) from exc
 
 
 def _docker_host() -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import functools
 import posixpath
 import tarfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from ..ceilings import Ceilings
 from ..docker import DockerBackend
@@ -28,6 +30,22 @@ from .encodings import decode, encode, off_loop, parse_mode
 from .paths import MachinePaths, normalize_path
 from .results import Encoding, FileContent, FileInfo, info_from_stat
 from .toolbox import failure_error, run_toolbox
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(
+    method: Callable[Concatenate[Files, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Files, P], Coroutine[Any, Any, R]]:
+    """Run a public operation inside the ``guard`` given to :class:`Files` (the agent's machine lock)."""
+
+    @functools.wraps(method)
+    async def guarded(self: Files, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._guard():
+            return await method(self, *args, **kwargs)
+
+    return guarded
 
 
 class Files:
@@ -51,8 +69,11 @@ class Files:
         record: Callable[[str, str, dict[str, Any]], None] | None = None,
         ceilings: Ceilings | None = None,
         as_agent: Callable[[], Awaitable[AgentFiles]] | None = None,
+        guard: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.docker = docker
+        # Held around each operation: keeps the machine from being frozen, stopped or replaced meanwhile.
+        self._guard = guard or contextlib.nullcontext
         self.machine_id = machine_id
         self.access = access or FileAccess()
         self._paths = MachinePaths(docker, machine_id)
@@ -67,6 +88,7 @@ class Files:
         # A non-root agent on a local daemon: reads and writes as its user from the host (no check, no race).
         self._as_agent = as_agent
 
+    @_guarded
     async def stat(self, path: str) -> FileInfo:
         """Stat a path (a symlink is reported as itself, with the target it names, as listings show it)."""
         path = normalize_path(path)
@@ -94,6 +116,7 @@ class Files:
             info = replace(info, link_target=await self._archive.link_text(path) or info.link_target)
         return info
 
+    @_guarded
     async def exists(self, path: str) -> bool:
         """Whether the path exists (symlinks count as existing); :class:`PermissionDenied` where the agent's
         user cannot look it up."""
@@ -108,6 +131,7 @@ class Files:
             await self._check.require(path, "stat")
         return await self._paths.exists(path)
 
+    @_guarded
     async def read(
         self,
         path: str,
@@ -177,6 +201,7 @@ class Files:
         self._check.learn(real)
         return data, returned, eof, size
 
+    @_guarded
     async def write(
         self,
         path: str,
@@ -270,6 +295,7 @@ class Files:
         await self._put([*(self._member(d, tarfile.DIRTYPE, 0o755) for d in missing), member], data)
         return target
 
+    @_guarded
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
         """Create a directory and any missing parents; an existing directory is fine."""
         path = normalize_path(path)
@@ -318,6 +344,7 @@ class Files:
             if self._on_written is not None:
                 self._on_written()
 
+    @_guarded
     async def list(
         self, path: str, *, recursive: bool = False, pattern: str | None = None, max_entries: int = 1000
     ) -> tuple[builtins.list[FileInfo], bool]:
@@ -354,6 +381,7 @@ class Files:
             f"`find {path} -maxdepth 1 -printf '%y %s %p\\n'` with exec."
         )
 
+    @_guarded
     async def move(self, source: str, destination: str, *, overwrite: bool = False) -> FileInfo:
         """Move or rename a file or directory."""
         source, destination = normalize_path(source), normalize_path(destination)
@@ -378,6 +406,7 @@ class Files:
         self._record("file-moved", f"{source} -> {destination}", {"path": source, "destination": destination})
         return await self._info(destination)
 
+    @_guarded
     async def delete(self, path: str, *, recursive: bool = False) -> FileInfo:
         """Delete a file, symlink or empty directory; ``recursive`` deletes a directory tree."""
         path = normalize_path(path)

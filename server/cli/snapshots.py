@@ -82,6 +82,8 @@ async def verify(rt: Runtime, args: argparse.Namespace) -> int:
 
 async def collect(rt: Runtime, args: argparse.Namespace) -> int:
     gc = await rt.collect_garbage()
+    if gc.relisted:
+        print(f"listed again in index.json (it had lost them): {', '.join(gc.relisted)}", file=sys.stderr)
     print(
         f"removed {gc.blobs_removed} blobs ({gc.bytes_freed} bytes) and {gc.temp_files_removed} temporary files",
         file=sys.stderr,

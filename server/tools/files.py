@@ -43,8 +43,10 @@ def register(reg: Registrar) -> None:
     ) -> FileRead:
         """Read a file from the agent's machine, whole or a range of lines or bytes. Binary files come back as
         base64. Use offset/limit for big files."""
-        files = await get_runtime().files(agent)
-        return FileRead.of(await files.read(path, offset=offset, limit=limit, unit=unit, encoding=encoding))
+        read = await get_runtime().on_files(
+            agent, lambda files: files.read(path, offset=offset, limit=limit, unit=unit, encoding=encoding)
+        )
+        return FileRead.of(read)
 
     @tool("file_write", OVERWRITES)
     async def file_write(
@@ -58,10 +60,11 @@ def register(reg: Registrar) -> None:
         create_parents: Annotated[bool, Field(description="Create missing parent directories.")] = True,
     ) -> FileEntry:
         """Create or overwrite a file in the agent's machine with the given content."""
-        files = await get_runtime().files(agent)
-        return FileEntry.of(
-            await files.write(path, content, encoding=encoding, mode=mode, create_parents=create_parents)
+        written = await get_runtime().on_files(
+            agent,
+            lambda files: files.write(path, content, encoding=encoding, mode=mode, create_parents=create_parents),
         )
+        return FileEntry.of(written)
 
     @tool("file_list", READ_ONLY)
     async def file_list(
@@ -74,14 +77,15 @@ def register(reg: Registrar) -> None:
         max_entries: Annotated[int, Field(ge=1, le=100000, description="Most entries to return.")] = 1000,
     ) -> FileListing:
         """List a directory in the agent's machine with types, sizes, permissions and modification times."""
-        files = await get_runtime().files(agent)
-        entries, cut = await files.list(path, recursive=recursive, pattern=pattern, max_entries=max_entries)
+        entries, cut = await get_runtime().on_files(
+            agent, lambda files: files.list(path, recursive=recursive, pattern=pattern, max_entries=max_entries)
+        )
         return FileListing(path=path, entries=[FileEntry.of(e) for e in entries], truncated=cut)
 
     @tool("file_stat", READ_ONLY)
     async def file_stat(agent: AgentArg, path: PathArg) -> FileEntry:
         """Type, size, permissions and modification time of one path (a symlink is shown as itself)."""
-        return FileEntry.of(await (await get_runtime().files(agent)).stat(path))
+        return FileEntry.of(await get_runtime().on_files(agent, lambda files: files.stat(path)))
 
     @tool("file_mkdir", IDEMPOTENT)
     async def file_mkdir(
@@ -90,7 +94,7 @@ def register(reg: Registrar) -> None:
         mode: Annotated[str | None, Field(description="Octal permissions; default '0755'.")] = None,
     ) -> FileEntry:
         """Create a directory and any missing parents. An existing directory is not an error."""
-        return FileEntry.of(await (await get_runtime().files(agent)).mkdir(path, mode=mode))
+        return FileEntry.of(await get_runtime().on_files(agent, lambda files: files.mkdir(path, mode=mode)))
 
     @tool("file_move", DESTRUCTIVE)
     async def file_move(
@@ -100,8 +104,8 @@ def register(reg: Registrar) -> None:
         overwrite: Annotated[bool, Field(description="Replace an existing file at destination.")] = False,
     ) -> FileEntry:
         """Move or rename a file or directory in the agent's machine."""
-        files = await get_runtime().files(agent)
-        return FileEntry.of(await files.move(source, destination, overwrite=overwrite))
+        moved = await get_runtime().on_files(agent, lambda files: files.move(source, destination, overwrite=overwrite))
+        return FileEntry.of(moved)
 
     @tool("file_delete", DESTRUCTIVE)
     async def file_delete(
@@ -110,4 +114,5 @@ def register(reg: Registrar) -> None:
         recursive: Annotated[bool, Field(description="Required to delete a non-empty directory.")] = False,
     ) -> FileEntry:
         """Delete a file, symlink or directory in the agent's machine. Returns what was deleted."""
-        return FileEntry.of(await (await get_runtime().files(agent)).delete(path, recursive=recursive))
+        deleted = await get_runtime().on_files(agent, lambda files: files.delete(path, recursive=recursive))
+        return FileEntry.of(deleted)

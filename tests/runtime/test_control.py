@@ -11,8 +11,7 @@ import pytest
 
 from conftest import docker_cli, lifecycle_kinds, store_of, unique_name
 from spinup.runtime import Policy, Runtime, Settings
-from spinup.runtime import agents as agents_module
-from spinup.runtime.errors import AgentPaused, ExecNotFound, WrongState
+from spinup.runtime.errors import AgentBusy, AgentPaused, ExecNotFound, WrongState
 
 
 def _docker_state(machine_id: str) -> str:
@@ -60,23 +59,70 @@ async def test_pausing_twice_resuming_a_running_agent_and_killing_a_stopped_one_
     assert (await runtime.exec(agent, "echo ok")).stdout == "ok\n"
 
 
-async def test_a_call_waits_out_a_snapshot_freeze_and_thaws_one_left_behind(
-    runtime: Runtime, agent: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_call_waits_for_a_freeze_held_elsewhere_and_thaws_one_left_behind_at_once(
+    runtime: Runtime, settings: Settings, agent: str
 ) -> None:
     machine = runtime.get_agent(agent).machine_id
     assert machine is not None
-    # Frozen by someone else's snapshot (no pause record): the call waits for the thaw.
+    record = runtime.get_agent(agent)
+    # Another Spinup process on the same state directory freezes the machine for its snapshot.
+    other = Runtime(settings)
+    frozen, thaw = asyncio.Event(), asyncio.Event()
+
+    async def snapshot_elsewhere() -> None:
+        async with other._agents.locks.exclusive(record):
+            docker_cli("pause", machine)
+            frozen.set()
+            await thaw.wait()
+            docker_cli("unpause", machine)
+
+    try:
+        holder = asyncio.create_task(snapshot_elsewhere())
+        await frozen.wait()
+        waiting = asyncio.create_task(runtime.exec(agent, "echo thawed"))
+        files = asyncio.create_task(runtime.files(agent))
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and not files.done()  # neither reached the frozen machine
+        thaw.set()
+        await holder
+        assert (await asyncio.wait_for(waiting, 10)).stdout == "thawed\n"
+        assert (await (await asyncio.wait_for(files, 10)).stat("/workspace")).type == "directory"
+    finally:
+        await other.close()
+    # A freeze whose process died (no lock held, no pause recorded) is thawed by the next call at once.
     docker_cli("pause", machine)
-    waiting = asyncio.create_task(runtime.exec(agent, "echo thawed"))
-    await asyncio.sleep(0.5)
-    assert not waiting.done()
-    docker_cli("unpause", machine)
-    assert (await asyncio.wait_for(waiting, 10)).stdout == "thawed\n"
-    # A freeze nobody ends (its process crashed) is thawed after the wait.
-    monkeypatch.setattr(agents_module, "FREEZE_WAIT", 0.5)
-    docker_cli("pause", machine)
+    started = time.monotonic()
     assert (await asyncio.wait_for(runtime.exec(agent, "echo again"), 10)).stdout == "again\n"
+    assert time.monotonic() - started < 5
     assert lifecycle_kinds(runtime.events(agent))[-1] == "machine-unpaused"
+
+
+async def test_a_call_gives_up_with_agent_busy_when_another_holds_the_agent_past_the_wait(
+    settings: Settings, agent: str
+) -> None:
+    impatient = Runtime(replace(settings, lock_wait=0.3))
+    holder = Runtime(settings)
+    try:
+        record = impatient.get_agent(agent)
+        held, done = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with holder._agents.locks.exclusive(record):
+                held.set()
+                await done.wait()
+
+        holding = asyncio.create_task(hold())
+        await held.wait()
+        with pytest.raises(AgentBusy, match=f"Agent '{agent}' is busy"):
+            await impatient.exec(agent, "true")
+        with pytest.raises(AgentBusy):
+            await impatient.snapshot(agent)
+        done.set()
+        await holding
+        assert (await impatient.exec(agent, "echo free")).stdout == "free\n"
+    finally:
+        await impatient.close()
+        await holder.close()
 
 
 async def test_a_kill_during_a_snapshot_lets_the_snapshot_complete(runtime: Runtime, agent: str) -> None:

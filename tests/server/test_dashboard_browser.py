@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx2
 import pytest
+from http_servers import SPINUP, free_port, wait_listening
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from playwright.async_api import Browser, Page, async_playwright, expect
-from test_transports import SPINUP, free_port, wait_listening
 
 from conftest import RUN_ID, TEST_LABEL, call, server_env, unique_name
 from spinup.runtime import Runtime, Settings

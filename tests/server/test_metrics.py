@@ -8,17 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
+from http_servers import SESSION_DEADLINE, authorized, http_server
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
-from test_transports import (
-    SESSION_DEADLINE,
-    authorized,
-    failed_call,
-    http_server,
-    remove_agents,
-    remove_leftovers,
-)
+from test_transports import failed_call, remove_agents, remove_leftovers
 
 from conftest import call, unique_name
 from spinup.runtime import Event, Runtime, Settings

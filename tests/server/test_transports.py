@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import stat
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from http_servers import SESSION_DEADLINE, SPINUP, authorized, free_port, http_server
 from mcp import Client, MCPError
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -30,22 +27,12 @@ from mcp.client.streamable_http import streamable_http_client
 from conftest import call, docker_cli, server_env, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 
-SPINUP = str(Path(sys.executable).with_name("spinup"))
 LEGACY = "2025-11-25"
 MODERN = "2026-07-28"
-# A session's worth of calls, creating a machine included; generous for a loaded CI machine.
-SESSION_DEADLINE = 180
 CORE_TOOLS = {
     "agent_create", "agent_list", "agent_status", "agent_stop", "agent_remove", "exec",
     "file_read", "file_write", "file_list", "file_stat", "file_move", "file_delete", "file_mkdir",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def failed_call(client: Client, tool: str, **arguments: Any) -> str:
@@ -81,45 +68,6 @@ def serve_log(settings: Settings, url: str) -> Path:
     return settings.home.parent / f"serve-{url.split(':')[2].split('/')[0]}.log"
 
 
-async def wait_listening(proc: asyncio.subprocess.Process, host: str, port: int) -> None:
-    """Until ``host:port`` accepts a connection (the server must not exit first)."""
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                assert proc.returncode is None, "spinup serve exited before it listened"
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-
-
-@asynccontextmanager
-async def http_server(
-    settings: Settings, *args: str, token: str | None = None, host: str = "127.0.0.1"
-) -> AsyncIterator[str]:
-    """``spinup serve`` on a free loopback port; yields its /mcp URL once it answers (its stderr: serve_log)."""
-    port = free_port()
-    env = server_env(settings) | ({"SPINUP_TOKEN": token} if token else {})
-    settings.home.parent.mkdir(parents=True, exist_ok=True)
-    log = (settings.home.parent / f"serve-{port}.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        SPINUP, "serve", "--host", host, "--port", str(port), *args, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=log,
-    )
-    try:
-        await wait_listening(proc, host, port)
-        yield f"http://{host}:{port}/mcp"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        async with asyncio.timeout(15):
-            await proc.wait()
-        log.close()
-
-
 async def serve_exits(settings: Settings, *args: str) -> tuple[int, str]:
     """Run ``spinup serve`` expected to refuse to start: its exit code and stderr."""
     proc = await asyncio.create_subprocess_exec(
@@ -135,13 +83,6 @@ async def serve_exits(settings: Settings, *args: str) -> tuple[int, str]:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, stderr.decode()
-
-
-def authorized(token: str) -> httpx2.AsyncClient:
-    """An HTTP client sending the bearer token, with the long read timeout a tool call may need."""
-    return httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=SESSION_DEADLINE)
-    )
 
 
 # stdio

@@ -141,7 +141,7 @@ def test_gc_keeps_a_base_while_a_snapshot_uses_it_and_verify_and_gc_drop_it_afte
 
     report = snapshots.verify({snapshot_id: digest})
     assert report.ok and report.garbage == []
-    assert snapshots.gc(lambda: {snapshot_id}).blobs_removed == 0
+    assert snapshots.gc(lambda: {snapshot_id: digest}).blobs_removed == 0
     assert find_base(snapshots.store, IMAGE_ID) is not None
 
     os.chmod(snapshots.store.blob_path(stored.layers[1].digest), 0o644)
@@ -150,9 +150,29 @@ def test_gc_keeps_a_base_while_a_snapshot_uses_it_and_verify_and_gc_drop_it_afte
 
     report = snapshots.verify({})
     assert any("used by no snapshot" in line for line in report.garbage)
-    result = snapshots.gc(set)
+    result = snapshots.gc(dict)
     assert snapshots.store.manifests() == [] and list(snapshots.store.blob_digests()) == []
     assert result.blobs_removed >= 3
+
+
+def test_gc_lists_again_a_recorded_snapshot_that_index_json_lost_and_collects_none_of_it(tmp_path: Path) -> None:
+    snapshots = SnapshotStore(Store(tmp_path / "store"))
+    import_save(snapshots.store, IMAGE_ID, io.BytesIO(SAVED))
+    digest = _snapshot(snapshots, tmp_path)
+    (entry,) = [d for d in snapshots.store.manifests() if not is_base(d)]
+    snapshot_id = (entry.annotations or {})[REF_NAME]
+    blobs = set(snapshots.store.blob_digests())
+    # Two writers rewrote index.json from what each had read: this snapshot's entry was lost.
+    snapshots.store.remove_manifest(snapshot_id)
+    assert any("not listed in index.json" in p for p in snapshots.verify({snapshot_id: digest}).problems)
+
+    result = snapshots.gc(lambda: {snapshot_id: digest})
+
+    assert result.relisted == (snapshot_id,) and result.blobs_removed == 0
+    assert set(snapshots.store.blob_digests()) == blobs
+    relisted = [d for d in snapshots.store.manifests() if not is_base(d)]
+    assert relisted == [entry]
+    assert snapshots.verify({snapshot_id: digest}).ok
 
 
 def test_a_snapshot_from_before_base_images_were_stored_is_upgraded_to_list_them(tmp_path: Path) -> None:
