@@ -21,6 +21,7 @@ from .models import (
     Policy,
     SecretBinding,
     Snapshot,
+    parse_size,
     readable_size,
     validate_agent_name,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "current_actor",
     "decode_key",
     "diagnose",
+    "parse_size",
     "readable_size",
     "redact_stored",
     "validate_agent_name",

@@ -44,11 +44,15 @@ async def wait_listening(proc: asyncio.subprocess.Process, host: str, port: int)
 
 @asynccontextmanager
 async def http_server(
-    settings: Settings, *args: str, token: str | None = None, host: str = "127.0.0.1"
+    settings: Settings,
+    *args: str,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:
     """``spinup serve`` on a free loopback port; yields its /mcp URL once it answers (its stderr: serve_log)."""
     port = free_port()
-    env = server_env(settings) | ({"SPINUP_TOKEN": token} if token else {})
+    env = server_env(settings) | ({"SPINUP_TOKEN": token} if token else {}) | (env or {})
     settings.home.parent.mkdir(parents=True, exist_ok=True)
     log = (settings.home.parent / f"serve-{port}.log").open("wb")
     proc = await asyncio.create_subprocess_exec(

@@ -13,6 +13,7 @@ from typing import Any
 from spinup.runtime import Runtime, Settings, SpinupError
 
 from ..auth import BearerAuth, is_loopback, rebinding_protection, url_host
+from ..http_limits import HttpLimits, raise_descriptor_limit
 from ..tokens import TOKEN_VAR, ServeToken, known_token, resolve_token
 from .common import SubParsers
 
@@ -138,6 +139,8 @@ def serve_http(args: argparse.Namespace) -> int:
     from ..metrics import SpinupMetrics
 
     settings = Settings() if args.idle_timeout is None else Settings(idle_timeout=args.idle_timeout)
+    limits = HttpLimits.from_env()
+    raise_descriptor_limit(limits.max_connections)
     token = choose_token(args, settings)
     metrics = SpinupMetrics()
     holder = RuntimeHolder(settings)
@@ -145,7 +148,13 @@ def serve_http(args: argparse.Namespace) -> int:
     security = rebinding_protection(args.host)
     # Beside /mcp, behind the same token and the same Host/Origin checks.
     server.custom_route("/metrics", methods=["GET"], include_in_schema=False)(metrics.endpoint(security))
-    app: Any = server.streamable_http_app(host=args.host, transport_security=security)
+    app: Any = server.streamable_http_app(
+        host=args.host,
+        transport_security=security,
+        max_request_body_size=limits.max_body,
+        max_sessions=limits.max_sessions,
+        session_idle_timeout=limits.session_idle,
+    )
     dashboard = Dashboard(holder, token.value if token else None, security, port=args.port, bound_agent=args.agent)
     dashboard.mount(app)
     app = BearerAuth(
@@ -159,7 +168,14 @@ def serve_http(args: argparse.Namespace) -> int:
     print(f"spinup: dashboard login: {login_url(base, token.value if token else None)}", file=sys.stderr, flush=True)
     # A stop first ends the dashboard's open streams (each would hold the shutdown); whatever still runs
     # after a few seconds is cancelled.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        limit_concurrency=limits.max_connections,
+    )
     _server_class()(config, dashboard.hub.end_streams_soon).run()
     return 0
 

@@ -1,6 +1,9 @@
 """The real harness clients against Spinup: the MCP Inspector CLI over stdio and over HTTP with the
 bearer token, the shipped Inspector config, Claude Code (`claude mcp add`, and a project's
-`.mcp.json` written by `spinup config`), and a swap of harness on one agent.
+`.mcp.json` written by `spinup config`), Codex (`codex app-server` calling tools, from the config
+`spinup config codex --write` makes), Gemini CLI (`gemini mcp list`), and a swap of harness on
+one agent. Codex and Gemini run in a network namespace of their own with only loopback: they
+reach Spinup and nothing else.
 
 The clients come from npm at pinned versions (scripts/npm-clients). Under CI (CI=true) a client
 that cannot be installed fails the run; elsewhere these tests skip. Every server gets this test's
@@ -49,15 +52,13 @@ def in_ci() -> bool:
 def install_npm_clients() -> tuple[Path | None, str]:
     """Run scripts/npm-clients; the folder of the clients' executables, or why there is none."""
     try:
-        result = subprocess.run(
-            [str(ROOT / "scripts" / "npm-clients")], capture_output=True, text=True, timeout=900
-        )
+        result = subprocess.run([str(ROOT / "scripts" / "npm-clients")], capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"scripts/npm-clients did not run: {exc}"
     if result.returncode != 0:
         return None, f"scripts/npm-clients failed: {result.stderr.strip()[-800:]}"
     bin_dir = Path(result.stdout.strip())
-    missing = [name for name in ("mcp-inspector", "claude") if not (bin_dir / name).exists()]
+    missing = [name for name in ("mcp-inspector", "claude", "codex", "gemini") if not (bin_dir / name).exists()]
     if missing:
         return None, f"scripts/npm-clients printed {bin_dir}, which lacks {', '.join(missing)}"
     return bin_dir, ""
@@ -100,8 +101,12 @@ async def run(
 ) -> tuple[int, str, str]:
     """Run a process to completion within ``timeout`` seconds (killed otherwise): exit code, stdout, stderr."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *argv,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(timeout):
@@ -128,8 +133,15 @@ async def serving(settings: Settings, *args: str, token: str | None = TOKEN) -> 
     port = free_port()
     env = {"PATH": os.environ["PATH"], **server_env(settings)} | ({"SPINUP_TOKEN": token} if token else {})
     proc = await asyncio.create_subprocess_exec(
-        SPINUP, "serve", "--port", str(port), *args, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        SPINUP,
+        "serve",
+        "--port",
+        str(port),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         async with asyncio.timeout(30):
@@ -259,8 +271,17 @@ async def test_the_inspector_calls_tools_over_http_with_the_bearer_token(
         await exercise(npm_bin, env, [url, "--transport", "http", *bearer()], "http")
         for refused in ([], bearer("wrong-token")):
             code, out, err = await run(
-                [str(npm_bin / "mcp-inspector"), "--cli", url, "--transport", "http", *refused,
-                 "--method", "tools/list"], env,
+                [
+                    str(npm_bin / "mcp-inspector"),
+                    "--cli",
+                    url,
+                    "--transport",
+                    "http",
+                    *refused,
+                    "--method",
+                    "tools/list",
+                ],
+                env,
             )
             assert code != 0 and "auth" in (out + err).lower(), f"exit {code}\n{out}\n{err}"
 
@@ -271,8 +292,15 @@ async def test_the_shipped_inspector_config_works_as_is(npm_bin: Path, settings:
     env = client_env(tmp_path / "home", PATH=f"{Path(SPINUP).parent}{os.pathsep}{os.environ['PATH']}")
     shipped = CONFIGS / "inspector.config.json"
     listed = await inspector(
-        npm_bin, env, "--config", str(shipped), "--server", "spinup", *inspector_stdio(settings),
-        "--method", "tools/list",
+        npm_bin,
+        env,
+        "--config",
+        str(shipped),
+        "--server",
+        "spinup",
+        *inspector_stdio(settings),
+        "--method",
+        "tools/list",
     )
     exec_tool = next(tool for tool in listed["tools"] if tool["name"] == "exec")
     assert "agent" not in exec_tool["inputSchema"]["properties"]
@@ -303,13 +331,35 @@ async def test_claude_code_connects_to_spinup_added_with_claude_mcp_add(
     claude = str(npm_bin / "claude")
     env = client_env(home)  # no SPINUP_HOME here: `-e` must bring it to the server
     async with agent_named(settings, "cc") as name, serving(settings) as url:
-        add = [claude, "mcp", "add", "spinup", "-e", f"SPINUP_HOME={settings.home}", "-e", "DOCKER_API_VERSION=1.41",
-               "--", SPINUP, "mcp", "--agent", name]
+        add = [
+            claude,
+            "mcp",
+            "add",
+            "spinup",
+            "-e",
+            f"SPINUP_HOME={settings.home}",
+            "-e",
+            "DOCKER_API_VERSION=1.41",
+            "--",
+            SPINUP,
+            "mcp",
+            "--agent",
+            name,
+        ]
         code, out, err = await run(add, env, cwd=home)
         assert code == 0, err + out
         # Single-quoted in a shell: Claude Code stores ${SPINUP_TOKEN} and expands it when it connects.
-        add_http = [claude, "mcp", "add", "--transport", "http", "spinup-http", url,
-                    "-H", "Authorization: Bearer ${SPINUP_TOKEN}"]
+        add_http = [
+            claude,
+            "mcp",
+            "add",
+            "--transport",
+            "http",
+            "spinup-http",
+            url,
+            "-H",
+            "Authorization: Bearer ${SPINUP_TOKEN}",
+        ]
         code, out, err = await run(add_http, env, cwd=home)
         assert code == 0, err + out
         assert TOKEN not in (home / ".claude.json").read_text()
@@ -353,6 +403,116 @@ async def test_claude_code_runs_the_project_mcp_json_spinup_config_writes_once_a
         assert CONNECTED in approved["spinup"] and CONNECTED in approved["spinup-http"], approved
 
 
+# Codex and Gemini CLI ---------------------------------------------------------------------------
+
+
+def offline(argv: list[str]) -> list[str]:
+    """``argv`` in a network namespace of its own with only loopback up (root): a client that would
+    phone home reaches nothing but this host's Spinup (over a Unix socket or 127.0.0.1 inside it)."""
+    return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "offline", *argv]
+
+
+class AppServer:
+    """``codex app-server``: JSON-RPC, one message per line, on its stdin and stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._next = 0
+
+    async def request(self, method: str, params: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+        """Send a request and return its result (notifications in between are skipped); fail on an error."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._next += 1
+        ident = self._next
+        self.proc.stdin.write(
+            (json.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params}) + "\n").encode()
+        )
+        await self.proc.stdin.drain()
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.proc.stdout.readline()
+                assert line, f"codex app-server closed its output during {method}"
+                message = json.loads(line)
+                if message.get("id") == ident:
+                    assert "error" not in message, message
+                    result: dict[str, Any] = message["result"]
+                    return result
+
+    async def notify(self, method: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"jsonrpc": "2.0", "method": method}) + "\n").encode())
+        await self.proc.stdin.drain()
+
+
+@asynccontextmanager
+async def codex_app_server(npm_bin: Path, env: dict[str, str], cwd: Path) -> AsyncIterator[AppServer]:
+    proc = await asyncio.create_subprocess_exec(
+        *offline([str(npm_bin / "codex"), "app-server"]),
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        limit=16 * 1024 * 1024,
+    )
+    try:
+        yield AppServer(proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        try:
+            async with asyncio.timeout(15):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_codex_app_server_calls_spinup_tools_from_the_config_spinup_config_writes(
+    npm_bin: Path, settings: Settings, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = client_env(home, SPINUP_HOME=str(settings.home))  # env_vars in the config bring it to the server
+    code, out, err = await run([SPINUP, "config", "codex", "--write"], env, cwd=home)
+    assert code == 0, err + out
+    async with agent_named(settings, "codex") as name, codex_app_server(npm_bin, env, home) as codex:
+        await codex.request("initialize", {"clientInfo": {"name": "spinup-test", "version": "1"}})
+        await codex.notify("initialized")
+        thread = (await codex.request("thread/start", {}))["thread"]["id"]
+
+        async def tool(tool_name: str, **arguments: Any) -> dict[str, Any]:
+            said = await codex.request(
+                "mcpServer/tool/call",
+                {"server": "spinup", "threadId": thread, "tool": tool_name, "arguments": arguments},
+            )
+            assert said["isError"] is False, said
+            structured: dict[str, Any] = said["structuredContent"]
+            return structured
+
+        await tool("agent_create", name=name)
+        ran = await tool("exec", agent=name, command="echo from codex | tr a-z A-Z")
+        assert ran["stdout"] == "FROM CODEX\n" and ran["exit_code"] == 0
+        await tool("file_write", agent=name, path="/workspace/codex.txt", content="written by codex")
+        assert (await tool("file_read", agent=name, path="/workspace/codex.txt"))["content"] == "written by codex"
+    assert name not in await agents_in(settings)
+
+
+async def test_gemini_cli_reports_spinup_connected_from_the_config_spinup_config_writes(
+    npm_bin: Path, settings: Settings, tmp_path: Path
+) -> None:
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    env = client_env(home, SPINUP_HOME=str(settings.home), GEMINI_CLI_NO_RELAUNCH="true")
+    code, out, err = await run([SPINUP, "config", "gemini", "--write"], env, cwd=project)
+    assert code == 0, err + out
+    # Gemini CLI disables the servers of a folder it does not trust; a user trusts it when asked.
+    (home / ".gemini" / "trustedFolders.json").write_text(json.dumps({str(project): "TRUST_FOLDER"}))
+    code, out, err = await run(offline([str(npm_bin / "gemini"), "mcp", "list"]), env, cwd=project, timeout=180)
+    assert code == 0, err + out
+    line = next((line for line in (out + err).splitlines() if "spinup" in line), "")  # it prints to stderr
+    assert "Connected" in line and "Disconnected" not in line, out + err
+
+
 # a harness swap ---------------------------------------------------------------------------------
 
 
@@ -388,13 +548,18 @@ async def test_a_file_and_a_package_made_through_one_harness_are_there_through_a
         async with held_open(Client(stdio)) as first:
             wrote = await first.call_tool("file_write", {"path": "/workspace/notes.md", "content": "from harness one"})
             assert not wrote.is_error, wrote.content
-            await first.call_tool("file_write", {"path": f"/workspace/{wheel_name}",
-                                                 "content": base64.b64encode(wheel).decode(), "encoding": "base64"})
-            installed = await first.call_tool("exec", {
-                "command": "python3 -m venv /home/agent/.venv && "
-                           f"/home/agent/.venv/bin/pip install -q --no-index /workspace/{wheel_name}",
-                "timeout": 300,
-            })
+            await first.call_tool(
+                "file_write",
+                {"path": f"/workspace/{wheel_name}", "content": base64.b64encode(wheel).decode(), "encoding": "base64"},
+            )
+            installed = await first.call_tool(
+                "exec",
+                {
+                    "command": "python3 -m venv /home/agent/.venv && "
+                    f"/home/agent/.venv/bin/pip install -q --no-index /workspace/{wheel_name}",
+                    "timeout": 300,
+                },
+            )
             assert installed.structured_content and installed.structured_content["exit_code"] == 0, installed.content
             assert server_processes(name), "the stdio server should be running now"
         await wait_until(lambda: not server_processes(name), 15, "the stdio server to exit")
@@ -408,10 +573,18 @@ async def test_a_file_and_a_package_made_through_one_harness_are_there_through_a
             probe = "/home/agent/.venv/bin/python -c 'import hello_spinup; print(hello_spinup.hi())'"
             imported = await inspector(npm_bin, env, *target, *call("exec", agent=name, command=probe))
             assert imported["structuredContent"]["stdout"] == "hi from a wheel\n"
-            listed = await inspector(npm_bin, env, *target, *call(
-                "exec", agent=name, command="/home/agent/.venv/bin/pip list --format=freeze"))
+            listed = await inspector(
+                npm_bin,
+                env,
+                *target,
+                *call("exec", agent=name, command="/home/agent/.venv/bin/pip list --format=freeze"),
+            )
             assert "hello-spinup==1.0" in listed["structuredContent"]["stdout"]
-            await inspector(npm_bin, env, *target, *call(
-                "file_write", agent=name, path="/workspace/reply.md", content="from harness two"))
+            await inspector(
+                npm_bin,
+                env,
+                *target,
+                *call("file_write", agent=name, path="/workspace/reply.md", content="from harness two"),
+            )
             reply = await inspector(npm_bin, env, *target, *call("file_read", agent=name, path="/workspace/reply.md"))
             assert reply["structuredContent"]["content"] == "from harness two"
