@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -398,7 +398,8 @@ def main() -> int:
     report = asyncio.run(run_load(params, progress=lambda line: print(f"load: {line}", file=sys.stderr)))
     print_report(report)
     if args.json:
-        args.json.write_text(json.dumps({**asdict(report), "summary": report.summary()}, indent=1))
+        plain = replace(report, latencies=dict(report.latencies))  # asdict cannot copy a defaultdict
+        args.json.write_text(json.dumps({**asdict(plain), "summary": report.summary()}, indent=1))
     grew = report.fds.get("after", 0) - report.fds.get("idle", 0)  # the Docker client's pool is full by "idle"
     return 1 if report.errors or report.leftover_machines or grew > FD_SLACK else 0
 
