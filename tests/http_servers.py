@@ -75,3 +75,30 @@ def authorized(token: str) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(
         headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=SESSION_DEADLINE)
     )
+
+
+async def stop_process(proc: asyncio.subprocess.Process, wait: float = 15) -> None:
+    """SIGTERM a child process and wait for it; SIGKILL it if it has not ended after ``wait`` seconds."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        async with asyncio.timeout(wait):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+def processes_with(*words: bytes) -> list[int]:
+    """Pids of the processes whose command line has every one of ``words`` as an argument."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(word in argv for word in words):
+            pids.append(int(entry.name))
+    return pids

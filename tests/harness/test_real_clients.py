@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import zipfile
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_servers import free_port, processes_with, stop_process
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
@@ -120,13 +120,6 @@ async def run(
     return proc.returncode, out.decode(), err.decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def serving(settings: Settings, *args: str, token: str | None = TOKEN) -> AsyncIterator[str]:
     """`spinup serve` on a free loopback port (bearer token ``token``); yields its /mcp URL once it answers."""
@@ -157,14 +150,7 @@ async def serving(settings: Settings, *args: str, token: str | None = TOKEN) -> 
                 break
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            async with asyncio.timeout(15):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 @asynccontextmanager
@@ -198,17 +184,7 @@ async def wait_until(condition: Callable[[], bool], seconds: float, what: str) -
 
 def server_processes(agent: str) -> list[int]:
     """Pids of running `spinup mcp --agent <agent>` processes."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mcp" in argv and agent.encode() in argv:
-            pids.append(int(entry.name))
-    return pids
+    return processes_with(b"mcp", agent.encode())
 
 
 # the Inspector ----------------------------------------------------------------------------------
@@ -458,14 +434,7 @@ async def codex_app_server(npm_bin: Path, env: dict[str, str], cwd: Path) -> Asy
     try:
         yield AppServer(proc)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            async with asyncio.timeout(15):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 async def test_codex_app_server_calls_spinup_tools_from_the_config_spinup_config_writes(

@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from http_servers import SESSION_DEADLINE, SPINUP, authorized, http_server
+from http_servers import SESSION_DEADLINE, SPINUP, authorized, http_server, processes_with
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -31,16 +31,9 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 def _server_pid(url: str) -> int:
     """The pid of the ``spinup serve`` listening on the URL's port."""
     port = url.split(":")[2].split("/")[0]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in argv and port.encode() in argv:
-            return int(entry.name)
-    raise AssertionError(f"no spinup serve on port {port}")
+    pids = processes_with(b"serve", port.encode())
+    assert pids, f"no spinup serve on port {port}"
+    return pids[0]
 
 
 def _rss(pid: int) -> int:
