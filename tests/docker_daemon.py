@@ -32,7 +32,7 @@ class SecondDaemon:
     def start(self) -> None:
         """Start the daemon and wait until it answers."""
         assert self._proc is None, "already running"
-        namespace = self.root.name.replace("-", "")
+        namespace = "spinupd" + "".join(c for c in self.root.name if c.isalnum())
         with self._log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [
