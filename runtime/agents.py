@@ -62,6 +62,7 @@ RESTORE_HEAD_MOVED = "restore-head-moved"  # the record names the target as head
 POLICY_CAPTURED = "policy-captured"  # the old machine is captured and frozen; the new policy is not recorded
 POLICY_RECORDED = "policy-recorded"  # the new policy is recorded with no machine; the old one is still frozen
 FORK_RECORDED = "fork-recorded"  # the new agent is recorded with its head; it has no machine yet
+REBUILD_MOVED = "rebuild-moved"  # a rebuild's new machine runs on the new base; nothing is copied into it yet
 
 
 def _remove_caches(directory: Path) -> None:
@@ -91,6 +92,7 @@ class AgentService:
         self._image_configs: dict[str, ImageInfo] = {}
         self.egress = EgressClient(settings)
         self._trusted: dict[str, str] = {}  # machine id -> the egress CA added to its trust store
+        self._rebuilding: set[str] = set()  # agents this process is rebuilding (any other's is interrupted)
         # Called with the id of every machine removed, so caches keyed by machine (quota, limits,
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
@@ -160,6 +162,8 @@ class AgentService:
         self._last_used[agent.id] = time.monotonic()
         async with self.locks.operating(agent):
             agent = self.get(name)
+            if agent.id not in self._rebuilding and self.db.rebuild_in_progress(agent.id) is not None:
+                agent = await self._roll_back_rebuild(agent, "the process rebuilding it ended before it finished")
             info = await self.machine(agent)
             if info is not None and info.paused:
                 if agent.paused_at is not None:
@@ -449,16 +453,50 @@ class AgentService:
                 await self._create_machine(self.get(name), recreated=True)
             return self.get(name)
 
-    async def move_to_image(self, name: str, image: str) -> tuple[Agent, MachineInfo | None]:
-        """Give the agent a fresh machine from another base image; the old machine is kept (returned) so its
-        files can be copied over, and the caller removes it with :meth:`discard_machine`."""
+    @contextlib.asynccontextmanager
+    async def rebuilding(self, name: str, image: str, saved: str) -> AsyncIterator[tuple[Agent, MachineInfo | None]]:
+        """Give the agent a fresh machine from another base image for the block, which carries its files and
+        packages over and calls :meth:`finish_rebuild`; the old machine is yielded (the block removes it with
+        :meth:`discard_machine`).
+
+        Until then the rebuild is recorded as in progress with ``saved`` (a snapshot of the agent on its
+        old image): a block that fails puts the agent back on that snapshot, and so does the next wake in
+        any process if this one dies first. Nothing is lost either way.
+        """
         agent = self.get(name)
         await self._require_image(image)
+        self._rebuilding.add(agent.id)
+        try:
+            try:
+                async with self.locks.exclusive(agent):
+                    old = await self.machine(agent)
+                    self.db.set_image(agent.id, image, rebuild_from=(agent.image, saved))
+                    await self._create_machine(self.get(name), recreated=False)
+                    self._fault(REBUILD_MOVED)
+                yield self.get(name), old
+            except BaseException as exc:
+                if self.db.rebuild_in_progress(agent.id) is not None:
+                    reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else f"failed: {exc}"
+                    await asyncio.shield(self._roll_back_rebuild(self.get(name), reason))
+                raise
+        finally:
+            self._rebuilding.discard(agent.id)
+
+    def finish_rebuild(self, agent: Agent, packages: builtins.list[PackageEntry]) -> None:
+        """The rebuilt agent's files and packages are in place: record its manifest and end the rebuild."""
+        self.db.finish_rebuild(agent.id, packages)
+
+    async def _roll_back_rebuild(self, agent: Agent, reason: str) -> Agent:
+        """Put an agent whose rebuild did not finish back on its old image and the snapshot taken before it."""
+        pending = self.db.rebuild_in_progress(agent.id)
+        assert pending is not None
         async with self.locks.exclusive(agent):
-            old = await self.machine(agent)
-            self.db.set_image(agent.id, image)
-            await self._create_machine(self.get(name), recreated=False)
-            return self.get(name), old
+            packages = await self.snapshots.packages(self.snapshots.get(pending[1]))
+            self.db.roll_back_rebuild(agent.id, packages, reason)
+            log.warning("rebuild of agent %s rolled back to snapshot %s: %s", agent.name, pending[1], reason)
+            current = self.get(agent.name)
+            await self._remove_machines(current)  # the old machine and the half-made new one
+            return current
 
     def discard_machine(self, machine_id: str) -> None:
         """Remove a machine no agent uses any more (in the background; see :meth:`drain`)."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spinup.snapshot.faults import FaultHook, no_faults
+
 from .errors import InvalidInput, PackageError
 from .exec import ExecResult, ProgressCallback
 from .models import Agent, PackageEntry, PackageManager
@@ -103,13 +105,18 @@ def _version_key(version: str) -> list[tuple[int, str]]:
     return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.+~-]", version)]
 
 
+# Crash-test point (SPINUP_CRASH_AT): the manager installed the packages in the machine; the manifest is
+# not changed yet (installing them again records them, the manager finding them there).
+PACKAGES_INSTALLED = "packages-installed"
+
 class PackageService:
     """Installs, removes and lists packages of agents, keeping each agent's manifest."""
 
-    def __init__(self, db: StateDB, sources_dir: Path, run: RunFn) -> None:
+    def __init__(self, db: StateDB, sources_dir: Path, run: RunFn, fault: FaultHook = no_faults) -> None:
         self.db = db
         self.sources_dir = sources_dir
         self._run = run
+        self._fault = fault
 
     def manifest(self, agent: Agent) -> list[PackageEntry]:
         """The agent's package manifest."""
@@ -133,6 +140,7 @@ class PackageService:
         argv = {"pip": self._pip_install, "npm": self._npm_install, "apt": self._apt_install}[manager](agent, specs)
         result = await self._run(agent.name, argv, INSTALL_TIMEOUT, on_progress)
         self._check(agent, manager, "install", specs, result)
+        self._fault(PACKAGES_INSTALLED)
         before, after = self._listings(manager, result)
         added = [Installed(n, v) for n, v in sorted(after.items()) if before.get(n) != v]
         if manager == "pip" and any(canonical("pip", package_name(spec)) not in after for spec in specs):

@@ -138,7 +138,7 @@ class Runtime:
             self._access.forget,
         ]
         self._secrets = SecretService(self.settings, self._db, self._docker)
-        self._packages = PackageService(self._db, self.settings.sources_dir, self._run_package_command)
+        self._packages = PackageService(self._db, self.settings.sources_dir, self._run_package_command, self._fault)
         self._db.redact = self._secrets.redact
         add_log_redactor(self._secrets.redact)
         self._ports = PortService(self._db)
@@ -325,25 +325,26 @@ class Runtime:
     async def _rebuild_held(self, name: str, image: str, before: Agent) -> RebuildResult:
         saved = (await self._agents.snapshot(name, f"before rebuild on {image}")).snapshot
         manifest = self._db.packages(before.id)
-        agent, old = await self._agents.move_to_image(name, image)
-        assert agent.machine_id is not None
-        if old is not None:
-            if old.paused:
-                await self._docker.unpause(old.id)
-            await copy_directories(self._docker, old.id, agent.machine_id)
-            self._agents.discard_machine(old.id)
-        await self.exec(name, ["rm", "-rf", VENV, NPM_PREFIX], cwd="/")
-        self._db.set_packages(agent.id, [])
+        # Until finish_rebuild, a failure (or this process dying) puts the agent back on `saved`.
+        async with self._agents.rebuilding(name, image, saved.id) as (agent, old):
+            assert agent.machine_id is not None
+            if old is not None:
+                if old.paused:
+                    await self._docker.unpause(old.id)
+                await copy_directories(self._docker, old.id, agent.machine_id)
+                self._agents.discard_machine(old.id)
+            await self.exec(name, ["rm", "-rf", VENV, NPM_PREFIX], cwd="/")
+            self._db.set_packages(agent.id, [])
 
-        async def install(manager: PackageManager, specs: list[str]) -> dict[str, str]:
-            result = await self._packages.install(self._agents.get(name), manager, specs)
-            return {e.name: e.version for e in result.manifest if e.manager == manager}
+            async def install(manager: PackageManager, specs: list[str]) -> dict[str, str]:
+                result = await self._packages.install(self._agents.get(name), manager, specs)
+                return {e.name: e.version for e in result.manifest if e.manager == manager}
 
-        outcomes = await replay(manifest, install)
-        self._db.set_packages(
-            agent.id,
-            [o.entry.model_copy(update={"version": o.version}) for o in outcomes if o.version is not None],
-        )
+            outcomes = await replay(manifest, install)
+            self._agents.finish_rebuild(
+                agent,
+                [o.entry.model_copy(update={"version": o.version}) for o in outcomes if o.version is not None],
+            )
         head = (await self._agents.snapshot(name, f"rebuilt on {image}")).snapshot
         self._db.record_event(
             agent.id,

@@ -156,6 +156,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE secret_bindings ADD COLUMN header TEXT;
     """,
+    # A rebuild in progress: the base image and snapshot it rolls back to if its process dies.
+    """
+    CREATE TABLE rebuilds (
+        agent_id    TEXT PRIMARY KEY,
+        image       TEXT NOT NULL,
+        saved       TEXT NOT NULL,
+        started_at  TEXT NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -304,14 +313,55 @@ class StateDB:
         rows = self._conn.execute("SELECT * FROM agents ORDER BY created_at, name").fetchall()
         return [self._agent(row) for row in rows]
 
-    def set_image(self, agent_id: str, image: str) -> None:
-        """Move the agent to another base image; its head snapshot (tied to the old base) is dropped."""
+    def set_image(self, agent_id: str, image: str, rebuild_from: tuple[str, str] | None = None) -> None:
+        """Move the agent to another base image; its head snapshot (tied to the old base) is dropped.
+
+        With ``rebuild_from`` (the old image, a snapshot of the agent on it) a rebuild is recorded as in
+        progress in the same transaction, until :meth:`finish_rebuild` or :meth:`roll_back_rebuild`.
+        """
         with self._tx() as conn:
             conn.execute(
                 "UPDATE agents SET image = ?, head_snapshot = NULL, machine_id = NULL, state = ? WHERE id = ?",
                 (image, AgentState.MISSING.value, agent_id),
             )
+            if rebuild_from is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO rebuilds (agent_id, image, saved, started_at) VALUES (?, ?, ?, ?)",
+                    (agent_id, *rebuild_from, _now().isoformat()),
+                )
             self._insert_event(conn, agent_id, "image-changed", f"base image is now {image}")
+
+    def rebuild_in_progress(self, agent_id: str) -> tuple[str, str] | None:
+        """The (old image, saved snapshot) of the agent's unfinished rebuild, or None."""
+        row = self._conn.execute("SELECT image, saved FROM rebuilds WHERE agent_id = ?", (agent_id,)).fetchone()
+        return None if row is None else (row["image"], row["saved"])
+
+    def finish_rebuild(self, agent_id: str, entries: list[PackageEntry]) -> None:
+        """In one transaction: the rebuilt agent's manifest is ``entries`` and its rebuild is no longer in progress."""
+        with self._tx() as conn:
+            self._replace_packages(conn, agent_id, entries)
+            conn.execute("DELETE FROM rebuilds WHERE agent_id = ?", (agent_id,))
+
+    def roll_back_rebuild(self, agent_id: str, packages: list[PackageEntry], reason: str) -> None:
+        """In one transaction: put the agent back on its rebuild's old image with the saved snapshot as head
+        and that snapshot's manifest, and no machine (the next wake makes one from the head)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT image, saved FROM rebuilds WHERE agent_id = ?", (agent_id,)).fetchone()
+            if row is None:
+                return
+            conn.execute(
+                "UPDATE agents SET image = ?, head_snapshot = ?, machine_id = NULL, state = ? WHERE id = ?",
+                (row["image"], row["saved"], AgentState.HIBERNATED.value, agent_id),
+            )
+            self._replace_packages(conn, agent_id, packages)
+            conn.execute("DELETE FROM rebuilds WHERE agent_id = ?", (agent_id,))
+            self._insert_event(
+                conn,
+                agent_id,
+                "rebuild-rolled-back",
+                f"back on {row['image']} from snapshot {row['saved']}: {reason}",
+                {"image": row["image"], "saved": row["saved"]},
+            )
 
     def set_machine(self, agent_id: str, machine_id: str | None, state: AgentState) -> None:
         """Record the agent's current machine and its state."""
@@ -333,6 +383,7 @@ class StateDB:
             conn.execute("DELETE FROM packages WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM execs WHERE agent_id = ?", (agent_id,))
             conn.execute("DELETE FROM processes WHERE agent_id = ?", (agent_id,))
+            conn.execute("DELETE FROM rebuilds WHERE agent_id = ?", (agent_id,))
 
     def set_paused(self, agent_id: str, by: str | None, kind: str, detail: str) -> None:
         """Record that a client paused the agent (``by`` set) or that it no longer is (None), with an event."""

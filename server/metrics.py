@@ -55,6 +55,7 @@ EVENT_KINDS = frozenset(
         "snapshot-restored",
         "forked",
         "rebuilt",
+        "rebuild-rolled-back",
         "packages-installed",
         "packages-removed",
         "secret-bound",

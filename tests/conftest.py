@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 
 from spinup.runtime import Event, Policy, Runtime, Settings
+from spinup.runtime.config import DEFAULT_IMAGE
 from spinup.runtime.host_mounts import release_below
 from spinup.server.app import build_server
 from spinup.snapshot.store import Store
@@ -188,6 +189,22 @@ def noshell_image() -> Iterator[str]:
         capture_output=True,
         env={**os.environ, **DOCKER_ENV},
     )
+    try:
+        yield tag
+    finally:
+        docker_cli("rmi", "-f", tag, check=False)
+
+
+@pytest.fixture(scope="session")
+def other_base() -> Iterator[str]:
+    """Another base image: the default one plus a marker file, committed under a test tag."""
+    tag = f"spinup-test/other-base:{RUN_ID}"
+    container = f"spinup-test-other-{RUN_ID}"
+    docker_cli(
+        "run", "--name", container, "--network", "none", DEFAULT_IMAGE, "sh", "-c", "echo other > /etc/other-base"
+    )
+    docker_cli("commit", "--change", f"LABEL {TEST_LABEL}={RUN_ID}", container, tag)
+    docker_cli("rm", "-f", container)
     try:
         yield tag
     finally:

@@ -1,4 +1,5 @@
-"""kill -9 of a Spinup process in the middle of an exec, a restore, a policy change and a fork.
+"""kill -9 of a Spinup process in the middle of an exec, a package install, a restore, a policy change,
+a fork and a rebuild (a rebuild cancelled or failing in process is rolled back the same way).
 
 Each case runs the CLI in a subprocess that SIGKILLs itself at a named point
 (``SPINUP_CRASH_AT``), then checks from a fresh runtime: the agent answers with the state the
@@ -18,8 +19,18 @@ from pathlib import Path
 import pytest
 
 from conftest import docker_cli, unique_name
+from package_sources import make_wheel
 from spinup.runtime import Runtime, Settings
-from spinup.runtime.agents import FORK_RECORDED, POLICY_CAPTURED, POLICY_RECORDED, RESTORE_CAPTURED, RESTORE_HEAD_MOVED
+from spinup.runtime.agents import (
+    FORK_RECORDED,
+    POLICY_CAPTURED,
+    POLICY_RECORDED,
+    REBUILD_MOVED,
+    RESTORE_CAPTURED,
+    RESTORE_HEAD_MOVED,
+)
+from spinup.runtime.config import DEFAULT_IMAGE
+from spinup.runtime.packages import PACKAGES_INSTALLED
 from spinup.runtime.runtime import EXEC_RUNNING
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
@@ -137,3 +148,83 @@ async def test_a_kill_during_an_exec_leaves_the_agent_answering(runtime: Runtime
         await _healthy(fresh, agent)
     finally:
         await fresh.close()
+
+
+def _demo_wheel(settings: Settings) -> None:
+    make_wheel(settings.sources_dir / "pip", "spinup-kill-demo", "1.0", value="kill-1.0")
+
+
+async def test_a_kill_after_a_package_install_leaves_the_manifest_unchanged_until_installed_again(
+    runtime: Runtime, agent: str
+) -> None:
+    _demo_wheel(runtime.settings)
+    await runtime.exec(agent, "echo kept > /workspace/state")
+    await runtime.snapshot(agent, "before")
+
+    args = ("package", "install", agent, "pip", "spinup-kill-demo")
+    code = await _killed_at(runtime.settings, PACKAGES_INSTALLED, *args)
+    assert code == -signal.SIGKILL
+
+    fresh = Runtime(runtime.settings)
+    try:
+        assert fresh.package_manifest(agent) == []  # nothing recorded that the process did not finish
+        again = await fresh.install_packages(agent, "pip", ["spinup-kill-demo"])
+        assert [(e.name, e.version) for e in again.manifest] == [("spinup-kill-demo", "1.0")]
+        await _healthy(fresh, agent)
+    finally:
+        await fresh.close()
+
+
+async def test_a_kill_during_a_rebuild_puts_the_agent_back_on_its_old_base_with_everything(
+    runtime: Runtime, agent: str, other_base: str
+) -> None:
+    _demo_wheel(runtime.settings)
+    await runtime.install_packages(agent, "pip", ["spinup-kill-demo"])
+    await runtime.exec(agent, "echo mine > /workspace/state")
+
+    assert await _killed_at(runtime.settings, REBUILD_MOVED, "agent", "rebuild", agent, "--image", other_base) == (
+        -signal.SIGKILL
+    )
+
+    fresh = Runtime(runtime.settings)
+    try:
+        check = await fresh.exec(agent, "cat /workspace/state; test -e /etc/other-base && echo moved || echo old")
+        assert check.stdout == "mine\nold\n", check.stderr
+        record = fresh.get_agent(agent)
+        assert record.image == DEFAULT_IMAGE
+        assert [(e.name, e.version) for e in fresh.package_manifest(agent)] == [("spinup-kill-demo", "1.0")]
+        assert "rebuild-rolled-back" in [e.kind for e in fresh.events(agent, limit=50)]
+        await _healthy(fresh, agent)
+        rebuilt = await fresh.rebuild(agent, other_base)  # and the rebuild can be done again
+        assert [o.version for o in rebuilt.packages] == ["1.0"]
+        assert (await fresh.exec(agent, "cat /workspace/state /etc/other-base")).stdout == "mine\nother\n"
+    finally:
+        await fresh.close()
+
+
+async def test_a_rebuild_cancelled_halfway_is_rolled_back_at_once(
+    runtime: Runtime, agent: str, other_base: str
+) -> None:
+    _demo_wheel(runtime.settings)
+    await runtime.install_packages(agent, "pip", ["spinup-kill-demo"])
+    await runtime.exec(agent, "echo mine > /workspace/state")
+    record = runtime.get_agent(agent)
+
+    moved = asyncio.Event()
+    stop_listening = runtime.on_event(lambda e: moved.set() if e.kind == "machine-created" else None)
+    rebuild = asyncio.create_task(runtime.rebuild(agent, other_base))
+    async with asyncio.timeout(120):
+        await moved.wait()  # the new machine runs; files and packages are still to come
+    stop_listening()
+    assert runtime.get_agent(agent).image == other_base
+    rebuild.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rebuild
+
+    after = runtime.get_agent(agent)
+    assert after.image == DEFAULT_IMAGE and after.head_snapshot is not None
+    assert after.head_snapshot != record.head_snapshot  # the snapshot taken before the rebuild
+    assert [(e.name, e.version) for e in runtime.package_manifest(agent)] == [("spinup-kill-demo", "1.0")]
+    check = await runtime.exec(agent, "cat /workspace/state; test -e /etc/other-base && echo moved || echo old")
+    assert check.stdout == "mine\nold\n", check.stderr
+    await _healthy(runtime, agent)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, TEST_LABEL, docker_cli, unique_name
+from conftest import unique_name
 from package_sources import make_deb, make_npm_tarball, make_wheel, serve_index
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.config import DEFAULT_IMAGE
@@ -212,22 +212,6 @@ async def test_an_agent_installs_again_from_its_own_download_cache_and_no_other_
     assert "No such file" in mounts.stdout
     await runtime.remove_agent(first)
     assert not (settings.cache_dir / cached[0].relative_to(settings.cache_dir).parts[0]).exists()
-
-
-@pytest.fixture
-def other_base() -> Iterator[str]:
-    """Another base image: the default one plus a marker file, committed under a test tag."""
-    tag = f"spinup-test/other-base:{RUN_ID}"
-    container = f"spinup-test-other-{RUN_ID}"
-    docker_cli(
-        "run", "--name", container, "--network", "none", DEFAULT_IMAGE, "sh", "-c", "echo other > /etc/other-base"
-    )
-    docker_cli("commit", "--change", f"LABEL {TEST_LABEL}={RUN_ID}", container, tag)
-    docker_cli("rm", "-f", container)
-    try:
-        yield tag
-    finally:
-        docker_cli("rmi", "-f", tag, check=False)
 
 
 async def test_rebuild_on_another_base_carries_files_and_reinstalls_the_manifest(
