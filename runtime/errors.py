@@ -207,6 +207,19 @@ class DockerUnavailable(SpinupError):
         self.host = host
 
 
+class StateDiskFull(SpinupError):
+    """The state database's filesystem ran out of space: the change was not recorded."""
+
+    def __init__(self, path: str, free: int | None) -> None:
+        left = f", {free} bytes free" if free is not None else ""
+        super().__init__(
+            f"The disk of Spinup's state database is full ({path}{left}): this change was not recorded and "
+            f"nothing recorded before is lost. Free space on that disk (spinup snapshot gc; old exec logs under "
+            f"SPINUP_HOME/exec-logs) or move SPINUP_HOME to a bigger disk, then try again."
+        )
+        self.path = path
+
+
 class DockerFailure(SpinupError):
     """The Docker daemon refused an operation."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .actors import current_actor
-from .errors import AgentExists, AgentNotFound
+from .errors import AgentExists, AgentNotFound, StateDiskFull
 from .models import Agent, AgentState, Event, HeaderBinding, PackageEntry, Policy, SecretBinding, Snapshot
 
 # Each entry moves the schema from version i to i+1. Never edit one that has shipped: append.
@@ -212,18 +212,34 @@ class StateDB:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         # One connection serves the event loop and worker threads (a snapshot records itself from
         # one): their transactions take turns.
-        with self._tx_lock:
+        with self._tx_lock, self._disk_full_is_clear():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 self._pending.clear()
                 raise
-            self._conn.execute("COMMIT")
             events, self._pending = self._pending, []
         if events:
             self._announce(events)
+
+    @contextmanager
+    def _disk_full_is_clear(self) -> Iterator[None]:
+        """Turn SQLite's "database or disk is full" into :class:`StateDiskFull` (the transaction is rolled back)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            try:
+                stats = os.statvfs(self.path.parent)
+                free: int | None = stats.f_bavail * stats.f_frsize
+            except OSError:
+                free = None
+            raise StateDiskFull(str(self.path), free) from exc
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT) for callers keeping their own tables here."""
@@ -234,6 +250,8 @@ class StateDB:
         return self._conn.execute(sql, parameters).fetchall()
 
     def _migrate(self) -> None:
+        if self.schema_version == SCHEMA_VERSION:
+            return  # nothing to write (a server still starts on a full disk)
         with self._tx() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

@@ -1,19 +1,24 @@
 """The snapshot store's disk filling up during a snapshot, on a tmpfs the test mounts over the store:
 a clear error, no partial blob visible, the previous head intact, the agent still running; and
-with room again the next snapshot works."""
+with room again the next snapshot works. The same for the state database's disk: each change fails
+clearly with nothing recorded, the server keeps answering, and with room again all works."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mcp import Client
 
-from conftest import unique_name
+from conftest import call, fails, unique_name
 from spinup.runtime import Runtime, Settings
+from spinup.runtime.errors import StateDiskFull
+from spinup.server.app import build_server
 from spinup.snapshot.errors import StoreFull
 
 ROOMY = "2g"
@@ -76,6 +81,59 @@ async def test_a_snapshot_that_fills_the_store_fails_clearly_and_keeps_everythin
         assert again.created and runtime.get_agent(name).head_snapshot == again.snapshot.id
         await runtime.restore(name, head.id)
         assert (await runtime.exec(name, "cat /workspace/kept")).stdout == "first\n"
+    finally:
+        for agent in runtime.list_agents():
+            await runtime.remove_agent(agent.name)
+        await runtime.close()
+
+
+@pytest.fixture
+def small_home(settings: Settings) -> Iterator[Settings]:
+    """Settings whose whole state directory (database, exec logs, store) is a tmpfs of its own."""
+    settings.home.mkdir(parents=True)
+    _mount(f"size={ROOMY},mode=0700", settings.home)
+    try:
+        yield replace(settings, base_cache=None)
+    finally:
+        subprocess.run(["umount", "-l", str(settings.home)], check=False)
+
+
+def _fill(home: Path) -> Path:
+    """Shrink the tmpfs to what it holds and fill any last pages: not one more byte fits."""
+    used = os.statvfs(home)
+    _resize(home, (used.f_blocks - used.f_bfree) * used.f_frsize)
+    filler = home / "filler"
+    subprocess.run(["sh", "-c", f"cat /dev/zero > {filler}"], check=False, stderr=subprocess.DEVNULL)
+    assert os.statvfs(home).f_bavail == 0
+    return filler
+
+
+async def test_a_full_state_database_disk_fails_each_change_clearly_and_loses_nothing(small_home: Settings) -> None:
+    runtime = Runtime(small_home)
+    name, other = unique_name("dbfull"), unique_name("dbnew")
+    try:
+        await runtime.create_agent(name)
+        await runtime.exec(name, "echo kept > /workspace/kept")
+        head = (await runtime.snapshot(name, "before the disk filled")).snapshot
+        filler = _fill(small_home.home)
+
+        with pytest.raises(StateDiskFull, match="nothing recorded before is lost"):
+            await runtime.create_agent(other)
+        assert [a.name for a in runtime.list_agents()] == [name]  # no half-made agent
+        async with Client(build_server(small_home)) as client:
+            error = await fails(client, "exec", agent=name, command="echo more >> /workspace/kept")
+            assert "disk of Spinup's state database is full" in error
+            assert [a["name"] for a in (await call(client, "agent_list"))["agents"]] == [name]  # still serving
+        assert runtime.get_agent(name).head_snapshot == head.id
+
+        filler.unlink()
+        _resize(small_home.home, 2 * 1024 * MIB)
+        assert (await runtime.exec(name, "cat /workspace/kept")).stdout == "kept\n"
+        await runtime.create_agent(other)
+        await runtime.restore(name, head.id)
+        assert (await runtime.exec(name, "cat /workspace/kept")).stdout == "kept\n"
+        with sqlite3.connect(small_home.db_path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         for agent in runtime.list_agents():
             await runtime.remove_agent(agent.name)
