@@ -630,7 +630,7 @@ class Runtime:
             machine = await self._agents.machine(agent)
             if machine is None or not machine.running or machine.pid <= 0:
                 raise SpinupError(f"Agent '{agent.name}''s machine is not running; try again.")
-            return AgentFiles(machine.pid, machine.id, owner(agent.policy), access.user_name)
+            return AgentFiles(machine.pid, machine.id, owner(agent.policy), access.user_name, self._fault)
 
         machine_id = agent.machine_id
         return Files(

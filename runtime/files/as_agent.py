@@ -45,6 +45,8 @@ _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
 _RESOLVE_IN_ROOT = 0x10
 _CHUNK = 1024 * 1024
+# Crash-test point (SPINUP_CRASH_AT): a replacing write's new content is written, not yet renamed in.
+FILE_REPLACING = "file-replacing"
 _COMMON = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # a FIFO in a file's place never blocks
 
 # The threads that take an agent's credentials do nothing else.
@@ -187,6 +189,35 @@ def _where(fd: int, fallback: str) -> str:
     return named if named.startswith("/") and not named.endswith(" (deleted)") else fallback
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += os.write(fd, view[written : written + _CHUNK])
+
+
+def _names(directory: int, name: str, st: os.stat_result) -> bool:
+    """Whether ``name`` in ``directory`` is the file ``st`` (not a symlink, not another file)."""
+    try:
+        found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _unnamed_file(directory: int, mode: int) -> tuple[int, str | None]:
+    """A new file in ``directory`` for the agent's user: unnamed (``O_TMPFILE``, so nothing is left if the
+    process dies) where the filesystem allows it, else under a hidden name; (descriptor, that name or None)."""
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode, dir_fd=directory), None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    name = f".spinup-write-{os.urandom(6).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, mode, dir_fd=directory), name
+
+
 def _info(path: str, st: os.stat_result) -> FileInfo:
     return FileInfo(
         path=path,
@@ -205,6 +236,7 @@ class AgentFiles:
     machine_id: str
     owner: tuple[int, int]
     user_name: str
+    fault: Callable[[str], None] | None = None  # crash-safety tests only (SPINUP_CRASH_AT)
 
     def read(self, path: str, consume: Callable[[IO[bytes], int], T]) -> T:
         """Open the regular file ``path`` as the agent's user and return ``consume(file, size)``."""
@@ -224,7 +256,10 @@ class AgentFiles:
     def write(self, path: str, data: bytes, perm: int | None, create_parents: bool) -> FileInfo:
         """Create or replace the file ``path`` as the agent's user (a symlink is written through); its info.
 
-        ``perm`` None keeps an existing file's mode and gives a new one 0644.
+        ``perm`` None keeps an existing file's mode and gives a new one 0644. An existing file of the
+        agent's own with one link is replaced whole (the content goes to an unnamed file in its
+        directory, renamed over it): a reader, or a Spinup process killed halfway, sees the old
+        content or the new, never a mix. Any other file is written in place.
         """
         with _machine_root(self.pid, self.machine_id) as root, _acting_as(*self.owner):
             try:
@@ -241,20 +276,61 @@ class AgentFiles:
                 raise _error(exc, path, "write to", self.user_name) from exc
             try:
                 st = _regular(fd, path, "written")
-                want = perm if perm is not None else (0o644 if created else None)
+                want = perm if perm is not None else (0o644 if created else statmod.S_IMODE(st.st_mode))
+                where = _where(fd, "")
+                if not created and where and st.st_nlink == 1 and (st.st_uid, st.st_gid) == self.owner:
+                    replaced = self._replace(root, where, st, data, want)
+                    if replaced is not None:
+                        return replaced
                 try:
-                    if want is not None and statmod.S_IMODE(st.st_mode) != want:
+                    if statmod.S_IMODE(st.st_mode) != want:
                         os.fchmod(fd, want)  # as the agent: only its own files
                     os.ftruncate(fd, 0)
-                    view = memoryview(data)
-                    written = 0
-                    while written < len(view):
-                        written += os.write(fd, view[written : written + _CHUNK])
+                    _write_all(fd, data)
                 except OSError as exc:
                     raise _error(exc, path, "write to", self.user_name) from exc
                 return _info(_where(fd, path), os.fstat(fd))
             finally:
                 os.close(fd)
+
+    def _replace(self, root: int, path: str, current: os.stat_result, data: bytes, mode: int) -> FileInfo | None:
+        """Put ``data`` in a new file of ``path``'s directory and rename it over ``path``; None when the
+        directory takes no new file from the agent (then the caller writes in place)."""
+        directory, name = posixpath.split(path)
+        try:
+            parent = _openat2(root, directory, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            if not _names(parent, name, current):
+                return None  # the kernel's name for the file is not its place in the machine (a mount)
+            try:
+                fd, temp = _unnamed_file(parent, mode)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    return None
+                raise _error(exc, path, "write to", self.user_name) from exc
+            try:
+                try:
+                    os.fchmod(fd, mode)  # whatever this process's umask
+                    _write_all(fd, data)
+                    if self.fault is not None:
+                        self.fault(FILE_REPLACING)
+                    if temp is None:
+                        temp = f".{name[:200]}.spinup-{os.urandom(4).hex()}"
+                        os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=parent, follow_symlinks=True)
+                    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+                    temp = None
+                except OSError as exc:
+                    raise _error(exc, path, "write to", self.user_name) from exc
+                return _info(path, os.fstat(fd))
+            finally:
+                os.close(fd)
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp, dir_fd=parent)
+        finally:
+            os.close(parent)
 
     def stat(self, path: str) -> FileInfo:
         """The entry ``path`` as the agent's user looks it up (a symlink as itself, with the target it names)."""
