@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import fcntl
 import io
 import json
 import logging
@@ -31,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ FILE_SIZE = 10 * 1024 * 1024
 OP_TIMEOUT = 120.0  # seconds; no single measured operation may take longer
 EXEC_TARGET = 1.3
 WAKE_TARGET = 1.2
+FIRST_COMMAND_TARGET = 1.5  # a new agent's first command, over MCP, against one raw exec
 
 log = logging.getLogger("bench")
 
@@ -103,6 +105,9 @@ class Samples:
 ROWS = (
     Row("wake from stopped machine", "wake_stopped_spinup", "wake_stopped_raw", WAKE_TARGET),
     Row("wake from missing machine", "wake_missing_spinup", "wake_missing_raw", WAKE_TARGET),
+    Row("new agent + exec: warm pool", "first_command_pool", "exec_raw", FIRST_COMMAND_TARGET),
+    Row("new agent + exec: warm pool", "first_command_pool", "create_exec_raw"),
+    Row("new agent + exec: cold", "first_command_cold", "create_exec_raw"),
     Row("exec true: MCP in memory", "exec_mcp_memory", "exec_raw", EXEC_TARGET),
     Row("exec true: MCP stdio", "exec_mcp_stdio", "exec_raw", EXEC_TARGET),
     Row("exec true: Runtime.exec", "exec_runtime", "exec_raw"),
@@ -119,6 +124,7 @@ BASELINES = {
     "wake_stopped_raw": ("start", "aiodocker start of a stopped container made with the same config"),
     "wake_missing_raw": ("create+start", "aiodocker create + start of machine_config(agent) (same image)"),
     "exec_raw": ("exec", "aiodocker exec create + start + read to EOF + exec inspect"),
+    "create_exec_raw": ("create+exec", "aiodocker create + start of machine_config(agent), then the raw exec"),
     "write_raw": ("put_archive", "in-memory tar + aiodocker put_archive"),
     "read_raw": ("get_archive", "aiodocker get_archive (aiohttp sends Accept-Encoding: gzip) + extract"),
     "read_raw_identity": (
@@ -191,6 +197,22 @@ def format_table(results: Sequence[RowResult]) -> str:
     return "\n".join(lines)
 
 
+def _locked(path: Path) -> bool:
+    """Whether another process (or task) holds the flock of ``path``."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def tar_of(name: str, data: bytes) -> bytes:
     """An uncompressed tar holding one regular file ``name`` with ``data``."""
     buffer = io.BytesIO()
@@ -217,7 +239,8 @@ class Bench:
     def __init__(self, home: Path, stack: AsyncExitStack) -> None:
         self.home = home
         self.stack = stack
-        self.settings = Settings(home=home, label_extra={BENCH_LABEL: "1"})
+        # No warm pool but where measured: spares made in the background would be noise elsewhere.
+        self.settings = Settings(home=home, label_extra={BENCH_LABEL: "1"}, warm_pool={})
         self.token = secrets.token_hex(3)
         self.rt = Runtime(self.settings)
         self.docker = aiodocker.Docker(api_version=API_VERSION)
@@ -264,7 +287,7 @@ class Bench:
     async def connect_clients(self) -> None:
         self.mem = await self.stack.enter_async_context(Client(build_server(self.settings)))
         command, args = spinup_command()
-        env = {"SPINUP_HOME": str(self.home), "DOCKER_API_VERSION": API_VERSION.lstrip("v")}
+        env = {"SPINUP_HOME": str(self.home), "DOCKER_API_VERSION": API_VERSION.lstrip("v"), "SPINUP_WARM_POOL": "0"}
         if "DOCKER_HOST" in os.environ:
             env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
         params = StdioServerParameters(command=command, args=args, env=env)
@@ -341,6 +364,64 @@ class Bench:
             Case("exec_mcp_memory", lambda: self.mem.call_tool("exec", arguments), check=tool_ok),
             Case("exec_mcp_stdio", lambda: self.stdio.call_tool("exec", arguments), check=tool_ok),
             Case("exec_runtime", lambda: self.rt.exec(agent, ["true"]), check=runtime_ok),
+        ]
+
+    # 3b: a new agent's first command
+
+    async def first_command_cases(self, container: DockerContainer) -> list[Case]:
+        """agent_create then exec ``true`` over MCP (in memory), with a spare ready and without; against a raw
+        create + start + exec of the same config and one raw exec. Each case starts with no agent of its own
+        and, for the pool, one spare started and no refill under way (the refill a claim starts is awaited
+        before the next case, so it slows none of them)."""
+        pooled = replace(self.settings, warm_pool={"": 1})
+        pool_rt = Runtime(pooled)
+        self.stack.push_async_callback(pool_rt.close)
+        pooled_client = await self.stack.enter_async_context(Client(build_server(pooled)))
+        config = self.raw_config(await self.agent("first-command-template"))
+        made: list[str] = []
+        raw_made: list[DockerContainer] = []
+        fill_lock = self.home / "locks" / "pool.fill"
+
+        async def settled() -> None:
+            """Every agent of a previous round removed, one spare started, no refill running."""
+            while made:
+                await self.rt.remove_agent(made.pop())
+            while raw_made:
+                await raw_made.pop().delete(force=True, v=True)
+            await self.rt.drain()
+            for _ in range(3000):
+                await pool_rt.fill_pool()
+                if await pool_rt.spare_count() >= 1 and not _locked(fill_lock):
+                    return
+                await asyncio.sleep(0.01)
+            raise RuntimeError("the warm pool did not settle with one spare")
+
+        async def first_command(client: Client) -> Any:
+            name = f"bench-new-{self.token}-{len(self.agent_ids)}-{time.monotonic_ns() % 10**6}"
+            made.append(name)
+            created = await client.call_tool("agent_create", {"name": name})
+            assert not created.is_error, created.content
+            self.agent_ids.append(created.structured_content["id"])
+            return await client.call_tool("exec", {"agent": name, "command": ["true"]})
+
+        async def raw_create_exec() -> int:
+            made_raw = await self.docker.containers.create(config, name=f"spinup-bench-first-{secrets.token_hex(3)}")
+            raw_made.append(made_raw)
+            await made_raw.start()
+            return await self.raw_exec(made_raw)
+
+        def tool_ok(result: Any) -> None:
+            assert not result.is_error, result.content
+            assert result.structured_content["exit_code"] == 0, result.structured_content
+
+        def exit_zero(code: Any) -> None:
+            assert code == 0, code
+
+        return [
+            Case("first_command_pool", lambda: first_command(pooled_client), settled, tool_ok),
+            Case("first_command_cold", lambda: first_command(self.mem), settled, tool_ok),
+            Case("create_exec_raw", raw_create_exec, settled, exit_zero),
+            Case("exec_raw", lambda: self.raw_exec(container), settled, exit_zero),
         ]
 
     # 4: files
@@ -436,6 +517,8 @@ async def run(n: int, warmup: int) -> tuple[list[RowResult], dict[str, Any]]:
             await bench.connect_clients()
             print("exec true ...", file=sys.stderr)
             await measure(bench.exec_cases(io_agent, container), n, warmup, samples)
+            print("new agent + first command ...", file=sys.stderr)
+            await measure(await bench.first_command_cases(container), n, warmup, samples)
 
             data = os.urandom(FILE_SIZE)
             print("write 10 MB ...", file=sys.stderr)

@@ -36,6 +36,7 @@ from .errors import (
     WrongState,
 )
 from .exec import run_command
+from .hostname import set_machine_hostname
 from .locks import Hold, Locks
 from .machines import agent_cache_dir, machine_config, machine_name, prepare_host_dirs
 from .models import Agent, AgentState, Event, PackageEntry, Policy, Snapshot, validate_agent_name
@@ -50,6 +51,7 @@ from .policy import (
     check_granted,
     is_root,
 )
+from .pool import WarmPool, live_limits
 from .snapshot_capture import crash_hook
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
@@ -93,6 +95,7 @@ class AgentService:
         self.egress = EgressClient(settings)
         self._trusted: dict[str, str] = {}  # machine id -> the egress CA added to its trust store
         self._rebuilding: set[str] = set()  # agents this process is rebuilding (any other's is interrupted)
+        self.pool = WarmPool(settings, db, docker, self._make_spare)
         # Called with the id of every machine removed, so caches keyed by machine (quota, limits,
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
@@ -111,15 +114,39 @@ class AgentService:
         check_fits_host(policy, await self.docker.cpu_count())
         self._check_egress_possible(policy)
         await self._require_image(image)
-        agent = self.db.create_agent(name, image, policy)
+        claimed = await self.pool.claim(name, image, policy)
+        agent = claimed or self.db.create_agent(name, image, policy)
         self.snapshots.bases.soon((await self.docker.image_inspect(image)).id)  # before its first snapshot
         try:
+            if claimed is not None:
+                await self._adopt_spare(claimed)
             return await self.wake(name)
         except BaseException:
             log.warning("machine for new agent %s failed to start; removing the record", name)
             await self._remove_machines(agent)
             self.db.delete_agent(agent.id)
             raise
+
+    async def _adopt_spare(self, agent: Agent) -> None:
+        """Make the claimed spare the agent's machine: its name, its policy's limits, its hostname."""
+        assert agent.machine_id is not None
+        machine_id = agent.machine_id
+        await self.docker.rename(machine_id, machine_name(agent))
+        if live_limits(agent.policy) != live_limits(Policy()):
+            await self.docker.update_limits(machine_id, live_limits(agent.policy))
+        info = await self.docker.inspect(machine_id)
+        if info is None or not info.running:
+            raise SpinupError(f"The spare machine {machine_id[:12]} claimed for agent '{agent.name}' stopped.")
+        await set_machine_hostname(info.pid, info.hostname_path, agent.name)
+        self.db.record_event(agent.id, "machine-created", f"machine {machine_id[:12]} from the warm pool")
+
+    async def fill_pool(self) -> int:
+        """Make the warm pool's missing spares; how many were made."""
+        return await self.pool.fill()
+
+    async def reap_spares(self) -> int:
+        """Remove every unclaimed spare of this state directory; how many."""
+        return await self.pool.reap(lambda agent_id: _remove_caches(self.settings.cache_dir / agent_id))
 
     def get(self, name: str) -> Agent:
         """The agent record (no Docker call)."""
@@ -645,9 +672,25 @@ class AgentService:
         await self._start_from(agent, agent.image, kind, f"from base image {agent.image}", prepare=True)
 
     async def _start_from(self, agent: Agent, image: str, kind: str, detail: str, prepare: bool = False) -> None:
+        machine_id = await self._new_machine(agent, image, prepare)
+        self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
+        self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
+
+    async def _make_spare(self, drawn: Agent) -> str:
+        """Make and start a warm-pool spare for the drawn (not yet recorded) agent; its machine id."""
+        return await self._new_machine(drawn, drawn.image, prepare=True, spare=True)
+
+    async def _new_machine(self, agent: Agent, image: str, prepare: bool, spare: bool = False) -> str:
+        """Create and start a machine of ``agent`` from ``image``; its id."""
         image_info = await self._image_info(image)
         config = machine_config(agent, self.settings, image, image_info.env)
         name = machine_name(agent)
+        if spare:
+            # Named, and given its hostname, when claimed; SPINUP_AGENT reaches each command with its exec.
+            config["Labels"] = {**config["Labels"], **self.pool.spare_labels(image)}
+            del config["Labels"]["spinup.name"]
+            config["Env"] = [e for e in config["Env"] if not e.startswith("SPINUP_AGENT=")]
+            name = f"spinup-spare-{agent.id[:12]}"
         try:
             machine_id = await self.docker.create_container(config, name=name)
         except DockerFailure as exc:
@@ -660,8 +703,7 @@ class AgentService:
         if prepare and not is_root(agent.policy) and not has_dirs:
             await self.docker.put_archive(machine_id, "/", _agent_directories())
         await self.docker.start(machine_id)
-        self.db.set_machine(agent.id, machine_id, AgentState.RUNNING)
-        self.db.record_event(agent.id, kind, f"machine {machine_id[:12]} {detail}")
+        return machine_id
 
     async def _image_info(self, image: str) -> ImageInfo:
         """The image's id, env and labels, cached per image."""

@@ -29,6 +29,30 @@ MCP_GRANTS = ("host-network", "root", "registry", "allowlist")
 DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt), the host network, registries or allowlist rules only if granted
 
 
+DEFAULT_WARM_POOL = "2"
+
+
+def parse_warm_pool(text: str) -> dict[str, int]:
+    """``SPINUP_WARM_POOL``: spare machines kept ready, ``N`` for the default base image or
+    ``IMAGE=N,IMAGE=N`` per base image (``0``: none); keys ``""`` mean the default image."""
+    pool: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        image, _, count = part.rpartition("=") if "=" in part else ("", "", part)
+        try:
+            number = int(count)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 64:
+            raise InvalidInput(
+                f"SPINUP_WARM_POOL has {part!r}: give a count from 0 to 64 (spares of the default base image), "
+                f"or IMAGE=COUNT pairs separated by commas, e.g. spinup/base:bookworm=2."
+            )
+        pool[image.strip()] = number
+    return pool
+
+
 def parse_grants(text: str) -> frozenset[str]:
     """``SPINUP_MCP_GRANTS``: a comma-separated list of :data:`MCP_GRANTS`, or ``all``, or ``none``."""
     words = {word.strip().lower() for word in text.split(",") if word.strip()}
@@ -104,6 +128,10 @@ class Settings:
     # How long a call waits for another call on the same agent, in any Spinup process sharing the state
     # directory (a snapshot or restore holds the agent for its whole length).
     lock_wait: float = field(default_factory=lambda: float(os.environ.get("SPINUP_LOCK_WAIT") or DEFAULT_LOCK_WAIT))
+    # Spare machines a server keeps created and started ahead of need, per base image ("" is the default image).
+    warm_pool: dict[str, int] = field(
+        default_factory=lambda: parse_warm_pool(os.environ.get("SPINUP_WARM_POOL", DEFAULT_WARM_POOL))
+    )
     # Policies MCP clients may ask agent_create for: network=host ("host-network"), user=root ("root").
     mcp_grants: frozenset[str] = field(
         default_factory=lambda: parse_grants(os.environ.get("SPINUP_MCP_GRANTS", DEFAULT_MCP_GRANTS))

@@ -100,14 +100,19 @@ def _libc_setns(fd: int, nstype: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def enter_netns(path: str) -> None:
-    """Move the calling thread into the network namespace at ``path`` (``os.setns``, or libc before 3.12)."""
+def enter_namespace(path: str, nstype: int) -> None:
+    """Move the calling thread into the namespace at ``path`` (``os.setns``, or libc before 3.12)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         setns: Callable[[int, int], None] = getattr(os, "setns", _libc_setns)
-        setns(fd, CLONE_NEWNET)
+        setns(fd, nstype)
     finally:
         os.close(fd)
+
+
+def enter_netns(path: str) -> None:
+    """Move the calling thread into the network namespace at ``path``."""
+    enter_namespace(path, CLONE_NEWNET)
 
 
 def netns_inode(pid: int) -> int | None:

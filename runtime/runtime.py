@@ -310,6 +310,28 @@ class Runtime:
         """Give the agent a new policy; its machine is rebuilt under it from a snapshot of its state."""
         return await self._agents.set_policy(name, policy, progress)
 
+    @property
+    def warm_pool_on(self) -> bool:
+        """Whether this runtime keeps spare machines (a pooled image and a local daemon)."""
+        return bool(self._agents.pool.images()) and self._docker.is_local
+
+    async def keep_warm(self) -> None:
+        """A server's background loop: keep the warm pool filled (``Settings.warm_pool``) until cancelled."""
+        if self.warm_pool_on:
+            await self._agents.pool.keep_filled()
+
+    async def fill_pool(self) -> int:
+        """Make the warm pool's missing spare machines now; how many were made."""
+        return await self._agents.fill_pool() if self.warm_pool_on else 0
+
+    async def spare_count(self) -> int:
+        """Unclaimed spare machines of this state directory."""
+        return len(await self._agents.pool.spares())
+
+    async def reap_spares(self) -> int:
+        """Remove every unclaimed spare machine of this state directory; how many."""
+        return await self._agents.reap_spares()
+
     async def hibernate_idle(self, idle_seconds: float) -> builtins.list[str]:
         """Hibernate running agents not woken for ``idle_seconds``; returns their names."""
         return await self._agents.hibernate_idle(idle_seconds)
@@ -413,7 +435,7 @@ class Runtime:
                 agent.machine_id,
                 command,
                 cwd=cwd,
-                env={**self._secrets.exec_env(agent), **(env or {})},
+                env={"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})},
                 redactor=self._secrets.redactor(),
                 stdin=stdin,
                 timeout=timeout if timeout is not None else self.settings.exec_timeout,
@@ -502,7 +524,7 @@ class Runtime:
             machine.id,
             self._processes.launch_argv(process_id, marker, cwd, argv),
             cwd="/",
-            env={**self._secrets.exec_env(agent), **(env or {})},
+            env={"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})},
             timeout=30,
             output_cap=8192,
             user=exec_user(agent.policy),

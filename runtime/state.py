@@ -273,18 +273,26 @@ class StateDB:
     # agents
 
     def create_agent(
-        self, name: str, image: str, policy: Policy, head: tuple[str, list[PackageEntry]] | None = None
+        self,
+        name: str,
+        image: str,
+        policy: Policy,
+        head: tuple[str, list[PackageEntry]] | None = None,
+        *,
+        agent_id: str | None = None,
+        machine_id: str | None = None,
     ) -> Agent:
         """Insert a new agent record, with ``head`` (snapshot id, its package manifest) for a fork, in one
-        transaction; raise :class:`AgentExists` if the name is taken."""
+        transaction; raise :class:`AgentExists` if the name is taken. ``agent_id`` and ``machine_id`` give it
+        a running machine made ahead for that id (a warm-pool spare)."""
         agent = Agent(
-            id=uuid.uuid4().hex[:16],
+            id=agent_id or uuid.uuid4().hex[:16],
             name=name,
             image=image,
             policy=policy,
             created_at=_now(),
-            machine_id=None,
-            state=AgentState.CREATED,
+            machine_id=machine_id,
+            state=AgentState.RUNNING if machine_id is not None else AgentState.CREATED,
         )
         try:
             with self._tx() as conn:
@@ -297,7 +305,7 @@ class StateDB:
                         agent.image,
                         policy.model_dump_json(),
                         agent.created_at.isoformat(),
-                        None,
+                        agent.machine_id,
                         agent.state.value,
                     ),
                 )

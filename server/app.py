@@ -95,6 +95,8 @@ def build_server(
             holder.background.append(asyncio.create_task(_trim_process_output(holder.runtime)))
             if settings.idle_timeout > 0:
                 holder.background.append(asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout)))
+            if agent is None:  # a bound server serves an agent that mostly exists: it claims, never fills
+                holder.background.append(asyncio.create_task(holder.runtime.keep_warm()))
             if metrics is not None:
                 metrics.attach(holder.runtime, [tool.name for tool in await mcp_server.list_tools()])
         holder.users += 1
@@ -113,6 +115,11 @@ def build_server(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 holder.background.clear()
+                if agent is None and holder.runtime.warm_pool_on:
+                    try:
+                        await holder.runtime.reap_spares()
+                    except Exception:  # shutting down: say so, and close the runtime anyway
+                        log.exception("removing the warm pool's spare machines failed (spinup doctor --fix does)")
                 if metrics is not None:
                     metrics.detach()
                 await holder.runtime.close()

@@ -33,6 +33,8 @@ DOCKER_ENV = {"DOCKER_API_VERSION": "1.41"}
 # A call waits this long for another's hold on an agent (900 s by default): a lock left held fails fast.
 LOCK_WAIT = "120"
 os.environ.setdefault("SPINUP_LOCK_WAIT", LOCK_WAIT)
+# No spare machines unless a test asks for them (tests/runtime/test_warm_pool.py).
+os.environ.setdefault("SPINUP_WARM_POOL", "0")
 
 
 def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -80,12 +82,22 @@ def server_env(settings: Settings) -> dict[str, str]:
         "DOCKER_API_VERSION": "1.41",
         "PATH": os.environ["PATH"],
         "SPINUP_LOCK_WAIT": LOCK_WAIT,
+        "SPINUP_WARM_POOL": os.environ["SPINUP_WARM_POOL"],
     }
 
 
 def unique_name(prefix: str = "a") -> str:
     """An agent name no other test uses."""
     return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _remove_spares_below(root: Path) -> None:
+    """Remove warm-pool spares of the state directories under ``root``: a server a harness started (its
+    environment cleared of SPINUP_WARM_POOL) and killed may have left some, without the test label."""
+    for machine in docker_cli("ps", "-aq", "--filter", "label=spinup.spare").stdout.split():
+        binds = docker_cli("inspect", "-f", "{{json .HostConfig.Binds}}", machine, check=False).stdout
+        if str(root) in binds:
+            docker_cli("rm", "-f", machine, check=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -97,6 +109,7 @@ def _docker_and_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     ids = docker_cli("ps", "-aq", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
     if ids:
         docker_cli("rm", "-f", *ids, check=False)
+    _remove_spares_below(tmp_path_factory.getbasetemp())
     images = docker_cli("images", "-q", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
     if images:
         docker_cli("rmi", "-f", *sorted(set(images)), check=False)

@@ -235,6 +235,16 @@ class DockerBackend:
             return None
         return parse_machine(raw)
 
+    async def update_limits(self, container_id: str, limits: dict[str, Any]) -> None:
+        """Change a running container's resource limits (``Memory``, ``MemorySwap``, ``NanoCpus``, ``PidsLimit``)."""
+        with self._calling(f"Update the limits of machine {container_id[:12]}"):
+            await self.client._query_json(f"containers/{container_id}/update", method="POST", data=limits)
+
+    async def rename(self, container_id: str, name: str) -> None:
+        """Give a container another name."""
+        with self._calling(f"Rename machine {container_id[:12]}"):
+            await self.client.containers.container(container_id).rename(name)
+
     async def writable_size(self, container_id: str) -> int:
         """Bytes in the container's writable layer, as Docker measures them (walks the layer: slow)."""
         # Docker walks the whole writable layer to answer: a stream's deadline, not a call's.
@@ -299,6 +309,12 @@ class DockerBackend:
         with self._calling("List machines"):
             containers = await self.client.containers.list(all=True, filters={"label": [label]})
         return [str(c.id) for c in containers]
+
+    async def list_machines(self, label: str) -> list[tuple[str, dict[str, str], bool]]:
+        """(id, labels, running) of all containers carrying ``label`` (``key`` or ``key=value``)."""
+        with self._calling("List machines"):
+            containers = await self.client.containers.list(all=True, filters={"label": [label]})
+        return [(str(c.id), dict(c["Labels"] or {}), c["State"] == "running") for c in containers]
 
     # exec
 

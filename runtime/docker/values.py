@@ -27,6 +27,7 @@ class MachineInfo:
     upper_dir: str | None  # overlay2 upper directory, when the daemon uses overlay2
     lower_dirs: tuple[str, ...] = ()  # overlay2 lower directories, top first: Docker's init layer, the image's
     started_at: str = ""  # when the container last started (Docker's RFC 3339 time)
+    hostname_path: str = ""  # the host file Docker binds at the machine's /etc/hostname
 
 
 def parse_machine(raw: dict[str, Any]) -> MachineInfo:
@@ -45,6 +46,7 @@ def parse_machine(raw: dict[str, Any]) -> MachineInfo:
         upper_dir=graph.get("UpperDir"),
         lower_dirs=tuple(part for part in str(graph.get("LowerDir") or "").split(":") if part),
         started_at=str(state.get("StartedAt", "")),
+        hostname_path=str(raw.get("HostnamePath") or ""),
     )
 
 

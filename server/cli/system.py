@@ -20,12 +20,29 @@ async def build_image(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    """Print each check; non-zero when a required one fails."""
-    checks = asyncio.run(diagnose(Settings()))
+    """Print each check; non-zero when a required one fails. With ``--fix``, also remove the warm pool's spares."""
+    settings = Settings()
+    checks = asyncio.run(diagnose(settings))
     for check in checks:
         mark = "ok  " if check.ok else "FAIL"
         print(f"[{mark}] {check.name}: {check.detail}" + ("" if check.ok else f"\n       fix: {check.fix}"))
-    return 0 if all(c.ok for c in checks if c.name in REQUIRED_CHECKS) else 1
+    healthy = all(c.ok for c in checks if c.name in REQUIRED_CHECKS)
+    if healthy:
+        asyncio.run(_spares(settings, args.fix))
+    return 0 if healthy else 1
+
+
+async def _spares(settings: Settings, fix: bool) -> None:
+    """Report the warm pool's spare machines (remove them with ``fix``: servers make them again)."""
+    runtime = Runtime(settings)
+    try:
+        if fix:
+            print(f"[ok  ] warm pool: removed {await runtime.reap_spares()} spare machine(s)")
+        else:
+            ready, kept = await runtime.spare_count(), sum(settings.warm_pool.values())
+            print(f"[ok  ] warm pool: {ready} spare machine(s) ready (SPINUP_WARM_POOL keeps {kept})")
+    finally:
+        await runtime.close()
 
 
 def register_image(sub: SubParsers) -> None:
@@ -39,4 +56,6 @@ def register_image(sub: SubParsers) -> None:
 
 def register_doctor(sub: SubParsers) -> None:
     """Add ``spinup doctor``."""
-    sub.add_parser("doctor", help="check Docker, the base image and the state directory").set_defaults(func=doctor)
+    checked = sub.add_parser("doctor", help="check Docker, the base image and the state directory")
+    checked.add_argument("--fix", action="store_true", help="also remove the warm pool's spare machines")
+    checked.set_defaults(func=doctor)

@@ -1,0 +1,224 @@
+"""The warm pool: spare machines created and started ahead of need, so a new agent answers at once.
+
+A spare is a machine of the default policy on a pooled base image (``Settings.warm_pool``), made
+for an agent id drawn in advance: Docker cannot relabel a container, so a spare carries its future
+agent's id label (and ``spinup.spare`` naming the state directory it belongs to) from the start,
+and its own download-cache directories under that id. It holds no agent state and no credential
+(credentials reach a machine only per exec and in its in-memory secrets directory, once an agent
+binds them), is in no agent list and counts against no quota.
+
+``agent_create`` with the default policy (limits aside: CPUs, memory and pids are changed live
+with ``docker update``, the disk limit is Spinup's own) on a pooled image claims one: the agent
+record is made with the spare's id and machine in one transaction, the container is renamed,
+its limits updated and its hostname set to the agent's name. Any other policy (root, a network,
+no package cache, other open-file limits) takes the cold path. Claims, refills and reaping take
+one lock file (``<home>/locks/pool``), so no two processes claim one spare and none reaps a spare
+another is claiming. Servers refill in the background; ``spinup doctor --fix`` and a server's
+shutdown reap the spares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .docker import AGENT_LABEL, DockerBackend
+from .models import Agent, AgentState, Policy
+from .state import StateDB
+
+log = logging.getLogger(__name__)
+
+SPARE_LABEL = "spinup.spare"  # value: the state directory's key (see :func:`home_key`)
+SPARE_IMAGE_LABEL = "spinup.spare.image"  # the base image the spare was made from, as configured
+LIVE_FIELDS = ("cpus", "memory", "pids", "disk")  # what a claim may change on a running spare
+# A server that lives only a moment (a harness probing it with `mcp list`) makes no machine.
+START_DELAY = 3.0
+REFILL_INTERVAL = 30.0  # seconds between two looks at the pool by a server (a claim refills at once)
+POLL = 0.01
+CLAIM_WAIT = 2.0  # seconds a claim waits for another process's claim or reaping before it starts cold
+
+
+def home_key(settings: Settings) -> str:
+    """A short stable name of the state directory, so spares of another one on this daemon are never claimed."""
+    return hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:16]
+
+
+def claimable(policy: Policy) -> bool:
+    """Whether a spare (made with the default policy) can become an agent of ``policy`` without a new machine."""
+    defaults = Policy()
+    return policy.model_copy(update={name: getattr(defaults, name) for name in LIVE_FIELDS}) == defaults
+
+
+def live_limits(policy: Policy) -> dict[str, Any]:
+    """The ``docker update`` body giving a machine ``policy``'s CPU, memory and pids limits."""
+    return {
+        "Memory": policy.memory,
+        "MemorySwap": policy.memory,
+        "PidsLimit": policy.pids,
+        "NanoCpus": int(policy.cpus * 1_000_000_000) if policy.cpus is not None else 0,
+    }
+
+
+@dataclass(frozen=True)
+class Spare:
+    """A machine of the pool not claimed by any agent."""
+
+    machine_id: str
+    agent_id: str
+    image: str
+    running: bool
+
+
+MakeSpare = Callable[[Agent], Coroutine[Any, Any, str]]  # makes and starts a spare machine for the drawn agent; its id
+
+
+class WarmPool:
+    """Keeps ``Settings.warm_pool`` spares per pooled image and hands them to new agents."""
+
+    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend, make: MakeSpare) -> None:
+        self.settings = settings
+        self.db = db
+        self.docker = docker
+        self._make = make
+        self._key = home_key(settings)
+        self._claims = settings.home / "locks" / "pool"  # claims and reaping
+        self._fills = settings.home / "locks" / "pool.fill"  # one process refills at a time
+        self._refill = asyncio.Event()
+        self._making: set[asyncio.Task[str]] = set()  # spares being made (finished even if a fill is cancelled)
+
+    def size(self, image: str) -> int:
+        """How many spares of ``image`` the pool keeps."""
+        pool = self.settings.warm_pool
+        if image in pool:
+            return pool[image]
+        return pool.get("", 0) if image == self.settings.default_image else 0
+
+    def images(self) -> list[str]:
+        """The pooled base images."""
+        return sorted({image or self.settings.default_image for image, n in self.settings.warm_pool.items() if n > 0})
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, path: Path, wait: float) -> AsyncIterator[bool]:
+        """Hold the lock file ``path``; yields False when ``wait`` seconds ran out first."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    await asyncio.sleep(POLL)
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    async def spares(self) -> list[Spare]:
+        """The unclaimed spares of this state directory."""
+        found = await self.docker.list_machines(f"{SPARE_LABEL}={self._key}")
+        return [
+            Spare(machine_id, labels.get(AGENT_LABEL, ""), labels.get(SPARE_IMAGE_LABEL, ""), running)
+            for machine_id, labels, running in found
+            if self.db.agent_by_id(labels.get(AGENT_LABEL, "")) is None
+        ]
+
+    async def claim(self, name: str, image: str, policy: Policy) -> Agent | None:
+        """Make agent ``name`` on a running spare of ``image``; None when the pool has none for it."""
+        if self.size(image) == 0 or not claimable(policy) or not self.docker.is_local:
+            return None
+        async with self._locked(self._claims, CLAIM_WAIT) as held:
+            if not held:
+                return None  # another process holds the pool longer than a cold start takes
+            spare = next((s for s in await self.spares() if s.image == image and s.running), None)
+            if spare is None:
+                self._refill.set()
+                return None
+            # The record takes the spare's id and machine in one transaction: from here the machine is the agent's.
+            agent = self.db.create_agent(name, image, policy, agent_id=spare.agent_id, machine_id=spare.machine_id)
+        self._refill.set()
+        return agent
+
+    async def fill(self) -> int:
+        """Make the spares missing from every pooled image (skipped while another process does); how many."""
+        made = 0
+        async with self._locked(self._fills, 0) as held:
+            if not held:
+                return 0
+            current = await self.spares()
+            for stopped in (s for s in current if not s.running):
+                await self.docker.remove(stopped.machine_id)  # a spare that stopped (a daemon restart) is of no use
+            for image in self.images():
+                have = sum(1 for s in current if s.image == image and s.running)
+                for _ in range(max(0, self.size(image) - have)):
+                    # Shielded: a cancelled fill never leaves a machine Docker made after reap looked.
+                    making: asyncio.Task[str] = asyncio.create_task(self._make(self._drawn(image)))
+                    self._making.add(making)
+                    making.add_done_callback(self._making.discard)
+                    await asyncio.shield(making)
+                    made += 1
+        return made
+
+    def _drawn(self, image: str) -> Agent:
+        """The agent a new spare is made for: its id is drawn now, its name is given at the claim."""
+        return Agent(
+            id=uuid.uuid4().hex[:16],
+            name="spare",
+            image=image,
+            policy=Policy(),
+            created_at=datetime.now(UTC),
+            machine_id=None,
+            state=AgentState.CREATED,
+        )
+
+    def spare_labels(self, image: str) -> dict[str, str]:
+        """The labels that make a machine a spare of this state directory's pool."""
+        return {SPARE_LABEL: self._key, SPARE_IMAGE_LABEL: image}
+
+    async def reap(self, forget_caches: Callable[[str], None]) -> int:
+        """Remove every unclaimed spare (and its cache directories, through ``forget_caches(agent_id)``)."""
+        if self._making:
+            await asyncio.gather(*self._making, return_exceptions=True)
+        async with self._locked(self._claims, self.settings.lock_wait) as held:
+            if not held:
+                return 0
+            spares = await self.spares()
+            for spare in spares:
+                await self.docker.remove(spare.machine_id)
+                forget_caches(spare.agent_id)
+        return len(spares)
+
+    async def keep_filled(self) -> None:
+        """Background loop of a server: refill after each claim and every :data:`REFILL_INTERVAL` seconds,
+        from :data:`START_DELAY` seconds on (or a first claim)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(START_DELAY):
+                await self._refill.wait()
+        while True:
+            try:
+                await self.fill()
+            except Exception:  # the top of a background task: a dead loop would never refill again
+                log.exception("filling the warm pool failed; retrying in %.0f s", REFILL_INTERVAL)
+            self._refill.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFILL_INTERVAL):
+                    await self._refill.wait()
+
