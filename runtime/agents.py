@@ -113,13 +113,17 @@ class AgentService:
             self.settings.ceilings.check_policy(policy, len(self.db.list_agents()))
         check_fits_host(policy, await self.docker.cpu_count())
         self._check_egress_possible(policy)
-        await self._require_image(image)
+        # A spare was made from the image, so it is there; the first snapshot wants the image's layers stored.
         claimed = await self.pool.claim(name, image, policy)
+        if claimed is None:
+            await self._require_image(image)
         agent = claimed or self.db.create_agent(name, image, policy)
-        self.snapshots.bases.soon((await self.docker.image_inspect(image)).id)  # before its first snapshot
+        self.snapshots.bases.soon((await self._image_info(image)).id)
         try:
             if claimed is not None:
                 await self._adopt_spare(claimed)
+                self._last_used[agent.id] = time.monotonic()
+                return self.get(name)
             return await self.wake(name)
         except BaseException:
             log.warning("machine for new agent %s failed to start; removing the record", name)
@@ -131,13 +135,19 @@ class AgentService:
         """Make the claimed spare the agent's machine: its name, its policy's limits, its hostname."""
         assert agent.machine_id is not None
         machine_id = agent.machine_id
-        await self.docker.rename(machine_id, machine_name(agent))
+
+        async def named() -> None:
+            info = await self.docker.inspect(machine_id)
+            if info is None or not info.running or info.paused:
+                raise SpinupError(f"The spare machine {machine_id[:12]} claimed for agent '{agent.name}' stopped.")
+            await set_machine_hostname(info.pid, info.hostname_path, agent.name)
+
+        steps = [named(), self.docker.rename(machine_id, machine_name(agent))]
         if live_limits(agent.policy) != live_limits(Policy()):
-            await self.docker.update_limits(machine_id, live_limits(agent.policy))
-        info = await self.docker.inspect(machine_id)
-        if info is None or not info.running:
-            raise SpinupError(f"The spare machine {machine_id[:12]} claimed for agent '{agent.name}' stopped.")
-        await set_machine_hostname(info.pid, info.hostname_path, agent.name)
+            steps.append(self.docker.update_limits(machine_id, live_limits(agent.policy)))
+        for outcome in await asyncio.gather(*steps, return_exceptions=True):  # every step ends before a failure
+            if isinstance(outcome, BaseException):
+                raise outcome
         self.db.record_event(agent.id, "machine-created", f"machine {machine_id[:12]} from the warm pool")
 
     async def fill_pool(self) -> int:

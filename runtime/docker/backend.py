@@ -88,6 +88,7 @@ class DockerBackend:
         self._url = url
         self.call_timeout = call_timeout
         self.stream_idle = stream_idle
+        self._cpus: int | None = None
 
     @property
     def client(self) -> aiodocker.Docker:
@@ -263,10 +264,12 @@ class DockerBackend:
         return parse_stats(raw)
 
     async def cpu_count(self) -> int:
-        """CPUs the daemon's host has."""
-        with self._calling("Ask Docker about its host"):
-            info = await self.client.system.info()
-        return int(info.get("NCPU") or os.cpu_count() or 1)
+        """CPUs the daemon's host has (asked once per backend)."""
+        if self._cpus is None:
+            with self._calling("Ask Docker about its host"):
+                info = await self.client.system.info()
+            self._cpus = int(info.get("NCPU") or os.cpu_count() or 1)
+        return self._cpus
 
     async def container_changes(self, container_id: str) -> list[Change]:
         """Paths the container added, modified or deleted relative to its image."""

@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,13 +26,23 @@ from spinup.runtime import Policy, Runtime
 from spinup.runtime.errors import PermissionDenied, SpinupError
 
 
+def _in_live_diff() -> bool:
+    """Whether the calling thread runs the live diff's walk (not, say, the quota walk an exec started)."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "live_tree":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def _on_scandir(monkeypatch: pytest.MonkeyPatch, prefix: str, move: Callable[[], None]) -> threading.Event:
-    """Run ``move`` once, the first time a directory under ``prefix`` is listed by descriptor."""
+    """Run ``move`` once, the first time the live diff lists a directory under ``prefix`` by descriptor."""
     done = threading.Event()
     real = os.scandir
 
     def scandir(path: Any = ".") -> Iterator[os.DirEntry[Any]]:
-        if isinstance(path, int) and not done.is_set():
+        if isinstance(path, int) and not done.is_set() and _in_live_diff():
             try:
                 where = os.readlink(f"/proc/self/fd/{path}")
             except OSError:
