@@ -53,6 +53,7 @@ OP_TIMEOUT = 120.0  # seconds; no single measured operation may take longer
 EXEC_TARGET = 1.3
 WAKE_TARGET = 1.2
 FIRST_COMMAND_TARGET = 1.5  # a new agent's first command, over MCP, against one raw exec
+IDLE_BEFORE = 0.5  # seconds every first-command case waits, untimed, after the last round's clean-up
 
 log = logging.getLogger("bench")
 
@@ -392,6 +393,7 @@ class Bench:
             for _ in range(3000):
                 await pool_rt.fill_pool()
                 if await pool_rt.spare_count() >= 1 and not _locked(fill_lock):
+                    await asyncio.sleep(IDLE_BEFORE)  # the daemon done with the removals and the start
                     return
                 await asyncio.sleep(0.01)
             raise RuntimeError("the warm pool did not settle with one spare")

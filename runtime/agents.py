@@ -14,9 +14,10 @@ import logging
 import shutil
 import tarfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
@@ -142,7 +143,8 @@ class AgentService:
                 raise SpinupError(f"The spare machine {machine_id[:12]} claimed for agent '{agent.name}' stopped.")
             await set_machine_hostname(info.pid, info.hostname_path, agent.name)
 
-        steps = [named(), self.docker.rename(machine_id, machine_name(agent))]
+        # Docker's rename holds the container's lock, which an exec would wait for: done here, alongside.
+        steps = [named(), self._rename(machine_id, machine_name(agent))]
         if live_limits(agent.policy) != live_limits(Policy()):
             steps.append(self.docker.update_limits(machine_id, live_limits(agent.policy)))
         for outcome in await asyncio.gather(*steps, return_exceptions=True):  # every step ends before a failure
@@ -728,14 +730,27 @@ class AgentService:
 
     def _remove_later(self, machine_id: str) -> None:
         """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""
-        task = asyncio.create_task(self._remove_machine(machine_id))
-        self._removals.add(task)
-        task.add_done_callback(self._removal_done)
+        self._in_background(self._remove_machine(machine_id), "removing a replaced machine")
 
-    def _removal_done(self, task: asyncio.Task[None]) -> None:
-        self._removals.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("removing a replaced machine failed: %s", task.exception())
+    def _in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` off the caller's critical path (awaited by :meth:`drain`); a failure is logged."""
+        task = asyncio.create_task(work)
+        self._removals.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._removals.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("%s failed: %s", what, finished.exception())
+
+        task.add_done_callback(done)
+
+    async def _rename(self, machine_id: str, name: str) -> None:
+        """Give a machine its agent's container name (cosmetic: ``docker ps``); a machine gone since is fine."""
+        try:
+            await self.docker.rename(machine_id, name)
+        except DockerFailure as exc:
+            if exc.status != 404:
+                raise
 
     async def drain(self) -> None:
         """Wait for background machine removals to finish."""
