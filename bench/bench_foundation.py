@@ -53,6 +53,7 @@ OP_TIMEOUT = 120.0  # seconds; no single measured operation may take longer
 EXEC_TARGET = 1.3
 WAKE_TARGET = 1.2
 FIRST_COMMAND_TARGET = 1.5  # a new agent's first command, over MCP, against one raw exec
+WRITE_STDIO_TARGET = 1.5  # a 10 MB file_write over stdio against a raw put_archive of the same bytes
 IDLE_BEFORE = 0.5  # seconds every first-command case waits, untimed, after the last round's clean-up
 
 log = logging.getLogger("bench")
@@ -113,6 +114,7 @@ ROWS = (
     Row("exec true: MCP stdio", "exec_mcp_stdio", "exec_raw", EXEC_TARGET),
     Row("exec true: Runtime.exec", "exec_runtime", "exec_raw"),
     Row("write 10 MB: file_write MCP", "write_mcp", "write_raw"),
+    Row("write 10 MB: file_write stdio", "write_mcp_stdio", "write_raw", WRITE_STDIO_TARGET),
     Row("write 10 MB: Files.write", "write_runtime", "write_raw"),
     Row("read 10 MB: file_read MCP", "read_mcp", "read_raw"),
     Row("read 10 MB: Files.read", "read_runtime", "read_raw"),
@@ -449,6 +451,7 @@ class Bench:
         return [
             Case("write_raw", raw_write),
             Case("write_mcp", lambda: self.mem.call_tool("file_write", arguments), check=tool_ok),
+            Case("write_mcp_stdio", lambda: self.stdio.call_tool("file_write", arguments), check=tool_ok),
             Case("write_runtime", runtime_write, check=size_ok),
         ]
 
