@@ -746,11 +746,8 @@ class AgentService:
 
     async def _rename(self, machine_id: str, name: str) -> None:
         """Give a machine its agent's container name (cosmetic: ``docker ps``); a machine gone since is fine."""
-        try:
+        with contextlib.suppress(NotFound):
             await self.docker.rename(machine_id, name)
-        except DockerFailure as exc:
-            if exc.status != 404:
-                raise
 
     async def drain(self) -> None:
         """Wait for background machine removals to finish."""

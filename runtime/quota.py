@@ -17,7 +17,7 @@ import logging
 import time
 
 from .docker import DockerBackend, MachineInfo
-from .errors import LimitReached
+from .errors import LimitReached, NotFound
 from .limits import directory_usage
 from .models import Agent, format_size
 
@@ -83,8 +83,15 @@ class DiskQuota:
 
     def _measured(self, machine_id: str, task: asyncio.Task[int]) -> None:
         self._pending.pop(machine_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("measuring the disk use of machine %s failed: %s", machine_id[:12], task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if isinstance(error, NotFound):
+            # Removed meanwhile (by this process or another sharing the state directory): nothing to measure.
+            log.debug("machine %s was removed before its disk use was measured", machine_id[:12])
+            self.forget(machine_id)
+            return
+        log.warning("measuring the disk use of machine %s failed: %s", machine_id[:12], error)
 
     async def check(self, agent: Agent) -> None:
         """Raise :class:`LimitReached` when the agent's machine is over its disk quota."""
