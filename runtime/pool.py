@@ -105,6 +105,12 @@ class WarmPool:
             return pool[image]
         return pool.get("", 0) if image == self.settings.default_image else 0
 
+    @property
+    def usable(self) -> bool:
+        """Whether this process can name a claimed spare: a local daemon, and root (``setns`` into its UTS
+        namespace needs CAP_SYS_ADMIN)."""
+        return self.docker.is_local and os.geteuid() == 0
+
     def images(self) -> list[str]:
         """The pooled base images."""
         return sorted({image or self.settings.default_image for image, n in self.settings.warm_pool.items() if n > 0})
@@ -143,7 +149,7 @@ class WarmPool:
 
     async def claim(self, name: str, image: str, policy: Policy) -> Agent | None:
         """Make agent ``name`` on a running spare of ``image``; None when the pool has none for it."""
-        if self.size(image) == 0 or not claimable(policy) or not self.docker.is_local:
+        if self.size(image) == 0 or not claimable(policy) or not self.usable:
             return None
         async with self._locked(self._claims, CLAIM_WAIT) as held:
             if not held:

@@ -312,8 +312,8 @@ class Runtime:
 
     @property
     def warm_pool_on(self) -> bool:
-        """Whether this runtime keeps spare machines (a pooled image and a local daemon)."""
-        return bool(self._agents.pool.images()) and self._docker.is_local
+        """Whether this runtime keeps spare machines (a pooled image, a local daemon, Spinup as root)."""
+        return bool(self._agents.pool.images()) and self._agents.pool.usable
 
     async def keep_warm(self) -> None:
         """A server's background loop: keep the warm pool filled (``Settings.warm_pool``) until cancelled."""

@@ -18,7 +18,9 @@ from mcp import Client
 
 from conftest import call, docker_cli, server_env, unique_name
 from spinup.runtime import Policy, Runtime, Settings
-from spinup.runtime.pool import SPARE_LABEL, home_key
+from spinup.runtime.config import parse_warm_pool
+from spinup.runtime.errors import InvalidInput
+from spinup.runtime.pool import SPARE_LABEL, claimable, home_key
 from spinup.server.app import build_server
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
@@ -150,3 +152,21 @@ async def test_doctor_fix_removes_the_spares(pool_runtime: Runtime) -> None:
     assert "removed 2 spare machine(s)" in fixed.stdout, fixed.stdout + fixed.stderr
     assert await pool_runtime.spare_count() == 0 and spares_on_daemon(pool_runtime.settings) == []
     assert os.environ["SPINUP_WARM_POOL"] == "0"  # the rest of the suite runs without spares
+
+
+def test_the_pool_setting_takes_a_count_or_image_counts_and_refuses_anything_else() -> None:
+    assert parse_warm_pool("2") == {"": 2}
+    assert parse_warm_pool("0") == {"": 0}
+    assert parse_warm_pool("spinup/base:bookworm=3, localhost:5000/team/img:1=1") == {
+        "spinup/base:bookworm": 3,
+        "localhost:5000/team/img:1": 1,
+    }
+    for bad in ("-1", "many", "img=", "img=65", "=x"):
+        with pytest.raises(InvalidInput, match="SPINUP_WARM_POOL"):
+            parse_warm_pool(bad)
+
+
+def test_only_the_default_policy_with_other_limits_can_take_a_spare() -> None:
+    assert claimable(Policy()) and claimable(Policy(cpus=1, memory=256 * 1024 * 1024, pids=64, disk=None))
+    for other in (Policy(user="root"), Policy(network="host"), Policy(package_cache=False), Policy(nofile=1024)):
+        assert not claimable(other), other
