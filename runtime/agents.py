@@ -96,7 +96,9 @@ class AgentService:
         self.egress = EgressClient(settings)
         self._trusted: dict[str, str] = {}  # machine id -> the egress CA added to its trust store
         self._rebuilding: set[str] = set()  # agents this process is rebuilding (any other's is interrupted)
-        self.pool = WarmPool(settings, db, docker, self._make_spare)
+        self.pool = WarmPool(
+            settings, db, docker, self._make_spare, lambda agent_id: _remove_caches(settings.cache_dir / agent_id)
+        )
         # Called with the id of every machine removed, so caches keyed by machine (quota, limits,
         # file access) forget it.
         self.machine_removed: list[Callable[[str], None]] = []
@@ -158,7 +160,7 @@ class AgentService:
 
     async def reap_spares(self) -> int:
         """Remove every unclaimed spare of this state directory; how many."""
-        return await self.pool.reap(lambda agent_id: _remove_caches(self.settings.cache_dir / agent_id))
+        return await self.pool.reap()
 
     def get(self, name: str) -> Agent:
         """The agent record (no Docker call)."""

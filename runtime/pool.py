@@ -87,11 +87,14 @@ MakeSpare = Callable[[Agent], Coroutine[Any, Any, str]]  # makes and starts a sp
 class WarmPool:
     """Keeps ``Settings.warm_pool`` spares per pooled image and hands them to new agents."""
 
-    def __init__(self, settings: Settings, db: StateDB, docker: DockerBackend, make: MakeSpare) -> None:
+    def __init__(
+        self, settings: Settings, db: StateDB, docker: DockerBackend, make: MakeSpare, forget: Callable[[str], None]
+    ) -> None:
         self.settings = settings
         self.db = db
         self.docker = docker
         self._make = make
+        self._forget = forget  # removes a removed spare's host directories (its download caches), by agent id
         self._key = home_key(settings)
         self._claims = settings.home / "locks" / "pool"  # claims and reaping
         self._fills = settings.home / "locks" / "pool.fill"  # one process refills at a time
@@ -172,6 +175,7 @@ class WarmPool:
             current = await self.spares()
             for stopped in (s for s in current if not s.running):
                 await self.docker.remove(stopped.machine_id)  # a spare that stopped (a daemon restart) is of no use
+                self._forget(stopped.agent_id)
             for image in self.images():
                 have = sum(1 for s in current if s.image == image and s.running)
                 for _ in range(max(0, self.size(image) - have)):
@@ -199,8 +203,8 @@ class WarmPool:
         """The labels that make a machine a spare of this state directory's pool."""
         return {SPARE_LABEL: self._key, SPARE_IMAGE_LABEL: image}
 
-    async def reap(self, forget_caches: Callable[[str], None]) -> int:
-        """Remove every unclaimed spare (and its cache directories, through ``forget_caches(agent_id)``)."""
+    async def reap(self) -> int:
+        """Remove every unclaimed spare and its cache directories."""
         if self._making:
             await asyncio.gather(*self._making, return_exceptions=True)
         async with self._locked(self._claims, self.settings.lock_wait) as held:
@@ -209,7 +213,7 @@ class WarmPool:
             spares = await self.spares()
             for spare in spares:
                 await self.docker.remove(spare.machine_id)
-                forget_caches(spare.agent_id)
+                self._forget(spare.agent_id)
         return len(spares)
 
     async def keep_filled(self) -> None:

@@ -170,3 +170,16 @@ def test_only_the_default_policy_with_other_limits_can_take_a_spare() -> None:
     assert claimable(Policy()) and claimable(Policy(cpus=1, memory=256 * 1024 * 1024, pids=64, disk=None))
     for other in (Policy(user="root"), Policy(network="host"), Policy(package_cache=False), Policy(nofile=1024)):
         assert not claimable(other), other
+
+
+async def test_a_spare_that_stopped_is_replaced_with_its_caches(pool_runtime: Runtime) -> None:
+    assert await pool_runtime.fill_pool() == 2
+    stopped = spares_on_daemon(pool_runtime.settings)[0]
+    drawn = docker_cli("inspect", "-f", '{{index .Config.Labels "spinup.agent"}}', stopped).stdout.strip()
+    assert (pool_runtime.settings.cache_dir / drawn).is_dir()
+    docker_cli("stop", "-t", "0", stopped)  # as after a daemon restart
+
+    assert await pool_runtime.fill_pool() == 1
+    assert stopped not in " ".join(spares_on_daemon(pool_runtime.settings))
+    assert len(spares_on_daemon(pool_runtime.settings)) == 2
+    assert not (pool_runtime.settings.cache_dir / drawn).exists()
