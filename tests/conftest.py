@@ -86,6 +86,13 @@ def server_env(settings: Settings) -> dict[str, str]:
     }
 
 
+async def sh(runtime: Runtime, agent: str, command: str) -> str:
+    """Run a setup or check command in the machine; it must succeed."""
+    result = await runtime.exec(agent, command)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
 def unique_name(prefix: str = "a") -> str:
     """An agent name no other test uses."""
     return f"{prefix}-{secrets.token_hex(3)}"

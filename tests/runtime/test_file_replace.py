@@ -13,7 +13,7 @@ from pathlib import Path
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import docker_cli, server_env
+from conftest import docker_cli, server_env, sh
 from spinup.runtime import Runtime
 from spinup.runtime.files.as_agent import FILE_REPLACING
 
@@ -25,12 +25,6 @@ def _plant_root_file(path: Path) -> None:
     path.write_text("x")
     os.chown(path, 0, 0)
     path.chmod(0o666)
-
-
-async def sh(runtime: Runtime, agent: str, command: str) -> str:
-    result = await runtime.exec(agent, command)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
 
 
 async def test_an_overwrite_replaces_the_file_keeping_its_mode_and_leaving_nothing_beside_it(

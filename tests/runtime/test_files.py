@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from conftest import unique_name
+from conftest import sh, unique_name
 from spinup.runtime import FileContent, FileInfo, Runtime
 from spinup.runtime.errors import (
     DirectoryNotEmpty,
@@ -29,13 +29,6 @@ BIG = 100_000_000
 async def files(runtime: Runtime, agent: str) -> Files:
     async with asyncio.timeout(LIMIT):
         return await runtime.files(agent)
-
-
-async def sh(runtime: Runtime, agent: str, command: str) -> str:
-    """Run a setup or check command in the machine; it must succeed."""
-    result = await runtime.exec(agent, command)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
 
 
 async def test_text_written_is_read_back_whole(files: Files) -> None:

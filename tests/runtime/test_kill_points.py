@@ -175,12 +175,25 @@ async def test_a_kill_after_a_package_install_leaves_the_manifest_unchanged_unti
         await fresh.close()
 
 
-async def test_a_kill_during_a_rebuild_puts_the_agent_back_on_its_old_base_with_everything(
-    runtime: Runtime, agent: str, other_base: str
-) -> None:
+async def _before_a_rebuild(runtime: Runtime, agent: str) -> None:
+    """The agent has a package in its manifest and a file of its own."""
     _demo_wheel(runtime.settings)
     await runtime.install_packages(agent, "pip", ["spinup-kill-demo"])
     await runtime.exec(agent, "echo mine > /workspace/state")
+
+
+async def _back_on_the_old_base(runtime: Runtime, agent: str) -> None:
+    """The agent is as :func:`_before_a_rebuild` left it: its file, its package, the old base."""
+    check = await runtime.exec(agent, "cat /workspace/state; test -e /etc/other-base && echo moved || echo old")
+    assert check.stdout == "mine\nold\n", check.stderr
+    assert runtime.get_agent(agent).image == DEFAULT_IMAGE
+    assert [(e.name, e.version) for e in runtime.package_manifest(agent)] == [("spinup-kill-demo", "1.0")]
+
+
+async def test_a_kill_during_a_rebuild_puts_the_agent_back_on_its_old_base_with_everything(
+    runtime: Runtime, agent: str, other_base: str
+) -> None:
+    await _before_a_rebuild(runtime, agent)
 
     assert await _killed_at(runtime.settings, REBUILD_MOVED, "agent", "rebuild", agent, "--image", other_base) == (
         -signal.SIGKILL
@@ -188,11 +201,7 @@ async def test_a_kill_during_a_rebuild_puts_the_agent_back_on_its_old_base_with_
 
     fresh = Runtime(runtime.settings)
     try:
-        check = await fresh.exec(agent, "cat /workspace/state; test -e /etc/other-base && echo moved || echo old")
-        assert check.stdout == "mine\nold\n", check.stderr
-        record = fresh.get_agent(agent)
-        assert record.image == DEFAULT_IMAGE
-        assert [(e.name, e.version) for e in fresh.package_manifest(agent)] == [("spinup-kill-demo", "1.0")]
+        await _back_on_the_old_base(fresh, agent)
         assert "rebuild-rolled-back" in [e.kind for e in fresh.events(agent, limit=50)]
         await _healthy(fresh, agent)
         rebuilt = await fresh.rebuild(agent, other_base)  # and the rebuild can be done again
@@ -205,9 +214,7 @@ async def test_a_kill_during_a_rebuild_puts_the_agent_back_on_its_old_base_with_
 async def test_a_rebuild_cancelled_halfway_is_rolled_back_at_once(
     runtime: Runtime, agent: str, other_base: str
 ) -> None:
-    _demo_wheel(runtime.settings)
-    await runtime.install_packages(agent, "pip", ["spinup-kill-demo"])
-    await runtime.exec(agent, "echo mine > /workspace/state")
+    await _before_a_rebuild(runtime, agent)
     record = runtime.get_agent(agent)
 
     moved = asyncio.Event()
@@ -224,7 +231,5 @@ async def test_a_rebuild_cancelled_halfway_is_rolled_back_at_once(
     after = runtime.get_agent(agent)
     assert after.image == DEFAULT_IMAGE and after.head_snapshot is not None
     assert after.head_snapshot != record.head_snapshot  # the snapshot taken before the rebuild
-    assert [(e.name, e.version) for e in runtime.package_manifest(agent)] == [("spinup-kill-demo", "1.0")]
-    check = await runtime.exec(agent, "cat /workspace/state; test -e /etc/other-base && echo moved || echo old")
-    assert check.stdout == "mine\nold\n", check.stderr
+    await _back_on_the_old_base(runtime, agent)
     await _healthy(runtime, agent)

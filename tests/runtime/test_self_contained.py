@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOCKER_ENV, RUN_ID, TEST_LABEL, docker_cli, store_of, unique_name
+from conftest import DOCKER_ENV, RUN_ID, TEST_LABEL, docker_cli, sh, store_of, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.snapshots import snapshot_tag
 from spinup.snapshot.base import find_base, is_base
@@ -103,19 +103,13 @@ def tiny_image() -> Iterator[str]:
         docker_cli("rmi", "-f", tag, check=False)
 
 
-async def _run(runtime: Runtime, name: str, command: str) -> str:
-    result = await runtime.exec(name, command)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
-
-
 async def test_an_agent_wakes_after_docker_lost_its_base_image_and_its_tag_was_rebuilt(
     runtime: Runtime, tiny_image: str
 ) -> None:
     name = unique_name()
     await runtime.create_agent(name, image=tiny_image, policy=ROOT)
-    marker = await _run(runtime, name, "cat /etc/base-marker")
-    await _run(runtime, name, "echo kept > /workspace/note && rm /opt/keep/b && ln -s /opt/keep/a /workspace/link")
+    marker = await sh(runtime, name, "cat /etc/base-marker")
+    await sh(runtime, name, "echo kept > /workspace/note && rm /opt/keep/b && ln -s /opt/keep/a /workspace/link")
     agent = await runtime.stop_agent(name, hibernate=True)
     assert agent.head_snapshot is not None
     base_id = docker_cli("image", "inspect", "--format", "{{.Id}}", tiny_image).stdout.strip()
@@ -126,10 +120,10 @@ async def test_an_agent_wakes_after_docker_lost_its_base_image_and_its_tag_was_r
     rebuilt = _import(tiny_image, "rebuilt\n")
     assert rebuilt != base_id
 
-    listing = await _run(runtime, name, "cat /workspace/note /etc/base-marker; ls /opt/keep; readlink /workspace/link")
+    listing = await sh(runtime, name, "cat /workspace/note /etc/base-marker; ls /opt/keep; readlink /workspace/link")
     assert listing.split("\n") == ["kept", *marker.strip().split("\n"), "a", "/opt/keep/a", ""]
     # The woken agent goes on snapshotting, on the base image its files build on (not the tag's new one).
-    await _run(runtime, name, "echo later > /workspace/later")
+    await sh(runtime, name, "echo later > /workspace/later")
     later = (await runtime.snapshot(name, "after the wake")).snapshot
     assert store_of(runtime).get_json(later.manifest_digest)["annotations"][BASE_ID] == base_id
 
@@ -176,16 +170,16 @@ async def test_umoci_and_skopeo_read_a_snapshot_as_the_full_tree_of_the_live_mac
 ) -> None:
     name = unique_name()
     await runtime.create_agent(name, image=tiny_image, policy=ROOT)
-    await _run(runtime, name, "mkdir -p /workspace/proj && echo one > /workspace/proj/file")
+    await sh(runtime, name, "mkdir -p /workspace/proj && echo one > /workspace/proj/file")
     await runtime.snapshot(name, "first")
-    await _run(
+    await sh(
         runtime,
         name,
         "rm /opt/keep/b && rm -rf /opt/replace && mkdir /opt/replace && echo new > /opt/replace/only"
         " && ln -s ../keep/a /opt/link && rm -rf /workspace/proj && echo two > /workspace/proj",
     )
     snapshot = (await runtime.snapshot(name, "second")).snapshot
-    live = _live_listing(await _run(runtime, name, "find / -xdev -exec stat -c '%n|%F|%s|%a|%u|%g|%N' {} +"))
+    live = _live_listing(await sh(runtime, name, "find / -xdev -exec stat -c '%n|%F|%s|%a|%u|%g|%N' {} +"))
     store = runtime.settings.home / "store"
 
     inspected = json.loads(_tool("skopeo", "inspect", f"oci:{store}:{snapshot.id}"))
@@ -225,9 +219,9 @@ async def test_migrate_makes_older_snapshots_list_their_base_and_a_rerun_changes
 ) -> None:
     name = unique_name()
     await runtime.create_agent(name, image=tiny_image, policy=ROOT)
-    await _run(runtime, name, "echo old > /workspace/old")
+    await sh(runtime, name, "echo old > /workspace/old")
     first = (await runtime.snapshot(name, "first")).snapshot
-    await _run(runtime, name, "echo older > /workspace/older")
+    await sh(runtime, name, "echo older > /workspace/older")
     second = (await runtime.snapshot(name, "second")).snapshot
     legacy = {s.id: _make_legacy(runtime, s.id, s.manifest_digest) for s in (first, second)}
     for entry in [d for d in store_of(runtime).manifests() if is_base(d)]:  # an old store has no base image
@@ -250,7 +244,7 @@ async def test_migrate_makes_older_snapshots_list_their_base_and_a_rerun_changes
 
     await runtime.stop_agent(name, hibernate=True)
     docker_cli("rmi", "-f", snapshot_tag(second.id), tiny_image)
-    assert (await _run(runtime, name, "cat /workspace/old /workspace/older")) == "old\nolder\n"
+    assert (await sh(runtime, name, "cat /workspace/old /workspace/older")) == "old\nolder\n"
 
 
 @pytest.fixture
@@ -293,12 +287,12 @@ async def test_an_agent_wakes_after_docker_system_prune_all_on_its_daemon(
     name = unique_name()
     try:
         await runtime.create_agent(name, image=tag, policy=ROOT)
-        await _run(runtime, name, "echo survived > /workspace/note && rm /opt/keep/a")
+        await sh(runtime, name, "echo survived > /workspace/note && rm /opt/keep/a")
         await runtime.stop_agent(name, hibernate=True)
         docker_cli("-H", second_daemon, "system", "prune", "-a", "-f")
         assert docker_cli("-H", second_daemon, "images", "-q").stdout.strip() == "", "the daemon has no image left"
 
-        assert await _run(runtime, name, "cat /workspace/note /etc/base-marker; ls /opt/keep") == (
+        assert await sh(runtime, name, "cat /workspace/note /etc/base-marker; ls /opt/keep") == (
             "survived\npruned base\nb\n"
         )
     finally:
@@ -329,4 +323,3 @@ async def test_two_state_directories_snapshotting_at_once_on_a_new_base_share_on
             for agent in runtime.list_agents():
                 await runtime.remove_agent(agent.name)
             await runtime.close()
-
