@@ -14,10 +14,9 @@ import logging
 import shutil
 import tarfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from .actors import current_actor
 from .config import TOOLBOX_MOUNT, Settings
@@ -153,14 +152,6 @@ class AgentService:
             if isinstance(outcome, BaseException):
                 raise outcome
         self.db.record_event(agent.id, "machine-created", f"machine {machine_id[:12]} from the warm pool")
-
-    async def fill_pool(self) -> int:
-        """Make the warm pool's missing spares; how many were made."""
-        return await self.pool.fill()
-
-    async def reap_spares(self) -> int:
-        """Remove every unclaimed spare of this state directory; how many."""
-        return await self.pool.reap()
 
     def get(self, name: str) -> Agent:
         """The agent record (no Docker call)."""
@@ -732,19 +723,14 @@ class AgentService:
 
     def _remove_later(self, machine_id: str) -> None:
         """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""
-        self._in_background(self._remove_machine(machine_id), "removing a replaced machine")
-
-    def _in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
-        """Run ``work`` off the caller's critical path (awaited by :meth:`drain`); a failure is logged."""
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(self._remove_machine(machine_id))
         self._removals.add(task)
+        task.add_done_callback(self._removal_done)
 
-        def done(finished: asyncio.Task[None]) -> None:
-            self._removals.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("%s failed: %s", what, finished.exception())
-
-        task.add_done_callback(done)
+    def _removal_done(self, task: asyncio.Task[None]) -> None:
+        self._removals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("removing a replaced machine failed: %s", task.exception())
 
     async def _rename(self, machine_id: str, name: str) -> None:
         """Give a machine its agent's container name (cosmetic: ``docker ps``); a machine gone since is fine."""

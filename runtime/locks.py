@@ -145,21 +145,31 @@ class Locks:
 
     async def _acquire(self, agent: Agent, kind: Kind, mode: Mode) -> int:
         """Open and lock the file, polling until it is free or the wait runs out (:class:`AgentBusy`)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path(agent.id, kind), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        flag = (fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH) | fcntl.LOCK_NB
-        deadline = time.monotonic() + self.wait
-        delay = POLL_FIRST
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, flag)
-                    return fd
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise AgentBusy(agent.name, self.wait) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, POLL_MAX)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = await lock_file(self.path(agent.id, kind), self.wait, shared=mode == "shared")
+        if fd is None:
+            raise AgentBusy(agent.name, self.wait)
+        return fd
+
+
+async def lock_file(path: Path, wait: float, *, shared: bool = False) -> int | None:
+    """Open ``path`` (made if missing) and ``flock`` it, polling (no thread blocks) for at most ``wait``
+    seconds; the locked descriptor (the caller unlocks and closes it), or None when the wait ran out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    flag = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    deadline = time.monotonic() + wait
+    delay = POLL_FIRST
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, flag)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, POLL_MAX)
+    except BaseException:
+        os.close(fd)
+        raise

@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 
 from .config import Settings
 from .docker import AGENT_LABEL, DockerBackend
+from .locks import lock_file
 from .models import Agent, AgentState, Policy
 from .state import StateDB
 
@@ -46,7 +46,6 @@ LIVE_FIELDS = ("cpus", "memory", "pids", "disk")  # what a claim may change on a
 # A server that lives only a moment (a harness probing it with `mcp list`) makes no machine.
 START_DELAY = 3.0
 REFILL_INTERVAL = 30.0  # seconds between two looks at the pool by a server (a claim refills at once)
-POLL = 0.01
 CLAIM_WAIT = 2.0  # seconds a claim waits for another process's claim or reaping before it starts cold
 
 
@@ -121,24 +120,14 @@ class WarmPool:
     @contextlib.asynccontextmanager
     async def _locked(self, path: Path, wait: float) -> AsyncIterator[bool]:
         """Hold the lock file ``path``; yields False when ``wait`` seconds ran out first."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = await lock_file(path, wait)
+        if fd is None:
+            yield False
+            return
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    await asyncio.sleep(POLL)
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            yield True
         finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     async def spares(self) -> list[Spare]:

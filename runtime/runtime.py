@@ -322,7 +322,7 @@ class Runtime:
 
     async def fill_pool(self) -> int:
         """Make the warm pool's missing spare machines now; how many were made."""
-        return await self._agents.fill_pool() if self.warm_pool_on else 0
+        return await self._agents.pool.fill() if self.warm_pool_on else 0
 
     async def spare_count(self) -> int:
         """Unclaimed spare machines of this state directory."""
@@ -330,7 +330,7 @@ class Runtime:
 
     async def reap_spares(self) -> int:
         """Remove every unclaimed spare machine of this state directory; how many."""
-        return await self._agents.reap_spares()
+        return await self._agents.pool.reap()
 
     async def hibernate_idle(self, idle_seconds: float) -> builtins.list[str]:
         """Hibernate running agents not woken for ``idle_seconds``; returns their names."""
@@ -435,7 +435,7 @@ class Runtime:
                 agent.machine_id,
                 command,
                 cwd=cwd,
-                env={"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})},
+                env=self._command_env(agent, env),
                 redactor=self._secrets.redactor(),
                 stdin=stdin,
                 timeout=timeout if timeout is not None else self.settings.exec_timeout,
@@ -459,6 +459,10 @@ class Runtime:
             denied = self._db.events(agent.id, limit=500, kinds=DENIAL_KINDS, after=first_event)
             result = replace(result, network_denied=summarize_denials(denied))
         return await self._execs.finish(agent, exec_id, result)
+
+    def _command_env(self, agent: Agent, env: dict[str, str] | None) -> dict[str, str]:
+        """What a command gets in its environment: the agent's name, its bound credentials, then ``env``."""
+        return {"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})}
 
     def _started(self, hold: Hold) -> None:
         """A command runs: let go of its machine (a snapshot may freeze it now)."""
@@ -524,7 +528,7 @@ class Runtime:
             machine.id,
             self._processes.launch_argv(process_id, marker, cwd, argv),
             cwd="/",
-            env={"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})},
+            env=self._command_env(agent, env),
             timeout=30,
             output_cap=8192,
             user=exec_user(agent.policy),

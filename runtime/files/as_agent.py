@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TypeVar
 
+from spinup.snapshot.faults import FaultHook, no_faults
+
 from ..errors import InvalidInput, IsADirectory, NotADirectory, PathNotFound, PermissionDenied, SpinupError
 from .results import FileInfo, FileType
 
@@ -236,7 +238,7 @@ class AgentFiles:
     machine_id: str
     owner: tuple[int, int]
     user_name: str
-    fault: Callable[[str], None] | None = None  # crash-safety tests only (SPINUP_CRASH_AT)
+    fault: FaultHook = no_faults  # crash-safety tests only (SPINUP_CRASH_AT)
 
     def read(self, path: str, consume: Callable[[IO[bytes], int], T]) -> T:
         """Open the regular file ``path`` as the agent's user and return ``consume(file, size)``."""
@@ -314,8 +316,7 @@ class AgentFiles:
                 try:
                     os.fchmod(fd, mode)  # whatever this process's umask
                     _write_all(fd, data)
-                    if self.fault is not None:
-                        self.fault(FILE_REPLACING)
+                    self.fault(FILE_REPLACING)
                     if temp is None:
                         temp = f".{name[:200]}.spinup-{os.urandom(4).hex()}"
                         os.link(f"/proc/self/fd/{fd}", temp, dst_dir_fd=parent, follow_symlinks=True)
