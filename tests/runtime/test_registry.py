@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
-from test_self_contained import ROOT, _run, tiny_image  # noqa: F401 - the fixture is used by name
+from test_self_contained import ROOT, tiny_image  # noqa: F401 - the fixture is used by name
 
-from conftest import RUN_ID, TEST_LABEL, call, docker_cli, fails, held_open, store_of, unique_name
+from conftest import RUN_ID, TEST_LABEL, call, docker_cli, fails, held_open, sh, store_of, unique_name
 from spinup.runtime import InvalidInput, PackageEntry, Runtime, Settings
 from spinup.runtime.registry import parse_ref
 from spinup.runtime.snapshots import snapshot_tag
@@ -72,7 +72,7 @@ async def test_an_agent_pushed_to_a_registry_is_pulled_into_another_home_and_wak
     host, log = registry
     name = unique_name()
     await runtime.create_agent(name, image=tiny_image, policy=ROOT)
-    await _run(runtime, name, "echo travelled > /workspace/note && rm /opt/keep/a && ln -s note /workspace/link")
+    await sh(runtime, name, "echo travelled > /workspace/note && rm /opt/keep/a && ln -s note /workspace/link")
     entry = PackageEntry(manager="pip", name="demo", spec="demo==1.0", version="1.0", installed_at=datetime.now(UTC))
     runtime._db.set_packages(runtime.get_agent(name).id, [entry])
     head = (await runtime.snapshot(name, "to push")).snapshot
@@ -90,12 +90,12 @@ async def test_an_agent_pushed_to_a_registry_is_pulled_into_another_home_and_wak
     try:
         pulled = await other.pull_agent(f"{host}/team/{name}:v1", "pulled", insecure=True)
         assert pulled.head_snapshot == head.id
-        assert await _run(other, "pulled", "cat /workspace/note; ls /opt/keep; readlink /workspace/link") == (
+        assert await sh(other, "pulled", "cat /workspace/note; ls /opt/keep; readlink /workspace/link") == (
             "travelled\nb\nnote\n"
         )
         assert [(p.name, p.version) for p in other.package_manifest("pulled")] == [("demo", "1.0")]
         assert other.get_agent("pulled").policy.network == "none", "a pulled agent runs under the default policy"
-        await _run(other, "pulled", "echo more > /tmp/more")
+        await sh(other, "pulled", "echo more > /tmp/more")
         assert (await other.snapshot("pulled", "after the pull")).created, "it goes on snapshotting"
 
         layers = [d["digest"] for d in store_of(runtime).get_json(head.manifest_digest)["layers"]]
