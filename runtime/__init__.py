@@ -12,6 +12,7 @@ from .errors import ForeignSnapshot, InvalidInput, OutsideBinding, SpinupError
 from .exec import ExecResult
 from .exec_history import ExecLog, ExecRecord
 from .files import FileContent, FileInfo
+from .harnesses import HARNESSES, Harness
 from .models import (
     Agent,
     AgentState,
@@ -34,10 +35,12 @@ from .runtime import AgentStatus, RebuildResult, RestoreResult, Runtime, Snapsho
 from .secrets import SecretListing, redact_stored
 from .snapshot_transfer import Pushed
 from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, VerifyReport
+from .terminal import Terminal, TerminalEnd
 from .usage import AgentOverview, ResourceUse
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "HARNESSES",
     "MCP_GRANTS",
     "Actor",
     "Agent",
@@ -54,6 +57,7 @@ __all__ = [
     "FileInfo",
     "ForeignSnapshot",
     "GcResult",
+    "Harness",
     "InstallResult",
     "InvalidInput",
     "MigrateResult",
@@ -78,6 +82,8 @@ __all__ = [
     "Snapshot",
     "SnapshotDiff",
     "SpinupError",
+    "Terminal",
+    "TerminalEnd",
     "VerifyReport",
     "acting_as",
     "check_granted",

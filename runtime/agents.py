@@ -65,6 +65,8 @@ POLICY_CAPTURED = "policy-captured"  # the old machine is captured and frozen; t
 POLICY_RECORDED = "policy-recorded"  # the new policy is recorded with no machine; the old one is still frozen
 FORK_RECORDED = "fork-recorded"  # the new agent is recorded with its head; it has no machine yet
 REBUILD_MOVED = "rebuild-moved"  # a rebuild's new machine runs on the new base; nothing is copied into it yet
+MOVE_CAPTURED = "move-captured"  # the old machine is captured and frozen; nothing exists on the new daemon yet
+MOVE_STARTED = "move-started"  # the new machine runs on the new daemon; the record still names the old one
 
 
 def _remove_caches(directory: Path) -> None:
@@ -91,7 +93,7 @@ class AgentService:
         self.locks = Locks(settings.home / "locks", settings.lock_wait)
         self._last_used: dict[str, float] = {}
         self._removals: set[asyncio.Task[None]] = set()
-        self._image_configs: dict[str, ImageInfo] = {}
+        self._image_configs: dict[tuple[str | None, str], ImageInfo] = {}  # (daemon, image) -> its config
         self.egress = EgressClient(settings)
         self._trusted: dict[str, str] = {}  # machine id -> the egress CA added to its trust store
         self._rebuilding: set[str] = set()  # agents this process is rebuilding (any other's is interrupted)
@@ -275,9 +277,9 @@ class AgentService:
                 f"{result.stderr.strip() or result.stdout.strip()}"
             )
 
-    def _check_egress_possible(self, policy: Policy) -> None:
+    def _check_egress_possible(self, policy: Policy, host: str | None = None) -> None:
         """Refuse an allowlist policy where the proxy cannot listen in machines (a remote Docker daemon)."""
-        if policy.network == "allowlist" and not self.docker.is_local:
+        if policy.network == "allowlist" and not self.docker.at(host).is_local:
             raise EgressUnavailable(
                 "Network 'allowlist' needs a local Docker daemon: Spinup's egress proxy listens inside each machine's "
                 "network namespace on this host. Use network 'none' or 'host' with a remote daemon."
@@ -430,7 +432,7 @@ class AgentService:
                 saved = result.snapshot.id if result.created else None
             self._fault(RESTORE_CAPTURED)
             try:
-                image = await self.snapshots.ensure_image(target, progress, agent.policy.disk)
+                image = await self.snapshots.ensure_image(target, progress, agent.policy.disk, agent.host)
                 packages = await self.snapshots.packages(target)
             except BaseException:
                 if info is not None and info.running and not info.paused:
@@ -451,6 +453,67 @@ class AgentService:
             )
             return self.get(name), saved
 
+    async def move(self, name: str, host: str, progress: ProgressFn | None = None) -> Agent:
+        """Move the agent to the Docker daemon at ``host``: its machine is captured, made again there from the
+        snapshot (the store's layers, base included, loaded into that daemon when it lacks them) and started;
+        then the old machine is removed. The agent keeps its name, history, head and packages.
+
+        Until the record names the new machine, the agent is where it was: a move that fails (or whose
+        process dies) leaves the old machine, which is thawed (at once, or by the next wake).
+        """
+        agent = self.get(name)
+        target = self.docker.at(host)
+        current = self.docker.at(agent.host)
+        if target is current:
+            raise InvalidInput(f"Agent '{name}' already lives on the Docker daemon at {target.host}.")
+        await target.version()  # unreachable: DockerUnavailable, naming the address
+        check_fits_host(agent.policy, await target.cpu_count())
+        self._check_egress_possible(agent.policy, host)
+        started = time.monotonic()
+        async with self.locks.exclusive(agent):
+            agent = self.get(name)
+            if agent.paused_at is not None:
+                raise AgentPaused(name, agent.paused_at.isoformat(timespec="seconds"), agent.paused_by)
+            # Machines of this agent there are left by a move that died before it was recorded.
+            await self._remove_machines(agent.model_copy(update={"host": host, "machine_id": None}))
+            info = await self.machine(agent)
+            if info is None and agent.head_snapshot is None:
+                await self._create_machine(agent, recreated=True)  # a base-image agent has nothing to carry yet
+                agent = self.get(name)
+                info = await self.machine(agent)
+            if info is not None:
+                # Captured and left paused: the old machine stops changing at once.
+                await self._capturer.capture(agent, info, f"before move to {host}", progress, keep_paused=True)
+                agent = self.get(name)
+            self._fault(MOVE_CAPTURED)
+            machine_id: str | None = None
+            try:
+                assert agent.head_snapshot is not None
+                head = self.snapshots.get(agent.head_snapshot)
+                image = await self.snapshots.ensure_image(head, progress, agent.policy.disk, host)
+                if progress:
+                    progress(f"starting the machine of {name} on {host}", None)
+                machine_id = await self._new_machine(agent.model_copy(update={"host": host}), image, prepare=False)
+                self._fault(MOVE_STARTED)
+            except BaseException:
+                if machine_id is not None:
+                    await asyncio.shield(self._remove_machine(machine_id))
+                if info is not None and info.running and not info.paused:
+                    await asyncio.shield(self._thaw(info.id))  # no move: the machine goes on where it was
+                raise
+            took = round(time.monotonic() - started, 4)
+            source = current.host
+            self.db.move_machine(
+                agent.id,
+                host,
+                machine_id,
+                f"from {source} to {host} in {took:.2f}s, machine {machine_id[:12]} from snapshot {head.id}",
+                {"from": source, "to": host, "snapshot": head.id, "duration_s": took},
+            )
+            if info is not None:
+                await self._remove_machine(info.id)
+            return self.get(name)
+
     async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
         """Give the agent a new policy. Its machine is rebuilt under it from a snapshot of its state.
 
@@ -458,8 +521,8 @@ class AgentService:
         next wake. Leaving root hands /workspace and the agent's home to the agent user first.
         """
         agent = self.get(name)
-        check_fits_host(policy, await self.docker.cpu_count())
-        self._check_egress_possible(policy)
+        check_fits_host(policy, await self.docker.cpu_count(agent.host))
+        self._check_egress_possible(policy, agent.host)
         if policy == agent.policy:
             return agent
         if only_rules_differ(agent.policy, policy):
@@ -496,7 +559,7 @@ class AgentService:
         any process if this one dies first. Nothing is lost either way.
         """
         agent = self.get(name)
-        await self._require_image(image)
+        await self._require_image(image, agent.host)
         self._rebuilding.add(agent.id)
         try:
             try:
@@ -661,18 +724,18 @@ class AgentService:
         await self.snapshots.prune_orphans(agent.id)
         return agent
 
-    async def _require_image(self, image: str) -> None:
-        if not await self.docker.image_exists(image):
+    async def _require_image(self, image: str, host: str | None = None) -> None:
+        if not await self.docker.image_exists(image, host=host):
             raise ImageNotFound(image, self.settings.default_image)
 
     async def _create_machine(self, agent: Agent, recreated: bool) -> None:
         """Make the agent's machine: from its head snapshot if it has one, else from its base image."""
         head: Snapshot | None = self.snapshots.get(agent.head_snapshot) if agent.head_snapshot else None
         if head is not None:
-            image = await self.snapshots.ensure_image(head, disk=agent.policy.disk)
+            image = await self.snapshots.ensure_image(head, disk=agent.policy.disk, host=agent.host)
             await self._start_from(agent, image, "machine-rehydrated", f"from head snapshot {head.id}")
             return
-        await self._require_image(agent.image)
+        await self._require_image(agent.image, agent.host)
         kind = "machine-recreated" if recreated else "machine-created"
         await self._start_from(agent, agent.image, kind, f"from base image {agent.image}", prepare=True)
 
@@ -687,7 +750,7 @@ class AgentService:
 
     async def _new_machine(self, agent: Agent, image: str, prepare: bool, spare: bool = False) -> str:
         """Create and start a machine of ``agent`` from ``image``; its id."""
-        image_info = await self._image_info(image)
+        image_info = await self._image_info(image, agent.host)
         config = machine_config(agent, self.settings, image, image_info.env)
         name = machine_name(agent)
         if spare:
@@ -697,29 +760,31 @@ class AgentService:
             config["Env"] = [e for e in config["Env"] if not e.startswith("SPINUP_AGENT=")]
             name = f"spinup-spare-{agent.id[:12]}"
         try:
-            machine_id = await self.docker.create_container(config, name=name)
+            machine_id = await self.docker.create_container(config, name=name, host=agent.host)
         except DockerFailure as exc:
             if exc.status != 409:
                 raise
             # A leftover container holds the name (for example after a lost record): replace it.
-            await self.docker.remove(name)
-            machine_id = await self.docker.create_container(config, name=name)
+            await self.docker.at(agent.host).remove(name)
+            machine_id = await self.docker.create_container(config, name=name, host=agent.host)
         has_dirs = image_info.labels.get(AGENT_DIRS_LABEL) == str(AGENT_UID)
         if prepare and not is_root(agent.policy) and not has_dirs:
             await self.docker.put_archive(machine_id, "/", _agent_directories())
         await self.docker.start(machine_id)
         return machine_id
 
-    async def _image_info(self, image: str) -> ImageInfo:
-        """The image's id, env and labels, cached per image."""
-        if image not in self._image_configs:
-            self._image_configs[image] = await self.docker.image_inspect(image)
-        return self._image_configs[image]
+    async def _image_info(self, image: str, host: str | None = None) -> ImageInfo:
+        """The image's id, env and labels, cached per image and daemon."""
+        key = (host, image)
+        if key not in self._image_configs:
+            self._image_configs[key] = await self.docker.image_inspect(image, host=host)
+        return self._image_configs[key]
 
     async def _remove_machine(self, machine_id: str) -> None:
         for forget in self.machine_removed:
             forget(machine_id)
         await self.docker.remove(machine_id)
+        self.docker.forget(machine_id)
 
     def _remove_later(self, machine_id: str) -> None:
         """Remove a replaced machine off the caller's critical path (awaited by :meth:`drain`)."""
@@ -745,7 +810,7 @@ class AgentService:
     async def _remove_strays(self, agent: Agent) -> None:
         """Remove the agent's machines other than its current one: left by a process that died between making
         a new machine and recording it, or between recording a restore and removing the old, frozen one."""
-        for machine_id in await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}"):
+        for machine_id in await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}", host=agent.host):
             if machine_id != agent.machine_id:
                 self.db.record_event(
                     agent.id, "machine-removed", f"stray machine {machine_id[:12]} of an interrupted change"
@@ -753,8 +818,9 @@ class AgentService:
                 await self._remove_machine(machine_id)
 
     async def _remove_machines(self, agent: Agent) -> None:
+        """Remove every machine of the agent on its daemon (the recorded one and any stray)."""
         await self.drain()
-        ids = set(await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}"))
+        ids = set(await self.docker.list_by_label(f"{AGENT_LABEL}={agent.id}", host=agent.host))
         if agent.machine_id:
             ids.add(agent.machine_id)
         for machine_id in ids:

@@ -75,6 +75,7 @@ def _has_listed_ancestor(path: str, index: Index, kind: str) -> bool:
 
 async def spool_tar(docker: DockerBackend, machine_id: str, paths: list[str], user: str) -> IO[bytes]:
     """Archive ``paths`` inside the machine with the toolbox tar; returns a rewound temp file."""
+    docker = docker.of(machine_id)  # the daemon the machine lives on
     spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller, who closes it
     try:
         groups: list[list[str]] = [[]]

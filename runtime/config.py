@@ -30,6 +30,7 @@ DEFAULT_MCP_GRANTS = "none"  # a model gets root (apt), the host network, regist
 
 
 DEFAULT_WARM_POOL = "2"
+DEFAULT_BASE_CACHE_GRACE = 3600.0
 
 
 def parse_warm_pool(text: str) -> dict[str, int]:
@@ -51,6 +52,26 @@ def parse_warm_pool(text: str) -> dict[str, int]:
             )
         pool[image.strip()] = number
     return pool
+
+
+DOCKER_URL_SCHEMES = ("unix://", "tcp://", "http://", "https://")
+
+
+def parse_docker_hosts(text: str) -> dict[str, str]:
+    """``SPINUP_DOCKER_HOSTS``: named Docker daemons an agent may move to, ``NAME=URL`` pairs separated by
+    commas (URL as in ``DOCKER_HOST``: ``unix:///path`` or ``tcp://host:port``)."""
+    hosts: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, url = part.partition("=")
+        if not name.strip() or not url.strip().startswith(DOCKER_URL_SCHEMES):
+            raise InvalidInput(
+                f"SPINUP_DOCKER_HOSTS has {part!r}: give NAME=URL pairs separated by commas, the URL as in "
+                f"DOCKER_HOST (e.g. build=unix:///run/docker-build.sock or gpu=tcp://10.0.0.5:2376)."
+            )
+        hosts[name.strip()] = url.strip()
+    return hosts
 
 
 def parse_grants(text: str) -> frozenset[str]:
@@ -129,6 +150,9 @@ class Settings:
     # directory (a snapshot or restore holds the agent for its whole length).
     lock_wait: float = field(default_factory=lambda: float(os.environ.get("SPINUP_LOCK_WAIT") or DEFAULT_LOCK_WAIT))
     # Spare machines a server keeps created and started ahead of need, per base image ("" is the default image).
+    docker_hosts: dict[str, str] = field(
+        default_factory=lambda: parse_docker_hosts(os.environ.get("SPINUP_DOCKER_HOSTS", ""))
+    )
     warm_pool: dict[str, int] = field(
         default_factory=lambda: parse_warm_pool(os.environ.get("SPINUP_WARM_POOL", DEFAULT_WARM_POOL))
     )
@@ -164,6 +188,10 @@ class Settings:
     # Where base images' layers are stored once per host (an OCI image layout), hard-linked into every
     # state directory's snapshot store on the same filesystem. None: each store keeps its own copy.
     base_cache: Path | None = field(default_factory=default_base_cache)
+    # Seconds a base image no state directory's store links to stays in the base cache (gc removes it after).
+    base_cache_grace: float = field(
+        default_factory=lambda: float(os.environ.get("SPINUP_BASE_CACHE_GRACE") or DEFAULT_BASE_CACHE_GRACE)
+    )
     # Crash-safety tests only (SPINUP_CRASH_AT): a snapshot fault point (see spinup.snapshot.faults) at
     # which the process kills itself with SIGKILL. Empty: none.
     crash_at: str = field(default_factory=lambda: os.environ.get("SPINUP_CRASH_AT", ""))

@@ -126,6 +126,7 @@ async def run_command(
     while a timed-out command is killed: no exec may reach a machine another call froze. ``on_started``
     is called once the command runs.
     """
+    docker = docker.of(machine_id)  # the daemon the machine lives on
     env = dict(env or {})
     _validate(cwd, env, timeout, output_cap)
     argv = build_argv(command)
@@ -302,6 +303,7 @@ async def kill_command(docker: DockerBackend, machine_id: str, exec_id: str, mar
     that left the group). From the host when the daemon is local and Spinup may read other
     processes (root): nothing has to start in the machine, which one at its pids limit could not.
     Otherwise the marker sweep runs inside the machine from the toolbox."""
+    docker = docker.of(machine_id)  # the daemon the machine lives on
     pid = (await docker.exec_inspect(exec_id)).pid
     if pid > 0 and docker.is_local and _belongs_to(pid, machine_id):
         try:

@@ -153,8 +153,7 @@ class Policy(BaseModel):
     def _rules_need_allowlist(self) -> Policy:
         if self.network != "allowlist" and (self.allow or self.intercept):
             raise ValueError(
-                f"allowlist rules and interception need network 'allowlist' (this policy's network is "
-                f"'{self.network}')"
+                f"allowlist rules and interception need network 'allowlist' (this policy's network is '{self.network}')"
             )
         return self
 
@@ -220,6 +219,9 @@ class Agent(BaseModel):
     head_snapshot: str | None = None
     paused_at: datetime | None = Field(default=None, description="When a client paused the agent (None: not paused).")
     paused_by: str | None = Field(default=None, description="Who paused it, e.g. 'claude-code 2.1.0 over stdio'.")
+    host: str | None = Field(
+        default=None, description="The Docker daemon it was moved to (None: the daemon of the Spinup process)."
+    )
 
     @property
     def network(self) -> str:

@@ -3,9 +3,10 @@
 pip installs into the agent's virtual environment (``/home/agent/.venv``, first on PATH), npm
 into a global prefix in its home (``/home/agent/.npm-global``), apt into the system (only under
 a root policy). The operator's local sources, mounted read-only at ``/spinup/sources``, are used
-first: ``pip/`` as pip's find-links, ``npm/`` tarballs named ``NAME-VERSION.tgz`` and ``apt/``
-files named ``NAME_VERSION_ARCH.deb`` stand in for a bare ``NAME`` or ``NAME@VERSION`` /
-``NAME=VERSION``. Under network ``none`` these are the only sources.
+first: ``pip/`` as pip's find-links, ``npm/`` tarballs named ``NAME-VERSION.tgz``
+(``SCOPE-NAME-VERSION.tgz`` for ``@SCOPE/NAME``, as ``npm pack`` names them) and ``apt/`` files
+named ``NAME_VERSION_ARCH.deb`` stand in for a bare ``NAME`` or ``NAME@VERSION`` / ``NAME=VERSION``.
+Under network ``none`` these are the only sources.
 
 Each install returns what it added (resolved names and versions, dependencies included) and
 records the requested packages in the manifest, which travels in every snapshot. A failed
@@ -230,6 +231,8 @@ class PackageService:
     def _local_npm(self, spec: str) -> str | None:
         """The local tarball standing in for a bare name or name@version, if the sources have one."""
         name, _, version = spec.rpartition("@") if spec.rfind("@") > 0 else (spec, "", "")
+        if re.fullmatch(r"@[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*", name):
+            name = name[1:].replace("/", "-")  # as `npm pack` names a scoped package: @scope/x -> scope-x-1.0.tgz
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
             return None
         return self._newest(self.sources_dir / "npm", f"{name}-", ".tgz", version, f"{SOURCES_MOUNT}/npm")

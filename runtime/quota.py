@@ -49,7 +49,7 @@ class DiskQuota:
                 machine if machine is not None and machine.id == machine_id else await self.docker.inspect(machine_id)
             )
             upper = info.upper_dir if info is not None else None
-            self._upper[machine_id] = upper if upper and self.docker.is_local else None
+            self._upper[machine_id] = upper if upper and self.docker.of(machine_id).is_local else None
         upper = self._upper[machine_id]
         if upper is not None:
             try:

@@ -129,6 +129,11 @@ class StreamRedactor:
         self._redactor = redactor
         self._pending = b""
 
+    @property
+    def holding(self) -> bool:
+        """Whether bytes are held back (where a value may still begin), to be let out by :meth:`flush`."""
+        return bool(self._pending)
+
     def feed(self, chunk: bytes) -> bytes:
         """The redacted bytes that are safe to emit now."""
         if not self._redactor:

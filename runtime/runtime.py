@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import TypeVar
 from .actors import current_actor
 from .agents import AgentService
 from .cgroups import Cgroups
-from .config import Settings
+from .config import DOCKER_URL_SCHEMES, Settings
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
 from .egress.denials import DENIAL_KINDS, summarize_denials
@@ -39,6 +41,7 @@ from .errors import (
 from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
 from .files import AccessMemo, AgentFiles, FileAccess, Files, as_agent_supported
+from .harnesses import get_harness
 from .image import build_base_image
 from .limits import LimitCounters, LimitWatch, note_limits
 from .locks import Hold
@@ -56,6 +59,7 @@ from .snapshot_capture import crash_hook
 from .snapshot_transfer import Pushed
 from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, SnapshotService, VerifyReport
 from .state import StateDB
+from .terminal import DEFAULT_SHELL, Terminal
 from .usage import AgentOverview, ResourceUse, UsageMeter
 
 log = logging.getLogger(__name__)
@@ -117,6 +121,7 @@ class Runtime:
             call_timeout=self.settings.docker_timeout, stream_idle=self.settings.docker_stream_idle
         )
         self._db = StateDB(self.settings.db_path)
+        self._docker.locate = self._db.machine_host  # a machine moved to another daemon is reached there
         self._fault = crash_hook(self.settings.crash_at)
         self._db.events_keep = self.settings.events_keep
         self._db.events_max_age_days = self.settings.events_max_age_days
@@ -336,6 +341,26 @@ class Runtime:
         """Hibernate running agents not woken for ``idle_seconds``; returns their names."""
         return await self._agents.hibernate_idle(idle_seconds)
 
+    def docker_host(self, to: str) -> str:
+        """The address of a Docker daemon: a name from ``Settings.docker_hosts``, ``local`` (this process's
+        daemon), or an address as in ``DOCKER_HOST``."""
+        if to in self.settings.docker_hosts:
+            return self.settings.docker_hosts[to]
+        if to == "local":
+            return self._docker.host
+        if to.startswith(DOCKER_URL_SCHEMES):
+            return to
+        named = ", ".join(sorted(self.settings.docker_hosts)) or "none (set SPINUP_DOCKER_HOSTS=NAME=URL,...)"
+        raise InvalidInput(
+            f"{to!r} is not a Docker daemon Spinup knows: give an address as in DOCKER_HOST (unix:///path/docker.sock "
+            f"or tcp://HOST:PORT), 'local' for this process's daemon, or a named one ({named})."
+        )
+
+    async def move_agent(self, name: str, to: str, progress: ProgressFn | None = None) -> Agent:
+        """Move the agent to another Docker daemon (see :meth:`docker_host` for ``to``): captured, made again
+        there from its snapshot, started, and the old machine removed; name, history and head are kept."""
+        return await self._agents.move(name, self.docker_host(to), progress)
+
     async def rebuild(self, name: str, image: str) -> RebuildResult:
         """Move the agent to base ``image``: snapshot it, make a new machine, carry /workspace and the home
         directory over, reinstall its packages from the manifest, snapshot the result. The agent is held for
@@ -460,6 +485,44 @@ class Runtime:
             result = replace(result, network_denied=summarize_denials(denied))
         return await self._execs.finish(agent, exec_id, result)
 
+    @asynccontextmanager
+    async def terminal(
+        self,
+        name: str,
+        command: builtins.list[str] | None = None,
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        term: str = "xterm-256color",
+    ) -> AsyncIterator[Terminal]:
+        """Wake the agent and start ``command`` (default: an interactive shell) with a terminal, in /workspace as
+        the policy's user with the agent's environment and bound credentials, for the block (see
+        :class:`Terminal`: keystrokes in, redacted output out, resize, how it ended)."""
+        if rows < 1 or cols < 1:
+            raise InvalidInput(f"A terminal needs at least one row and one column, not {rows}x{cols}.")
+        argv = command or DEFAULT_SHELL
+        agent, hold = await self._agents.wake_and_hold(name)
+        try:
+            assert agent.machine_id is not None
+            machine_id = agent.machine_id
+            await self._quota.check(agent)
+            await self._secrets.sync_files(agent, machine_id)
+            env = self._command_env(agent, {"TERM": term, "COLUMNS": str(cols), "LINES": str(rows)})
+            execution = await self._docker.exec_create(
+                machine_id, argv, env=env, workdir=WORKSPACE, user=exec_user(agent.policy), stdin=True, tty=True
+            )
+            self._secrets.record_use(agent)
+            self._db.record_event(
+                agent.id, "terminal", f"{command_text(command) if command else 'shell'} by {_actor_name()}"
+            )
+            async with execution.attach() as session:
+                hold.release()  # the command runs: a snapshot may freeze it now, as any command
+                with contextlib.suppress(SpinupError):  # a command that ended at once has no terminal left
+                    await execution.resize(rows, cols)
+                yield Terminal(self._docker, machine_id, execution, session, self._secrets.redactor().stream())
+        finally:
+            hold.release()
+
     def _command_env(self, agent: Agent, env: dict[str, str] | None) -> dict[str, str]:
         """What a command gets in its environment: the agent's name, its bound credentials, then ``env``."""
         return {"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})}
@@ -470,7 +533,7 @@ class Runtime:
         self._fault(EXEC_RUNNING)
 
     async def _counters(self, machine_id: str) -> LimitCounters | None:
-        if not self._docker.is_local:
+        if not self._docker.of(machine_id).is_local:
             return None
         counters = self._limits.counters(machine_id, 0)
         if counters is None:
@@ -493,7 +556,7 @@ class Runtime:
         and this process. Its output is read with :meth:`process_output`."""
         cwd = cwd or WORKSPACE
         argv = self._processes.validate(command, cwd, process_name)
-        if not self._docker.is_local:
+        if not self._docker.at(self._agents.get(name).host).is_local:
             raise SpinupError(
                 "Background processes need a local Docker daemon (their output is read from the host); "
                 "run the command with exec, or run Spinup on the Docker host."
@@ -669,7 +732,7 @@ class Runtime:
             record=lambda kind, detail, data: self._db.record_event(agent.id, kind, detail, data),
             ceilings=self.settings.ceilings,
             # Not root, on this host: reads and writes as the agent's user, so no race past its permissions.
-            as_agent=as_agent if not root and self._docker.is_local and as_agent_supported() else None,
+            as_agent=as_agent if not root and self._docker.of(machine_id).is_local and as_agent_supported() else None,
             guard=lambda: self._agents.using_machine(agent, machine_id),
         )
 
@@ -684,7 +747,7 @@ class Runtime:
         """
         agent = await self._agents.wake(name)
         machine = await self._agents.machine(agent)
-        return await self._ports.forward(agent, machine, port, host_port, self._docker.is_local)
+        return await self._ports.forward(agent, machine, port, host_port, self._docker.at(agent.host).is_local)
 
     def port_list(self, name: str | None = None) -> builtins.list[PortForward]:
         """The forwards this process made (of agent ``name`` when given), open and recently closed."""
@@ -712,20 +775,54 @@ class Runtime:
     ) -> InstallResult:
         """Wake the agent and install packages with ``manager`` (pip, npm or apt), recording them."""
         agent = await self._agents.wake(name)
-        return await self._packages.install(agent, manager, specs, on_progress)
+        result = await self._packages.install(agent, manager, specs, on_progress)
+        return replace(
+            result,
+            requested=[self._secrets.redact(spec) for spec in result.requested],
+            manifest=self._shown_packages(result.manifest),
+        )
+
+    async def install_harness(
+        self,
+        name: str,
+        harness: str,
+        credential: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> InstallResult:
+        """Install a harness CLI (``claude-code``, ``codex``, ``gemini``) in the agent's machine through npm,
+        recorded in the manifest; with ``credential`` (a stored secret), bind it as the harness's login variable."""
+        known = get_harness(harness)
+        if credential is not None and credential not in {listing.info.name for listing in self._secrets.list()}:
+            raise InvalidInput(
+                f"No credential named {credential!r}: store it first (spinup secret set {credential}), then install."
+            )
+        result = await self.install_packages(name, "npm", known.specs(), on_progress)
+        if credential is not None:
+            self.bind_secret(name, credential, env=known.login_env)
+        self._db.record_event(
+            self._agents.get(name).id,
+            "harness-installed",
+            f"{known.name} ({' '.join(known.specs())})" + (f", login from {credential}" if credential else ""),
+        )
+        return result
 
     async def remove_packages(self, name: str, manager: PackageManager, names: list[str]) -> list[PackageEntry]:
         """Wake the agent, uninstall packages and drop them from its manifest."""
         agent = await self._agents.wake(name)
-        return await self._packages.remove(agent, manager, names)
+        return self._shown_packages(await self._packages.remove(agent, manager, names))
 
     def package_manifest(self, name: str) -> list[PackageEntry]:
         """The agent's package manifest: each requested package and the version installed."""
-        return self._packages.manifest(self._agents.get(name))
+        return self._shown_packages(self._packages.manifest(self._agents.get(name)))
 
     def export_packages(self, name: str, manager: PackageManager) -> str:
         """One manager's part of the manifest as requirements.txt, package.json or an apt list."""
-        return self._packages.export(self._agents.get(name), manager)
+        return self._secrets.redact(self._packages.export(self._agents.get(name), manager))
+
+    def _shown_packages(self, entries: list[PackageEntry]) -> list[PackageEntry]:
+        """Manifest entries with credential values redacted (a spec may carry one: git+https://user:TOKEN@...)."""
+        redact = self._secrets.redact
+        return [e.model_copy(update={"spec": redact(e.spec), "name": redact(e.name)}) for e in entries]
 
     async def _run_package_command(
         self, name: str, argv: list[str], timeout: float, on_progress: ProgressCallback | None
@@ -797,8 +894,13 @@ class Runtime:
             # The live machine is its head's listing plus the unsnapshotted changes.
             after = await self._snapshots.live_tree(agent, machine)
         changes = await self._snapshots.diff(before, after)
+        redact = self._secrets.redact  # paths are the agent's to name, so a credential value may be one
         return SnapshotDiff(
-            source or "base image", target or "live machine", changes.added, changes.changed, changes.removed
+            source or "base image",
+            target or "live machine",
+            [redact(path) for path in changes.added],
+            [redact(path) for path in changes.changed],
+            [redact(path) for path in changes.removed],
         )
 
     async def verify_store(self) -> VerifyReport:

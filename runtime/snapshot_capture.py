@@ -341,7 +341,7 @@ class SnapshotCapture:
 
     def readable_upper(self, machine: MachineInfo) -> Path | None:
         """The machine's overlay upper directory when the fast path can read it, else None."""
-        if self.settings.capture_mode == "api" or not machine.upper_dir or not self.docker.is_local:
+        if self.settings.capture_mode == "api" or not machine.upper_dir or not self.docker.of(machine.id).is_local:
             return None
         upper = Path(machine.upper_dir)
         return upper if os.access(upper, os.R_OK | os.X_OK) else None
@@ -420,7 +420,7 @@ class SnapshotCapture:
                     return annotations[BASE_ID]
         if machine.image_id and not machine.image.startswith(SNAP_REPO + ":"):
             return machine.image_id
-        return (await self.docker.image_inspect(agent.image)).id
+        return (await self.docker.image_inspect(agent.image, host=agent.host)).id
 
     async def prepare_base(self, agent: Agent, machine: MachineInfo, progress: ProgressFn | None = None) -> BaseImage:
         """The machine's base image, its layers stored in the store first (once per host; see ``snapshot_bases``)."""

@@ -47,21 +47,24 @@ class SnapshotImages:
         self.docker = docker
         self.snapshot_store = snapshot_store
 
-    async def ensure(self, snapshot: Snapshot, progress: ProgressFn | None = None, disk: int | None = None) -> str:
-        """The Docker image of a snapshot, loading it from the store when Docker does not have it.
+    async def ensure(
+        self, snapshot: Snapshot, progress: ProgressFn | None = None, disk: int | None = None, host: str | None = None
+    ) -> str:
+        """The Docker image of a snapshot, loading it from the store when Docker (the daemon at ``host``, default
+        this process's) does not have it.
 
         ``disk`` (the disk limit of the agent it is for) refuses, before Docker sees a byte, a layer
         that would expand past it: Docker writes sparse files' holes out in full.
         """
         tag = snapshot_tag(snapshot.id)
-        if await self.docker.image_exists(tag):
+        if await self.docker.image_exists(tag, host=host):
             return tag
         # A missing or corrupt blob raises a StoreError, itself a SpinupError that says what to do.
         annotations = await asyncio.to_thread(self.snapshot_store.annotations, snapshot.manifest_digest)
         # The snapshot builds on the exact base image it was taken on (by id, not by tag): when Docker
         # lacks it (removed, pruned, its tag rebuilt), its layers come from the store too.
         base_id = annotations.get(BASE_ID, "")
-        with_base = not base_id or not await self.docker.image_exists(base_id)
+        with_base = not base_id or not await self.docker.image_exists(base_id, host=host)
         if with_base and progress:
             progress(f"Docker lacks base image {base_id[:19]}: loading it from the snapshot store", None)
         image = await asyncio.to_thread(
@@ -77,7 +80,7 @@ class SnapshotImages:
             )
         if progress:
             progress(f"loading {len(image.base_layers) + len(image.layers)} layers of {snapshot.id} into Docker", None)
-        await self.docker.load_image(_aiter(save_stream(self.snapshot_store.store, image)))
+        await self.docker.load_image(_aiter(save_stream(self.snapshot_store.store, image)), host=host)
         return tag
 
     async def export(self, snapshot: Snapshot, destination: Path) -> int:

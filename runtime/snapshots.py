@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from dataclasses import replace
 from pathlib import Path
 
 from spinup.snapshot.listing import Diff, Meta, diff_trees, live_tree
@@ -59,11 +60,12 @@ class SnapshotService:
     # materialize
 
     async def ensure_image(
-        self, snapshot: Snapshot, progress: ProgressFn | None = None, disk: int | None = None
+        self, snapshot: Snapshot, progress: ProgressFn | None = None, disk: int | None = None, host: str | None = None
     ) -> str:
-        """The Docker image of a snapshot, loading it from the store when Docker does not have it (no layer
-        that expands past ``disk``, the disk limit of the agent it is for)."""
-        return await self._images.ensure(snapshot, progress, disk)
+        """The Docker image of a snapshot, loading it from the store when Docker (the daemon at ``host``, default
+        this process's) does not have it (no layer that expands past ``disk``, the disk limit of the agent it
+        is for)."""
+        return await self._images.ensure(snapshot, progress, disk, host)
 
     async def packages(self, snapshot: Snapshot) -> builtins.list[PackageEntry]:
         """The package manifest recorded in the snapshot (empty for snapshots that predate it)."""
@@ -190,7 +192,12 @@ class SnapshotService:
         return await asyncio.to_thread(self.snapshot_store.verify, known)
 
     async def gc(self) -> GcResult:
-        """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken)."""
-        return await asyncio.to_thread(
+        """Remove unreferenced blobs and interrupted writes (safe while snapshots are taken), then the base images
+        of the host-wide base cache no store has linked to for ``Settings.base_cache_grace`` seconds."""
+        result = await asyncio.to_thread(
             self.snapshot_store.gc, lambda: {s.id: s.manifest_digest for s in self.db.list_snapshots()}
         )
+        cache = await asyncio.to_thread(self.snapshot_store.collect_cache, self.settings.base_cache_grace)
+        if cache is None:
+            return result
+        return replace(result, cache_bases_removed=cache.bases_removed, cache_bytes_freed=cache.bytes_freed)

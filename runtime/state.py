@@ -165,6 +165,10 @@ MIGRATIONS: tuple[str, ...] = (
         started_at  TEXT NOT NULL
     );
     """,
+    # The Docker daemon an agent was moved to (NULL: the daemon of the Spinup process driving it).
+    """
+    ALTER TABLE agents ADD COLUMN host TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -395,6 +399,20 @@ class StateDB:
             conn.execute(
                 "UPDATE agents SET machine_id = ?, state = ? WHERE id = ?", (machine_id, state.value, agent_id)
             )
+
+    def machine_host(self, machine_id: str) -> str | None:
+        """The Docker daemon of the agent whose machine this is (None: this process's daemon, or no such agent)."""
+        row = self._conn.execute("SELECT host FROM agents WHERE machine_id = ?", (machine_id,)).fetchone()
+        return row["host"] if row is not None else None
+
+    def move_machine(self, agent_id: str, host: str, machine_id: str, detail: str, data: dict[str, Any]) -> None:
+        """In one transaction: the agent's machine is now ``machine_id`` on the daemon at ``host``, running."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE agents SET host = ?, machine_id = ?, state = ? WHERE id = ?",
+                (host, machine_id, AgentState.RUNNING.value, agent_id),
+            )
+            self._insert_event(conn, agent_id, "moved", detail, data)
 
     def delete_agent(self, agent_id: str, event: tuple[str, str] | None = None) -> None:
         """Remove the agent record; its events stay (under its name) until retention trims them.
@@ -802,6 +820,7 @@ class StateDB:
             head_snapshot=row["head_snapshot"],
             paused_at=row["paused_at"],
             paused_by=row["paused_by"],
+            host=row["host"],
         )
 
 

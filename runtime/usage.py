@@ -215,9 +215,8 @@ class UsageMeter:
     async def _read_all(self, machines: Sequence[MachineInfo]) -> dict[str, _Reading | None]:
         readings: dict[str, _Reading | None] = {}
         remote: list[MachineInfo] = []
-        local = self.docker.is_local
         for machine in machines:
-            cgroup = self.cgroups.of(machine.id, machine.pid) if local else None
+            cgroup = self.cgroups.of(machine.id, machine.pid) if self.docker.of(machine.id).is_local else None
             if cgroup is None:
                 remote.append(machine)  # a remote daemon, or a cgroup this process cannot see
                 continue

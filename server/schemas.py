@@ -67,6 +67,9 @@ class AgentInfo(FromRuntime):
     created_at: IsoTime
     paused_at: IsoTime | None = Field(default=None, description="When a client paused it; null when not paused.")
     paused_by: str | None = Field(default=None, description="Who paused it (client, version, transport).")
+    host: str | None = Field(
+        default=None, description="The Docker daemon it was moved to (spinup agent move); null: the server's own."
+    )
 
 
 class AgentList(BaseModel):

@@ -11,7 +11,8 @@ Modules, from the top:
 - ``listing``: snapshot and live listings, diffs; ``archive``: the ``docker save`` stream of a snapshot
 - ``oci_archive``: a snapshot as an OCI archive; ``transfer``: a snapshot from a registry, checked before it is admitted
 - ``store``: the OCI image layout (atomic, verified blobs, ``index.json``); ``index``: the file index
-- ``maintenance``: verify, gc and the store lock; ``safety``: refusing unsafe layers
+- ``maintenance``: verify, gc and the store lock; ``cache_gc``: collecting the base cache
+- ``safety``: refusing unsafe layers
 - ``oci``: the names of the format (media types, whiteouts, annotation keys); ``faults``: fault points
 - ``errors``: :class:`StoreError` and its subclasses
 

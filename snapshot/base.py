@@ -15,6 +15,7 @@ import posixpath
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from . import oci
@@ -46,6 +47,11 @@ class StoredBase:
 def base_ref(image_id: str) -> str:
     """The name of a base image's manifest in ``index.json``."""
     return "base-" + image_id.removeprefix("sha256:")
+
+
+def base_lock_path(store: Store, image_id: str) -> Path:
+    """The lock file a process holds while it stores the base image ``image_id`` into ``store``."""
+    return store.root / "locks" / (base_ref(image_id) + ".lock")
 
 
 def is_base(descriptor: Descriptor) -> bool:

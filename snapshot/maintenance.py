@@ -132,6 +132,8 @@ class GcResult:
     bytes_freed: int
     temp_files_removed: int
     relisted: tuple[str, ...] = ()  # snapshots the database records that index.json had lost, listed again
+    cache_bases_removed: tuple[str, ...] = ()  # base images dropped from the host-wide base cache (image ids)
+    cache_bytes_freed: int = 0
 
 
 def relist_lost(store: Store, known: dict[str, str], listed: set[str]) -> list[str]:

@@ -20,7 +20,8 @@ from typing import IO, Any
 
 from . import oci
 from .archive import SaveImage
-from .base import BaseMissing, StoredBase, adopt, base_ref, find_base, import_save
+from .base import BaseMissing, StoredBase, adopt, base_lock_path, find_base, import_save
+from .cache_gc import CacheGcResult, collect_cache
 from .capture import LayerWriter
 from .faults import BEFORE_HEAD, BEFORE_INDEX, BEFORE_MANIFEST, FaultHook, no_faults
 from .image import (
@@ -159,9 +160,9 @@ class SnapshotStore:
     @contextlib.contextmanager
     def importing_base(self, image_id: str) -> Iterator[None]:
         """Blocking: hold the lock that lets one process at a time store the base image ``image_id``."""
-        root = (self.cache or self.store).root / "locks"
-        root.mkdir(exist_ok=True)
-        fd = os.open(root / (base_ref(image_id) + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        path = base_lock_path(self.cache or self.store, image_id)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -317,3 +318,9 @@ class SnapshotStore:
         """Blocking: relist recorded snapshots index.json lost; remove unrecorded manifests, unreferenced blobs
         and interrupted writes (``known_manifests``: snapshot id -> manifest digest, from the database)."""
         return gc(self.store, known_manifests)
+
+    def collect_cache(self, grace: float) -> CacheGcResult | None:
+        """Blocking: drop from the host-wide base cache what no store links to (None: no cache)."""
+        if self.cache is None or not (self.cache.root / "index.json").exists():
+            return None
+        return collect_cache(self.cache, grace)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import aiodocker
 from aiodocker.stream import Stream
 
-from ..errors import DockerTimeout
+from ..errors import DockerFailure, DockerTimeout
 
 STDIN_CHUNK = 64 * 1024
 
@@ -47,15 +47,27 @@ class ExecSession:
                 raise DockerTimeout("read a command's output", self._idle, host) from exc
         return None if message is None else Output(message.stream, message.data)
 
+    async def write(self, data: bytes) -> bool:
+        """Write ``data`` to the command's stdin (a terminal's keystrokes), leaving it open; False (nothing
+        written) once the command has ended and its connection is closed."""
+        transport = self._transport()
+        if transport is None or transport.is_closing():
+            return False
+        await self._stream.write_in(data)
+        return True
+
+    def close_stdin(self) -> None:
+        """Half-close the command's stdin: it sees end of input."""
+        transport = self._transport()
+        if transport is not None and transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+
     async def send_stdin(self, data: bytes) -> None:
         """Write ``data`` to the command's stdin, then half-close it so the command sees end of input."""
         view = memoryview(data)
         for start in range(0, len(view), STDIN_CHUNK):
             await self._stream.write_in(bytes(view[start : start + STDIN_CHUNK]))
-        # aiodocker only offers a full close.
-        transport = self._transport()
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
+        self.close_stdin()  # aiodocker only offers a full close
 
     async def drop_unread_stdin_at_eof(self) -> None:
         """Once Docker has ended the stream, drop the stdin the command never read.
@@ -96,6 +108,13 @@ class Execution:
     def id(self) -> str:
         """Docker's id of the exec instance."""
         return str(self._exec.id)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the command's terminal (an exec made with ``tty``)."""
+        try:
+            await self._exec.resize(h=rows, w=cols)
+        except aiodocker.DockerError as exc:
+            raise DockerFailure(f"Resize of a terminal failed: Docker said: {exc.message}", exc.status) from exc
 
     @asynccontextmanager
     async def attach(self, idle: float | None = None) -> AsyncIterator[ExecSession]:

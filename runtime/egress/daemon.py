@@ -152,7 +152,7 @@ class EgressDaemon:
         agents = [a for a in self.db.list_agents() if a.policy.network == "allowlist" and a.machine_id]
         if not agents:
             return
-        docker = DockerBackend(call_timeout=self.settings.docker_timeout)
+        docker = DockerBackend(call_timeout=self.settings.docker_timeout, locate=self.db.machine_host)
         try:
             for agent in agents:
                 assert agent.machine_id is not None

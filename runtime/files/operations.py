@@ -17,7 +17,7 @@ import posixpath
 import tarfile
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
 from ..ceilings import Ceilings
 from ..docker import DockerBackend
@@ -43,9 +43,23 @@ def _guarded(
     @functools.wraps(method)
     async def guarded(self: Files, *args: P.args, **kwargs: P.kwargs) -> R:
         async with self._guard():
-            return await method(self, *args, **kwargs)
+            return self._shown(await method(self, *args, **kwargs))
 
     return guarded
+
+
+def _redact_names(value: object, redact: Callable[[str], str]) -> object:
+    """``value`` (what a file operation returned) with ``redact`` applied to every path and link target."""
+    if isinstance(value, FileInfo):
+        target = redact(value.link_target) if value.link_target is not None else None
+        return replace(value, path=redact(value.path), link_target=target)
+    if isinstance(value, FileContent):
+        return replace(value, path=redact(value.path))
+    if isinstance(value, list):
+        return [_redact_names(item, redact) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_redact_names(item, redact) for item in value)
+    return value
 
 
 class Files:
@@ -87,6 +101,17 @@ class Files:
         self.ceilings = ceilings or Ceilings()
         # A non-root agent on a local daemon: reads and writes as its user from the host (no check, no race).
         self._as_agent = as_agent
+
+    def _shown(self, result: R) -> R:
+        """``result`` with credential values in its paths and link targets redacted (file names are the agent's)."""
+        redact = self._redact
+        if redact is None:
+            return result
+
+        def redact_text(text: str) -> str:
+            return redact(text.encode(errors="surrogateescape")).decode(errors="surrogateescape")
+
+        return cast(R, _redact_names(result, redact_text))
 
     @_guarded
     async def stat(self, path: str) -> FileInfo:

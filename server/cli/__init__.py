@@ -10,7 +10,21 @@ from collections.abc import Sequence
 from spinup.runtime import SpinupError, redact_stored
 
 from ..harness import register_config_command
-from . import agents, commands, control, monitor, packages, ports, processes, secrets, serving, snapshots, system
+from . import (
+    agents,
+    commands,
+    control,
+    harnesses,
+    monitor,
+    packages,
+    ports,
+    processes,
+    secrets,
+    serving,
+    shell,
+    snapshots,
+    system,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinup", description="A durable runtime for AI agents, over MCP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    for noun in (agents, monitor, secrets, packages, commands, processes, control, ports, snapshots, serving):
+    nouns = (agents, monitor, secrets, packages, harnesses, commands, shell, processes, control, ports, snapshots)
+    for noun in (*nouns, serving):
         noun.register(sub)
     system.register_image(sub)
     register_config_command(sub)
@@ -29,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spinup`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after the first "--" is the command of `spinup exec`, options and all.
+    # Everything after the first "--" is the command (of exec, shell, run, process start), options and all.
     tail: list[str] = []
     if "--" in argv:
         split = argv.index("--")
@@ -37,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if tail:
         if getattr(args, "argv", None) is None:
-            build_parser().error("'--' only separates the command of: spinup exec AGENT -- CMD")
+            build_parser().error("'--' only separates the command of: spinup exec|shell|run|process start AGENT -- CMD")
         args.argv = [*args.argv, *tail]
     logging.basicConfig(
         stream=sys.stderr,

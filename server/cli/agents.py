@@ -95,7 +95,8 @@ async def listing(rt: Runtime, args: argparse.Namespace) -> int:
         return 0
     print(f"{'NAME':<24} {'STATE':<10} {'NETWORK':<8} {'USER':<6} IMAGE")
     for a in agents:
-        print(f"{a.name:<24} {a.state.value:<10} {a.policy.network:<8} {a.policy.user:<6} {a.image}")
+        where = f"  (on {a.host})" if a.host else ""
+        print(f"{a.name:<24} {a.state.value:<10} {a.policy.network:<8} {a.policy.user:<6} {a.image}{where}")
     return 0
 
 
@@ -121,6 +122,16 @@ async def rebuild(rt: Runtime, args: argparse.Namespace) -> int:
         else:
             print(f"reinstalled {entry.manager} {entry.name} {outcome.version} (was {entry.version})")
     return 1 if any(o.version is None for o in result.packages) else 0
+
+
+async def move(rt: Runtime, args: argparse.Namespace) -> int:
+    before = rt.get_agent(args.name)
+    agent = await rt.move_agent(args.name, args.to, progress=progress_printer())
+    print(f"moved {agent.name} to {agent.host} (head snapshot {agent.head_snapshot})", file=sys.stderr)
+    if before.head_snapshot != agent.head_snapshot:
+        print(f"its work was saved first as snapshot {agent.head_snapshot}", file=sys.stderr)
+    print_json(AgentInfo.of(agent).model_dump())
+    return 0
 
 
 async def remove(rt: Runtime, args: argparse.Namespace) -> int:
@@ -172,6 +183,17 @@ def register(sub: SubParsers) -> None:
     )
     rebuilt.add_argument("name")
     rebuilt.add_argument("--image", required=True, help="the new base image")
+    moved = agent_sub.add_parser(
+        "move", help="move an agent to another Docker daemon: snapshot, made again there, old machine removed"
+    )
+    moved.add_argument("name")
+    moved.add_argument(
+        "--to",
+        required=True,
+        metavar="HOST",
+        help="the daemon: an address as in DOCKER_HOST (unix:///path.sock, tcp://host:port), a name from "
+        "SPINUP_DOCKER_HOSTS, or 'local' (this process's daemon)",
+    )
     agent_sub.add_parser("rm", help="remove an agent and its machine").add_argument("name")
     dispatch(
         agent,
@@ -183,6 +205,7 @@ def register(sub: SubParsers) -> None:
             "show": show,
             "stop": stop,
             "rebuild": rebuild,
+            "move": move,
             "rm": remove,
             "pull": pull,
         },

@@ -88,6 +88,12 @@ async def collect(rt: Runtime, args: argparse.Namespace) -> int:
         f"removed {gc.blobs_removed} blobs ({gc.bytes_freed} bytes) and {gc.temp_files_removed} temporary files",
         file=sys.stderr,
     )
+    if gc.cache_bases_removed:
+        print(
+            f"removed {len(gc.cache_bases_removed)} base image(s) no state directory uses from the base cache "
+            f"({gc.cache_bytes_freed} bytes)",
+            file=sys.stderr,
+        )
     return 0
 
 

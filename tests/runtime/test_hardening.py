@@ -16,13 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import docker_cli, unique_name
-from spinup.runtime import Policy, Runtime
+from spinup.runtime import PackageEntry, Policy, Runtime
 from spinup.runtime.errors import PermissionDenied, SpinupError
 
 
@@ -237,3 +238,34 @@ async def test_file_tools_never_reach_past_a_directory_swapped_for_a_symlink_by_
         await asyncio.wait_for(files.read("/workspace/fifo"), 10)
     with pytest.raises(SpinupError, match="not a regular file"):
         await asyncio.wait_for(files.write("/workspace/fifo", "x"), 10)
+
+
+async def test_a_credential_value_used_as_a_file_name_link_target_or_package_spec_is_redacted(
+    runtime: Runtime, agent: str
+) -> None:
+    value = "tok-" + secrets.token_hex(8)
+    runtime.set_secret("api_token", value)
+    await runtime.exec(
+        agent, f"mkdir -p /workspace/{value} && touch /workspace/{value}/f && ln -s /tmp/{value} /workspace/link"
+    )
+    record = runtime.get_agent(agent)
+    entry = PackageEntry(
+        manager="pip", name="private", spec=f"private @ git+https://u:{value}@git.example/p.git",
+        version="1.0", installed_at=datetime.now(UTC),
+    )  # fmt: skip
+    runtime._db.set_packages(record.id, [entry])
+    files = await runtime.files(agent)
+
+    entries, _ = await files.list("/workspace", recursive=True)
+    link = await files.stat("/workspace/link")
+    diff = await runtime.diff(agent)
+    shown = [
+        repr(entries),
+        repr(link),
+        repr(diff),
+        repr(runtime.package_manifest(agent)),
+    ]
+    for text in shown:
+        assert value not in text and "[REDACTED:api_token]" in text, text
+    assert value not in runtime.export_packages(agent, "pip")
+    assert link.link_target == "/tmp/[REDACTED:api_token]"

@@ -83,6 +83,11 @@ async def test_an_agent_pushed_to_a_registry_is_pulled_into_another_home_and_wak
     assert uploads == 3, "base layer, own layer, config"
     await runtime.push_snapshot(head.id, f"{host}/team/{name}:v2", insecure=True)
     assert _count(log, "POST /blobs/uploads/") == uploads, "a second push sends no blob again"
+    # Another repository of the same registry: each layer is mounted from the first one, not sent again
+    # (skopeo sends the config, under a kilobyte, anew).
+    await runtime.push_snapshot(head.id, f"{host}/elsewhere/{name}:v1", insecure=True)
+    assert _count(log, "POST mount=") == 2, "base layer and own layer mounted"
+    assert _count(log, "POST /blobs/uploads/") - _count(log, "POST mount=") == uploads + 1, "only the config sent"
 
     # The other side: its own state directory and base cache, and a daemon without the agent's images.
     docker_cli("rmi", "-f", snapshot_tag(head.id), tiny_image)
