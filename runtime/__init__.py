@@ -6,6 +6,7 @@ and what each agent uses.
 
 from .actors import Actor, acting_as, current_actor
 from .config import DEFAULT_IMAGE, MCP_GRANTS, Settings
+from .control import CONTROL_URL, TOKEN_ENV, ControlListener
 from .credentials import SecretInfo, decode_key
 from .doctor import Check, diagnose
 from .errors import ForeignSnapshot, InvalidInput, OutsideBinding, SpinupError
@@ -39,9 +40,11 @@ from .terminal import Terminal, TerminalEnd
 from .usage import AgentOverview, ResourceUse
 
 __all__ = [
+    "CONTROL_URL",
     "DEFAULT_IMAGE",
     "HARNESSES",
     "MCP_GRANTS",
+    "TOKEN_ENV",
     "Actor",
     "Agent",
     "AgentOverview",
@@ -49,6 +52,7 @@ __all__ = [
     "AgentStatus",
     "CaptureResult",
     "Check",
+    "ControlListener",
     "Event",
     "ExecLog",
     "ExecRecord",

@@ -525,7 +525,7 @@ class AgentService:
         self._check_egress_possible(policy, agent.host)
         if policy == agent.policy:
             return agent
-        if only_rules_differ(agent.policy, policy):
+        if only_live_changes(agent.policy, policy):
             # The proxy reads the rules for every new connection: no new machine needed.
             self.db.set_policy(agent.id, policy)
             return self.get(name)
@@ -841,7 +841,8 @@ def _agent_directories() -> bytes:
     return b"".join(blocks) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
-def only_rules_differ(old: Policy, new: Policy) -> bool:
-    """Whether two allowlist policies differ only in their rules (applied live by the egress proxy)."""
-    rules = {"allow": (), "intercept": ()}
-    return old.network == new.network == "allowlist" and old.model_copy(update=rules) == new.model_copy(update=rules)
+def only_live_changes(old: Policy, new: Policy) -> bool:
+    """Whether two policies differ only in what applies live: allowlist rules (read by the egress proxy for each
+    connection) and ``self_control`` (an endpoint served from the host, nothing in the machine's config)."""
+    live = {"allow": (), "intercept": (), "self_control": False}
+    return old.network == new.network and old.model_copy(update=live) == new.model_copy(update=live)

@@ -24,6 +24,9 @@ class Harness:
     login_env: str  # the environment variable its API key is read from
     state: tuple[str, ...]  # where it keeps sessions, settings and logins (under the agent's home)
     allow: tuple[str, ...]  # allowlist rules (presets or hosts) for its API, plus npm's to install it
+    # A shell script run inside as the agent's user that points the harness at the agent's control endpoint,
+    # $SPINUP_CONTROL_URL, its token read from $SPINUP_CONTROL_TOKEN when the harness runs (never written down).
+    connect: str
 
     def specs(self, arch: str | None = None) -> list[str]:
         """The npm specs to install on a machine of ``arch`` (default: this host's)."""
@@ -43,6 +46,9 @@ HARNESSES: dict[str, Harness] = {
             "ANTHROPIC_API_KEY",
             ("~/.claude", "~/.claude.json"),
             ("anthropic", "npm"),
+            "claude mcp remove --scope user spinup >/dev/null 2>&1; "
+            'claude mcp add --scope user --transport http spinup "$SPINUP_CONTROL_URL" '
+            "--header 'Authorization: Bearer ${SPINUP_CONTROL_TOKEN}'",
         ),
         Harness(
             "codex",
@@ -51,6 +57,9 @@ HARNESSES: dict[str, Harness] = {
             "OPENAI_API_KEY",
             ("~/.codex",),
             ("openai", "npm"),
+            'mkdir -p ~/.codex && touch ~/.codex/config.toml && if ! grep -q "^\\[mcp_servers.spinup\\]" '
+            "~/.codex/config.toml; then printf '\\n[mcp_servers.spinup]\\nurl = \"%s\"\\n"
+            "bearer_token_env_var = \"SPINUP_CONTROL_TOKEN\"\\n' \"$SPINUP_CONTROL_URL\" >> ~/.codex/config.toml; fi",
         ),
         Harness(
             "gemini",
@@ -59,6 +68,12 @@ HARNESSES: dict[str, Harness] = {
             "GEMINI_API_KEY",
             ("~/.gemini",),
             ("generativelanguage.googleapis.com", "npm"),
+            "mkdir -p ~/.gemini && node -e '"
+            'const fs = require("fs"), f = process.env.HOME + "/.gemini/settings.json";'
+            "let s = {}; try { s = JSON.parse(fs.readFileSync(f)); } catch (e) {}"
+            "s.mcpServers = Object.assign(s.mcpServers || {}, {spinup: {httpUrl: process.env.SPINUP_CONTROL_URL,"
+            ' headers: {Authorization: "Bearer $SPINUP_CONTROL_TOKEN"}}});'
+            "fs.writeFileSync(f, JSON.stringify(s, null, 2));'",
         ),
     )
 }

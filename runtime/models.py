@@ -118,6 +118,11 @@ class Policy(BaseModel):
         description="Keep pip's and npm's download caches on the host for this agent alone, across its machines "
         "(false: in its home, so in its snapshots).",
     )
+    self_control: bool = Field(
+        default=False,
+        description="Serve an MCP endpoint inside the machine (http://127.0.0.1:7390/mcp, its token in "
+        "$SPINUP_CONTROL_TOKEN) through which what runs there snapshots, lists and restores this agent alone.",
+    )
 
     @field_validator("allow", mode="before")
     @classmethod
@@ -154,6 +159,11 @@ class Policy(BaseModel):
         if self.network != "allowlist" and (self.allow or self.intercept):
             raise ValueError(
                 f"allowlist rules and interception need network 'allowlist' (this policy's network is '{self.network}')"
+            )
+        if self.self_control and self.network == "host":
+            raise ValueError(
+                "self_control needs network 'none' or 'allowlist': its endpoint listens on the machine's own "
+                "loopback, which under 'host' is the host's, open to every local user"
             )
         return self
 
@@ -201,6 +211,8 @@ class Policy(BaseModel):
             f"nofile={self.nofile}",
             f"package_cache={'host' if self.package_cache else 'home'}",
         ]
+        if self.self_control:
+            parts.append("self_control=on")
         return " ".join(parts)
 
 

@@ -25,6 +25,7 @@ from .actors import current_actor
 from .agents import AgentService
 from .cgroups import Cgroups
 from .config import DOCKER_URL_SCHEMES, Settings
+from .control import CONTROL_URL, TOKEN_ENV, URL_ENV, ControlListener, control_token, forget_token, listen_in_machine
 from .credentials import SecretInfo
 from .docker import DockerBackend, MachineInfo
 from .egress.denials import DENIAL_KINDS, summarize_denials
@@ -309,6 +310,7 @@ class Runtime:
         """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
         agent = await self._agents.remove(name)
         self._execs.forget(agent.id)
+        forget_token(self.settings.home, agent.id)
         return agent
 
     async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
@@ -524,8 +526,34 @@ class Runtime:
             hold.release()
 
     def _command_env(self, agent: Agent, env: dict[str, str] | None) -> dict[str, str]:
-        """What a command gets in its environment: the agent's name, its bound credentials, then ``env``."""
-        return {"SPINUP_AGENT": agent.name, **self._secrets.exec_env(agent), **(env or {})}
+        """What a command gets in its environment: the agent's name, its control endpoint (``self_control``), its
+        bound credentials, then ``env``."""
+        control = (
+            {URL_ENV: CONTROL_URL, TOKEN_ENV: control_token(self.settings.home, agent.id)}
+            if agent.policy.self_control
+            else {}
+        )
+        return {"SPINUP_AGENT": agent.name, **control, **self._secrets.exec_env(agent), **(env or {})}
+
+    # the control endpoint of self_control agents
+
+    async def control_listener(self, name: str) -> ControlListener | None:
+        """For a running ``self_control`` agent on a local daemon: its machine id and a socket listening on
+        127.0.0.1:7390 inside its machine, for the caller to serve the agent's control endpoint on; None when
+        the agent has no endpoint now or another process already serves it."""
+        agent = self._agents.get(name)
+        if not agent.policy.self_control or agent.machine_id is None:
+            return None
+        machine = await self._docker.inspect(agent.machine_id)
+        if machine is None or not machine.running or machine.paused or machine.pid <= 0:
+            return None
+        if not self._docker.of(machine.id).is_local:
+            return None
+        return await asyncio.to_thread(listen_in_machine, machine.id, machine.pid)
+
+    def control_token(self, name: str) -> str:
+        """The bearer token of the agent's control endpoint (what commands inside get as $SPINUP_CONTROL_TOKEN)."""
+        return control_token(self.settings.home, self._agents.get(name).id)
 
     def _started(self, hold: Hold) -> None:
         """A command runs: let go of its machine (a snapshot may freeze it now)."""
@@ -790,7 +818,8 @@ class Runtime:
         on_progress: ProgressCallback | None = None,
     ) -> InstallResult:
         """Install a harness CLI (``claude-code``, ``codex``, ``gemini``) in the agent's machine through npm,
-        recorded in the manifest; with ``credential`` (a stored secret), bind it as the harness's login variable."""
+        recorded in the manifest; with ``credential`` (a stored secret), bind it as the harness's login variable.
+        Under a ``self_control`` policy the harness is also pointed at the agent's control endpoint."""
         known = get_harness(harness)
         if credential is not None and credential not in {listing.info.name for listing in self._secrets.list()}:
             raise InvalidInput(
@@ -799,6 +828,13 @@ class Runtime:
         result = await self.install_packages(name, "npm", known.specs(), on_progress)
         if credential is not None:
             self.bind_secret(name, credential, env=known.login_env)
+        if self._agents.get(name).policy.self_control:
+            connected = await self.exec(name, ["sh", "-c", known.connect], timeout=120)
+            if connected.exit_code != 0:
+                raise SpinupError(
+                    f"{known.name} is installed, but pointing it at the agent's control endpoint failed: "
+                    f"{(connected.stderr or connected.stdout).strip()[-500:]}"
+                )
         self._db.record_event(
             self._agents.get(name).id,
             "harness-installed",

@@ -97,6 +97,10 @@ def build_server(
                 holder.background.append(asyncio.create_task(_hibernate_idle(holder.runtime, settings.idle_timeout)))
             if agent is None:  # a bound server serves an agent that mostly exists: it claims, never fills
                 holder.background.append(asyncio.create_task(holder.runtime.keep_warm()))
+            from .control import ControlEndpoints  # it builds servers itself
+
+            endpoints = ControlEndpoints(holder.runtime, only=agent)
+            holder.background.append(asyncio.create_task(endpoints.keep_serving()))
             if metrics is not None:
                 metrics.attach(holder.runtime, [tool.name for tool in await mcp_server.list_tools()])
         holder.users += 1

@@ -11,7 +11,7 @@ from spinup.runtime import Policy, Runtime
 from ..schemas import AgentInfo, AgentStatusResult
 from .common import SubParsers, dispatch, print_json, progress_printer
 
-POLICY_OPTIONS = ("network", "user", "cpus", "memory", "pids", "disk", "nofile", "package_cache")
+POLICY_OPTIONS = ("network", "user", "cpus", "memory", "pids", "disk", "nofile", "package_cache", "self_control")
 
 
 def policy_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,6 +52,13 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         "--package-cache",
         action=argparse.BooleanOptionalAction,
         help="keep pip's and npm's download caches on the host, for this agent alone (default on; off: in its home)",
+    )
+    group.add_argument(
+        "--self-control",
+        action=argparse.BooleanOptionalAction,
+        help="an MCP endpoint inside the machine (http://127.0.0.1:7390/mcp, token in $SPINUP_CONTROL_TOKEN) to "
+        "snapshot, list and restore this agent alone, served while a Spinup server or `spinup shell` runs "
+        "(default off; not with --network host)",
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from spinup.runtime import Runtime, SpinupError, Terminal, TerminalEnd
 
+from ..control import ControlEndpoints
 from .commands import run_command
 from .common import SubParsers, with_runtime
 
@@ -54,46 +55,58 @@ async def _pump_output(terminal: Terminal, out: int) -> None:
 
 async def _session(rt: Runtime, agent: str, command: list[str] | None, interactive: bool) -> TerminalEnd:
     """Run a terminal session; how its command ended."""
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    rows, cols = _size(stdout if not interactive else stdin)
+    rows, cols = _size(sys.stdin.fileno() if interactive else sys.stdout.fileno())
     term = os.environ.get("TERM") or "xterm-256color"
     loop = asyncio.get_running_loop()
-    async with rt.terminal(agent, command, rows=rows, cols=cols, term=term) as terminal:
-        pending: set[asyncio.Task[Any]] = set()  # keystrokes and resizes being sent
+    # A harness in the shell reaches its agent's control endpoint (self_control) while the shell runs.
+    endpoints = asyncio.create_task(ControlEndpoints(rt, only=agent).keep_serving())
+    try:
+        async with rt.terminal(agent, command, rows=rows, cols=cols, term=term) as terminal:
+            return await _attached(terminal, interactive, loop)
+    finally:
+        endpoints.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await endpoints
 
-        def typed() -> None:
-            try:
-                data = os.read(stdin, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(stdin)
-                terminal.close_input()
-                return
-            keys = loop.create_task(terminal.write(data))
-            pending.add(keys)
-            keys.add_done_callback(pending.discard)
 
-        def resized() -> None:
-            resize = loop.create_task(terminal.resize(*_size(stdin)))
-            pending.add(resize)
-            resize.add_done_callback(pending.discard)
+async def _attached(terminal: Terminal, interactive: bool, loop: asyncio.AbstractEventLoop) -> TerminalEnd:
+    """Pass keys in and output out until the command ends; how it ended."""
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    pending: set[asyncio.Task[Any]] = set()  # keystrokes and resizes being sent
 
-        if interactive:
-            loop.add_reader(stdin, typed)
-            loop.add_signal_handler(signal.SIGWINCH, resized)
-        else:
-            # End of input as a terminal gives it (Ctrl-D): half-closing the stream would hang the terminal up.
-            await terminal.write(b"\x04")
+    def typed() -> None:
         try:
-            await _pump_output(terminal, stdout)
-        finally:
-            if interactive:
-                loop.remove_reader(stdin)
-                loop.remove_signal_handler(signal.SIGWINCH)
-            for task in pending:
-                task.cancel()
-        return await terminal.end()
+            data = os.read(stdin, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(stdin)
+            terminal.close_input()
+            return
+        keys = loop.create_task(terminal.write(data))
+        pending.add(keys)
+        keys.add_done_callback(pending.discard)
+
+    def resized() -> None:
+        resize = loop.create_task(terminal.resize(*_size(stdin)))
+        pending.add(resize)
+        resize.add_done_callback(pending.discard)
+
+    if interactive:
+        loop.add_reader(stdin, typed)
+        loop.add_signal_handler(signal.SIGWINCH, resized)
+    else:
+        # End of input as a terminal gives it (Ctrl-D): half-closing the stream would hang the terminal up.
+        await terminal.write(b"\x04")
+    try:
+        await _pump_output(terminal, stdout)
+    finally:
+        if interactive:
+            loop.remove_reader(stdin)
+            loop.remove_signal_handler(signal.SIGWINCH)
+        for task in pending:
+            task.cancel()
+    return await terminal.end()
 
 
 def _exit_status(agent: str, end: TerminalEnd) -> int:

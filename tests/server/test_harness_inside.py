@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -87,6 +88,17 @@ async def test_claude_code_installed_inside_keeps_its_state_across_stop_hibernat
     await runtime.install_harness(agent, "claude-code", credential="anthropic")
     assert (await runtime.exec(agent, "printenv ANTHROPIC_API_KEY")).stdout == "[REDACTED:anthropic]\n"
     assert (await sh(runtime, agent, "grep -rlF \"$ANTHROPIC_API_KEY\" ~ /workspace 2>/dev/null; true")) == ""
+
+    # Under self_control the install points Claude Code at the agent's own control endpoint, which the real
+    # client connects to while `spinup run` serves it; the token is read from the environment, never stored.
+    await runtime.set_policy(agent, runtime.get_agent(agent).policy.updated(self_control=True))
+    code, _, err = await _spinup(runtime, "harness", "install", agent, "claude-code")
+    assert code == 0, err
+    code, out, _ = await _spinup(runtime, "run", agent, "--", "claude", "mcp", "list")
+    shown = re.sub(r"\x1b\[[0-9;?<>=]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[78]|\x1b\([A-Z0-9]", " ", out)
+    (line,) = [line for line in shown.splitlines() if "spinup:" in line] or [shown]
+    assert "http://127.0.0.1:7390/mcp" in line and "✔" in line and "Connected" in line, shown
+    assert runtime.control_token(agent) not in await sh(runtime, agent, "cat ~/.claude.json")
 
 
 async def test_unknown_harnesses_missing_credentials_and_an_offline_install_fail_clearly(
