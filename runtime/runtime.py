@@ -41,7 +41,7 @@ from .errors import (
 )
 from .exec import ExecResult, ProgressCallback, kill_command, run_command, signal_marked
 from .exec_history import ExecHistory, ExecLog, ExecRecord, command_text
-from .files import AccessMemo, AgentFiles, FileAccess, Files, as_agent_supported
+from .files import AccessMemo, AgentFiles, FileAccess, Files, InMachineFiles, as_agent_supported
 from .harnesses import get_harness
 from .image import build_base_image
 from .limits import LimitCounters, LimitWatch, note_limits
@@ -761,6 +761,8 @@ class Runtime:
             ceilings=self.settings.ceilings,
             # Not root, on this host: reads and writes as the agent's user, so no race past its permissions.
             as_agent=as_agent if not root and self._docker.of(machine_id).is_local and as_agent_supported() else None,
+            # Not root, elsewhere (a remote daemon): each operation one command in the machine as the agent's user.
+            in_machine=None if root else InMachineFiles(self._docker, machine_id, access.user, access.user_name),
             guard=lambda: self._agents.using_machine(agent, machine_id),
         )
 

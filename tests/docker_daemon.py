@@ -22,10 +22,13 @@ STOP_WAIT = 40.0
 class SecondDaemon:
     """``dockerd`` on its own socket; :meth:`start` and :meth:`stop` may be called again and again."""
 
-    def __init__(self) -> None:
+    def __init__(self, tcp_port: int | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="spinup-dockerd-", dir="/tmp"))
         self.socket = self.root / "docker.sock"
         self.host = f"unix://{self.socket}"
+        # Also on TCP (loopback only, no TLS): how a remote daemon is reached, for code that must not use
+        # the host's /proc for the daemon's machines.
+        self.tcp = f"tcp://127.0.0.1:{tcp_port}" if tcp_port is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = self.root / "dockerd.log"
 
@@ -41,6 +44,7 @@ class SecondDaemon:
                     f"--exec-root={self.root / 'exec'}",
                     f"--pidfile={self.root / 'docker.pid'}",
                     f"--host={self.host}",
+                    *([f"--host={self.tcp}"] if self.tcp else []),
                     f"--containerd-namespace={namespace}",
                     f"--containerd-plugins-namespace={namespace}p",
                     "--bridge=none",

@@ -13,6 +13,7 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import io
 import posixpath
 import tarfile
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,6 +28,7 @@ from .access import AccessCheck, FileAccess, drop, passed
 from .archive import MachineArchive, new_member, read_part
 from .as_agent import AgentFiles, off_thread
 from .encodings import decode, encode, off_loop, parse_mode
+from .in_machine import InMachineFiles
 from .paths import MachinePaths, normalize_path
 from .results import Encoding, FileContent, FileInfo, info_from_stat
 from .toolbox import failure_error, run_toolbox
@@ -65,10 +67,11 @@ def _redact_names(value: object, redact: Callable[[str], str]) -> object:
 class Files:
     """File operations on one machine, acting as the agent's user.
 
-    New files and directories belong to ``access.owner`` (uid, gid). When ``access.check_access``
-    is set (a non-root agent) and ``as_agent`` is given (a local daemon), stat, read, write, mkdir
-    and list act as the agent's user from the host; otherwise each operation first asks the machine
-    whether ``access.user`` may do it before the archive API, which acts as root, does it.
+    New files and directories belong to ``access.owner`` (uid, gid). For a non-root agent, stat,
+    read, write, mkdir and list act as the agent's user: from the host with ``as_agent`` (a local
+    daemon), else as one command inside the machine with ``in_machine`` (a remote daemon). Without
+    either, each operation first asks the machine whether ``access.user`` may do it before the
+    archive API, which acts as root, does it.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Files:
         record: Callable[[str, str, dict[str, Any]], None] | None = None,
         ceilings: Ceilings | None = None,
         as_agent: Callable[[], Awaitable[AgentFiles]] | None = None,
+        in_machine: InMachineFiles | None = None,
         guard: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.docker = docker
@@ -101,6 +105,8 @@ class Files:
         self.ceilings = ceilings or Ceilings()
         # A non-root agent on a local daemon: reads and writes as its user from the host (no check, no race).
         self._as_agent = as_agent
+        # A non-root agent on a remote daemon: each operation one command inside the machine as its user.
+        self._in_machine = in_machine if as_agent is None else None
 
     def _shown(self, result: R) -> R:
         """``result`` with credential values in its paths and link targets redacted (file names are the agent's)."""
@@ -120,6 +126,8 @@ class Files:
         if self._as_agent is not None:
             host = await self._as_agent()
             return await off_thread(lambda: host.stat(path))
+        if self._in_machine is not None:
+            return await self._in_machine.stat(path)
         check = None if self._check.known(path) else self._check.soon(path, "stat")
         try:
             try:
@@ -146,7 +154,7 @@ class Files:
         """Whether the path exists (symlinks count as existing); :class:`PermissionDenied` where the agent's
         user cannot look it up."""
         path = normalize_path(path)
-        if self._as_agent is not None:
+        if self._as_agent is not None or self._in_machine is not None:
             try:
                 await self.stat(path)
             except PathNotFound:
@@ -177,6 +185,8 @@ class Files:
         path = normalize_path(path)
         if self._as_agent is not None:
             data, returned, eof, size = await self._read_as_agent(await self._as_agent(), path, offset, limit, unit)
+        elif self._in_machine is not None:
+            data, returned, eof, size = await self._read_in_machine(self._in_machine, path, offset, limit, unit)
         else:
             data, returned, eof, size = await self._read_as_root(path, offset, limit, unit)
         if self._redact is not None:
@@ -203,6 +213,21 @@ class Files:
             return (*read_part(fh, size, offset, limit, unit, check_size), size)
 
         return await off_thread(lambda: host.read(path, consume))
+
+    async def _read_in_machine(
+        self, machine: InMachineFiles, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
+    ) -> tuple[bytes, int, bool, int]:
+        """Read by one command inside the machine as the agent's user, at most the read ceiling."""
+        most = self.ceilings.read_bytes if limit is None or unit == "lines" else min(limit, self.ceilings.read_bytes)
+        raw, size, ends = await machine.read(path, unit, offset, most)
+        if unit == "bytes":
+            self.ceilings.check_read(
+                max(size - offset, 0) if limit is None else min(limit, len(raw)), limit is not None
+            )
+        data, returned, eof = read_part(io.BytesIO(raw), len(raw), 0, limit, unit, self.ceilings.check_read)
+        if not ends and len(data) >= len(raw):  # the lines asked for run past the ceiling
+            self.ceilings.check_read(len(raw) + 1, limit is not None)
+        return data, returned, eof and ends, size
 
     async def _read_as_root(
         self, path: str, offset: int, limit: int | None, unit: Literal["bytes", "lines"]
@@ -246,7 +271,15 @@ class Files:
             raise IsADirectory(path)
         perm = parse_mode(mode)
         if self._as_agent is not None:
-            return await self._write_as_agent(await self._as_agent(), path, content, encoding, perm, create_parents)
+            host = await self._as_agent()
+            return await self._write_as_user(
+                lambda data: off_thread(lambda: host.write(path, data, perm, create_parents)), content, encoding
+            )
+        if self._in_machine is not None:
+            machine = self._in_machine
+            return await self._write_as_user(
+                lambda data: machine.write(path, data, perm, create_parents), content, encoding
+            )
         # With a memo the check waits for the resolved target: a known directory may spare it.
         check = self._check.soon(path, "write") if self.access.memo is None else None
         try:
@@ -257,21 +290,16 @@ class Files:
         self._record("file-written", f"{target} ({info.size} bytes)", {"path": target, "size": info.size})
         return info
 
-    async def _write_as_agent(
-        self,
-        host: AgentFiles,
-        path: str,
-        content: str,
-        encoding: Literal["text", "base64"],
-        perm: int | None,
-        create_parents: bool,
+    async def _write_as_user(
+        self, write: Callable[[bytes], Awaitable[FileInfo]], content: str, encoding: Literal["text", "base64"]
     ) -> FileInfo:
-        """Write through one descriptor the kernel opened (or created) as the agent's user."""
+        """Write as the agent's user (the kernel checks each step): from the host through one descriptor, or
+        by one command inside the machine."""
         data = await off_loop(decode, content, encoding, size=len(content))
         if self._write_guard is not None:
             await self._write_guard()
         try:
-            info = await off_thread(lambda: host.write(path, data, perm, create_parents))
+            info = await write(data)
         finally:
             if self._on_written is not None:
                 self._on_written()
@@ -324,11 +352,15 @@ class Files:
     async def mkdir(self, path: str, *, mode: str | int | None = None) -> FileInfo:
         """Create a directory and any missing parents; an existing directory is fine."""
         path = normalize_path(path)
-        if self._as_agent is not None:
-            host, perm = await self._as_agent(), parse_mode(mode)
+        if self._as_agent is not None or self._in_machine is not None:
+            perm, machine = parse_mode(mode), self._in_machine
             if self._write_guard is not None:
                 await self._write_guard()
             try:
+                if machine is not None:
+                    return await machine.mkdir(path, perm)
+                assert self._as_agent is not None
+                host = await self._as_agent()
                 return await off_thread(lambda: host.mkdir(path, perm))
             finally:
                 self._check.forget()  # a new directory's mode may close what lies below it
@@ -384,6 +416,8 @@ class Files:
         if self._as_agent is not None:
             host, most = await self._as_agent(), self.ceilings.list_bytes
             return await off_thread(lambda: host.entries(path, recursive, pattern, max_entries, most, self._walk_past))
+        if self._in_machine is not None:
+            return await self._in_machine.entries(path, recursive, pattern, max_entries, self.ceilings.list_bytes)
         check = self._check.soon(path, "list")
         try:
             real, st = await self._paths.resolve(path)
