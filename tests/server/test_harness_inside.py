@@ -10,9 +10,11 @@ import re
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tmux_panes import Tmux, panes
 
 from conftest import server_env, sh, unique_name
 from spinup.runtime import Runtime
@@ -43,9 +45,15 @@ async def _spinup(runtime: Runtime, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.fixture
+def tmux(runtime: Runtime) -> Iterator[Tmux]:
+    with panes(server_env(runtime.settings)) as tmux:
+        yield tmux
+
+
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the native package packed here is linux-x64")
 async def test_claude_code_installed_inside_keeps_its_state_across_stop_hibernate_restore_and_fork(
-    runtime: Runtime, agent: str
+    runtime: Runtime, agent: str, tmux: Tmux
 ) -> None:
     await asyncio.to_thread(_pack_claude_code, runtime.settings.sources_dir / "npm")
 
@@ -57,6 +65,9 @@ async def test_claude_code_installed_inside_keeps_its_state_across_stop_hibernat
     }  # fmt: skip
     code, out, _ = await _spinup(runtime, "run", agent, "--", "claude", "--version")
     assert code == 0 and f"{CLAUDE} (Claude Code)" in out
+    tmux.start("claude", f"{SPINUP} shell {agent} -- claude --version")
+    screen = await asyncio.to_thread(tmux.wait_for, "claude", "exited:0")
+    assert f"{CLAUDE} (Claude Code)" in screen, "in a real terminal too"
 
     # Its state goes where Claude Code keeps it: the agent's home.
     code, out, err = await _spinup(runtime, "run", agent, "--", "claude", "mcp", "add", "first", "--", "echo", "hi")
