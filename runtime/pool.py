@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 SPARE_LABEL = "spinup.spare"  # value: the state directory's key (see :func:`home_key`)
 SPARE_IMAGE_LABEL = "spinup.spare.image"  # the base image the spare was made from, as configured
-LIVE_FIELDS = ("cpus", "memory", "pids", "disk")  # what a claim may change on a running spare
+# What a claim may change on a running spare (self_control: an endpoint served from the host, nothing in the machine).
+LIVE_FIELDS = ("cpus", "memory", "pids", "disk", "self_control")
 # A server that lives only a moment (a harness probing it with `mcp list`) makes no machine.
 START_DELAY = 3.0
 REFILL_INTERVAL = 30.0  # seconds between two looks at the pool by a server (a claim refills at once)

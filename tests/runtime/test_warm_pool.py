@@ -166,8 +166,9 @@ def test_the_pool_setting_takes_a_count_or_image_counts_and_refuses_anything_els
             parse_warm_pool(bad)
 
 
-def test_only_the_default_policy_with_other_limits_can_take_a_spare() -> None:
+def test_only_the_default_policy_with_other_limits_or_self_control_can_take_a_spare() -> None:
     assert claimable(Policy()) and claimable(Policy(cpus=1, memory=256 * 1024 * 1024, pids=64, disk=None))
+    assert claimable(Policy(self_control=True))
     for other in (Policy(user="root"), Policy(network="host"), Policy(package_cache=False), Policy(nofile=1024)):
         assert not claimable(other), other
 
