@@ -37,6 +37,7 @@ from .secrets import SecretListing, redact_stored
 from .snapshot_transfer import Pushed
 from .snapshots import CaptureResult, GcResult, MigrateResult, ProgressFn, VerifyReport
 from .terminal import Terminal, TerminalEnd
+from .token_files import check_token, read_token_file, stored_token_file
 from .usage import AgentOverview, ResourceUse
 
 __all__ = [
@@ -92,11 +93,14 @@ __all__ = [
     "acting_as",
     "check_granted",
     "check_registry_granted",
+    "check_token",
     "current_actor",
     "decode_key",
     "diagnose",
     "parse_size",
+    "read_token_file",
     "readable_size",
     "redact_stored",
+    "stored_token_file",
     "validate_agent_name",
 ]

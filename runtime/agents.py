@@ -526,7 +526,8 @@ class AgentService:
         if policy == agent.policy:
             return agent
         if only_live_changes(agent.policy, policy):
-            # The proxy reads the rules for every new connection: no new machine needed.
+            # The proxy reads the rules for every new connection, and self_control is served from the host: no new
+            # machine needed.
             self.db.set_policy(agent.id, policy)
             return self.get(name)
         async with self.locks.exclusive(agent):

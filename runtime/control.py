@@ -10,14 +10,13 @@ inside speaks MCP over HTTP natively; its bearer token is in every command's env
 from __future__ import annotations
 
 import errno
-import os
-import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from .egress.listeners import ListenerUnavailable, listen_in_netns
 from .ports import netns_inode
+from .token_files import stored_token_file
 
 CONTROL_PORT = 7390
 CONTROL_URL = f"http://127.0.0.1:{CONTROL_PORT}/mcp"
@@ -27,27 +26,7 @@ URL_ENV = "SPINUP_CONTROL_URL"
 
 def control_token(home: Path, agent_id: str) -> str:
     """The agent's control token (made on first use, 0600 under ``home/control``; every process reads the same)."""
-    directory = home / "control"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    path = directory / f"{agent_id}.token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    tmp = directory / f".{agent_id}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, path)  # the first process to make one wins; the others read it
-    except FileExistsError:
-        token = path.read_text().strip()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return token
+    return stored_token_file(home / "control" / f"{agent_id}.token")[0]
 
 
 def forget_token(home: Path, agent_id: str) -> None:

@@ -148,6 +148,7 @@ class Runtime:
         self._db.redact = self._secrets.redact
         add_log_redactor(self._secrets.redact)
         self._ports = PortService(self._db)
+        self._control_tokens: dict[str, str] = {}  # agent id -> its control endpoint's token
 
     async def close(self) -> None:
         """Close this process's port forwards, finish background removals, then release the Docker client and
@@ -310,6 +311,7 @@ class Runtime:
         """Remove the agent: its machine, its record, and its snapshots that no other agent builds on."""
         agent = await self._agents.remove(name)
         self._execs.forget(agent.id)
+        self._control_tokens.pop(agent.id, None)
         forget_token(self.settings.home, agent.id)
         return agent
 
@@ -528,11 +530,7 @@ class Runtime:
     def _command_env(self, agent: Agent, env: dict[str, str] | None) -> dict[str, str]:
         """What a command gets in its environment: the agent's name, its control endpoint (``self_control``), its
         bound credentials, then ``env``."""
-        control = (
-            {URL_ENV: CONTROL_URL, TOKEN_ENV: control_token(self.settings.home, agent.id)}
-            if agent.policy.self_control
-            else {}
-        )
+        control = {URL_ENV: CONTROL_URL, TOKEN_ENV: self._control_token(agent.id)} if agent.policy.self_control else {}
         return {"SPINUP_AGENT": agent.name, **control, **self._secrets.exec_env(agent), **(env or {})}
 
     # the control endpoint of self_control agents
@@ -553,7 +551,13 @@ class Runtime:
 
     def control_token(self, name: str) -> str:
         """The bearer token of the agent's control endpoint (what commands inside get as $SPINUP_CONTROL_TOKEN)."""
-        return control_token(self.settings.home, self._agents.get(name).id)
+        return self._control_token(self._agents.get(name).id)
+
+    def _control_token(self, agent_id: str) -> str:
+        """The agent's control token, read (or made) once per process: it never changes while the agent lives."""
+        if agent_id not in self._control_tokens:
+            self._control_tokens[agent_id] = control_token(self.settings.home, agent_id)
+        return self._control_tokens[agent_id]
 
     def _started(self, hold: Hold) -> None:
         """A command runs: let go of its machine (a snapshot may freeze it now)."""
@@ -750,6 +754,10 @@ class Runtime:
             return AgentFiles(machine.pid, machine.id, owner(agent.policy), access.user_name, self._fault)
 
         machine_id = agent.machine_id
+        # Not root: the agent's user does the I/O, so nothing races past its permissions. From the host on a
+        # local daemon; elsewhere (a remote daemon) each operation is one command in the machine as that user.
+        from_host = not root and self._docker.of(machine_id).is_local and as_agent_supported()
+        in_machine = not root and not from_host
         return Files(
             self._docker,
             machine_id,
@@ -759,10 +767,8 @@ class Runtime:
             on_written=lambda: self._quota.changed(agent),
             record=lambda kind, detail, data: self._db.record_event(agent.id, kind, detail, data),
             ceilings=self.settings.ceilings,
-            # Not root, on this host: reads and writes as the agent's user, so no race past its permissions.
-            as_agent=as_agent if not root and self._docker.of(machine_id).is_local and as_agent_supported() else None,
-            # Not root, elsewhere (a remote daemon): each operation one command in the machine as the agent's user.
-            in_machine=None if root else InMachineFiles(self._docker, machine_id, access.user, access.user_name),
+            as_agent=as_agent if from_host else None,
+            in_machine=InMachineFiles(self._docker, machine_id, access.user, access.user_name) if in_machine else None,
             guard=lambda: self._agents.using_machine(agent, machine_id),
         )
 
@@ -823,10 +829,8 @@ class Runtime:
         recorded in the manifest; with ``credential`` (a stored secret), bind it as the harness's login variable.
         Under a ``self_control`` policy the harness is also pointed at the agent's control endpoint."""
         known = get_harness(harness)
-        if credential is not None and credential not in {listing.info.name for listing in self._secrets.list()}:
-            raise InvalidInput(
-                f"No credential named {credential!r}: store it first (spinup secret set {credential}), then install."
-            )
+        if credential is not None:
+            self._secrets.require(credential)  # before the install, which takes a while
         result = await self.install_packages(name, "npm", known.specs(), on_progress)
         if credential is not None:
             self.bind_secret(name, credential, env=known.login_env)

@@ -126,6 +126,12 @@ class SecretService:
 
     # bindings
 
+    def require(self, name: str) -> None:
+        """Refuse a credential name that is invalid or not stored (:class:`SecretNotFound`)."""
+        validate_secret_name(name)
+        if not self.store.exists(name):
+            raise SecretNotFound(name)
+
     def bind(
         self,
         agent: Agent,
@@ -137,9 +143,7 @@ class SecretService:
         """Give ``agent`` the credential ``name`` as an env var (default: the name itself), a file, and/or a
         request header the egress proxy adds for one host (``host:Header:template``; the value stays out of
         the machine)."""
-        validate_secret_name(name)
-        if not self.store.exists(name):
-            raise SecretNotFound(name)
+        self.require(name)
         edge = parse_header_binding(header) if header is not None else None
         if edge is not None and agent.policy.network != "allowlist":
             raise InvalidInput(

@@ -29,8 +29,9 @@ from ..errors import (
     PermissionDenied,
     SpinupError,
 )
-from ..exec import ExecResult, run_command
+from ..exec import ExecResult
 from .results import FileInfo, FileType
+from .toolbox import classify_failure, failure_error, run_toolbox
 
 TIMEOUT = 120.0  # seconds one file command may take (a FIFO or a hung read ends there)
 OUTPUT_SLACK = 64 * 1024
@@ -105,20 +106,17 @@ class InMachineFiles:
     async def _run(
         self, script: str, args: list[str], *, stdin: bytes | None = None, cap: int = OUTPUT_SLACK
     ) -> ExecResult:
-        return await run_command(
-            self.docker,
-            self.machine_id,
-            [TOOLBOX_MOUNT, "sh", "-c", script, TOOLBOX_MOUNT, *args],
-            cwd="/",
-            user=self.user,
-            stdin=stdin,
-            timeout=TIMEOUT,
-            output_cap=cap,
+        argv = ["sh", "-c", script, TOOLBOX_MOUNT, *args]  # "$0" is the toolbox: its applets, not the image's
+        return await run_toolbox(
+            self.docker, self.machine_id, self.user, argv, timeout=TIMEOUT, output_cap=cap, stdin=stdin
         )
 
     def _failed(self, result: ExecResult, path: str, what: str) -> SpinupError:
         detail = (result.stderr or result.stdout).strip()
         lowered = detail.lower()
+        failure = classify_failure(detail)
+        if failure == "no toolbox":
+            return failure_error(f"{what} {path}", result, self.user_name)
         if result.timed_out:
             return SpinupError(f"Cannot {what} {path}: it did not answer in {TIMEOUT:.0f} s (a FIFO or a device?).")
         if result.exit_code == 21 or lowered.endswith("is a directory"):
@@ -128,7 +126,7 @@ class InMachineFiles:
         if result.exit_code == NOT_REGULAR:
             kind = "a FIFO, a device or a socket"
             return InvalidInput(f"{path} is not a regular file ({kind}): Spinup will not {what} it.")
-        if "permission denied" in lowered:
+        if failure == "permission denied":
             return PermissionDenied(path, what, self.user_name)
         if "no such file" in lowered or "can't open" in lowered or "doesn't exist" in lowered:
             return PathNotFound(path)

@@ -106,7 +106,7 @@ class Files:
         # A non-root agent on a local daemon: reads and writes as its user from the host (no check, no race).
         self._as_agent = as_agent
         # A non-root agent on a remote daemon: each operation one command inside the machine as its user.
-        self._in_machine = in_machine if as_agent is None else None
+        self._in_machine = in_machine
 
     def _shown(self, result: R) -> R:
         """``result`` with credential values in its paths and link targets redacted (file names are the agent's)."""

@@ -19,11 +19,25 @@ ToolboxFailure = Literal["no toolbox", "permission denied", "not empty", "other"
 
 
 async def run_toolbox(
-    docker: DockerBackend, machine_id: str, user: str, argv: list[str], *, timeout: float, output_cap: int
+    docker: DockerBackend,
+    machine_id: str,
+    user: str,
+    argv: list[str],
+    *,
+    timeout: float,
+    output_cap: int,
+    stdin: bytes | None = None,
 ) -> ExecResult:
-    """Run the toolbox applet ``argv`` in the machine as ``user``, from '/'."""
+    """Run the toolbox applet ``argv`` in the machine as ``user``, from '/' (fed ``stdin`` when given)."""
     return await run_command(
-        docker, machine_id, [TOOLBOX_MOUNT, *argv], cwd="/", user=user, timeout=timeout, output_cap=output_cap
+        docker,
+        machine_id,
+        [TOOLBOX_MOUNT, *argv],
+        cwd="/",
+        user=user,
+        stdin=stdin,
+        timeout=timeout,
+        output_cap=output_cap,
     )
 
 

@@ -57,20 +57,20 @@ async def _session(rt: Runtime, agent: str, command: list[str] | None, interacti
     """Run a terminal session; how its command ended."""
     rows, cols = _size(sys.stdin.fileno() if interactive else sys.stdout.fileno())
     term = os.environ.get("TERM") or "xterm-256color"
-    loop = asyncio.get_running_loop()
     # A harness in the shell reaches its agent's control endpoint (self_control) while the shell runs.
     endpoints = asyncio.create_task(ControlEndpoints(rt, only=agent).keep_serving())
     try:
         async with rt.terminal(agent, command, rows=rows, cols=cols, term=term) as terminal:
-            return await _attached(terminal, interactive, loop)
+            return await _attached(terminal, interactive)
     finally:
         endpoints.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await endpoints
 
 
-async def _attached(terminal: Terminal, interactive: bool, loop: asyncio.AbstractEventLoop) -> TerminalEnd:
+async def _attached(terminal: Terminal, interactive: bool) -> TerminalEnd:
     """Pass keys in and output out until the command ends; how it ended."""
+    loop = asyncio.get_running_loop()
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     pending: set[asyncio.Task[Any]] = set()  # keystrokes and resizes being sent
 
