@@ -129,16 +129,22 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "spinup", label_extra={TEST_LABEL: RUN_ID})
 
 
+@asynccontextmanager
+async def opened(runtime: Runtime) -> AsyncIterator[Runtime]:
+    """``runtime`` for the block; then its agents are removed and it is closed."""
+    try:
+        yield runtime
+    finally:
+        for agent in runtime.list_agents():
+            await runtime.remove_agent(agent.name)
+        await runtime.close()
+
+
 @pytest.fixture
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """A runtime over the real daemon; its agents are removed afterwards."""
-    rt = Runtime(settings)
-    try:
+    async with opened(Runtime(settings)) as rt:
         yield rt
-    finally:
-        for agent in rt.list_agents():
-            await rt.remove_agent(agent.name)
-        await rt.close()
 
 
 @pytest.fixture

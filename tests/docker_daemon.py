@@ -7,12 +7,14 @@ the base image from the shared daemon with ``docker save | docker load``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 START_WAIT = 60.0
@@ -116,3 +118,16 @@ class SecondDaemon:
         for point in sorted((m for m in mounts if m.startswith(str(self.root))), key=len, reverse=True):
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_daemon(image: str | None = None, tcp_port: int | None = None) -> Iterator[SecondDaemon]:
+    """A started :class:`SecondDaemon` (given ``image`` from the shared daemon, and a TCP port), removed after."""
+    daemon = SecondDaemon(tcp_port)
+    try:
+        daemon.start()
+        if image is not None:
+            daemon.load_image(image)
+        yield daemon
+    finally:
+        daemon.remove()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_daemon import SecondDaemon
+from docker_daemon import SecondDaemon, started_daemon
 
 from conftest import docker_cli, sh
 from package_sources import make_wheel
@@ -28,12 +28,8 @@ CLI_DEADLINE = 240
 @pytest.fixture(scope="module")
 def other_daemon() -> Iterator[SecondDaemon]:
     """A second daemon with no image in it."""
-    daemon = SecondDaemon()
-    try:
-        daemon.start()
+    with started_daemon() as daemon:
         yield daemon
-    finally:
-        daemon.remove()
 
 
 def _machines(agent_id: str, daemon: SecondDaemon | None = None) -> list[str]:

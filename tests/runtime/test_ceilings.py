@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from mcp import Client
 
-from conftest import call, fails, held_open, unique_name
+from conftest import call, fails, held_open, opened, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.ceilings import Ceilings
 from spinup.runtime.errors import InvalidInput, LimitReached
@@ -33,13 +33,8 @@ def tight(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def rt(tight: Settings) -> AsyncIterator[Runtime]:
-    runtime = Runtime(tight)
-    try:
+    async with opened(Runtime(tight)) as runtime:
         yield runtime
-    finally:
-        for agent in runtime.list_agents():
-            await runtime.remove_agent(agent.name)
-        await runtime.close()
 
 
 def test_ceilings_come_from_the_environment_with_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from docker_daemon import SecondDaemon
+from docker_daemon import SecondDaemon, started_daemon
 
 from conftest import unique_name
 from spinup.runtime import Runtime, Settings
@@ -22,13 +22,8 @@ DOWN_CALL_LIMIT = 15.0  # seconds a call may take to fail while the daemon is do
 
 @pytest.fixture(scope="module")
 def second_daemon() -> Iterator[SecondDaemon]:
-    daemon = SecondDaemon()
-    try:
-        daemon.start()
-        daemon.load_image(DEFAULT_IMAGE)
+    with started_daemon(DEFAULT_IMAGE) as daemon:
         yield daemon
-    finally:
-        daemon.remove()
 
 
 async def test_a_daemon_restart_ends_a_running_command_with_an_error_and_every_agent_comes_back(

@@ -12,9 +12,9 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from docker_daemon import SecondDaemon
+from docker_daemon import SecondDaemon, started_daemon
 
-from conftest import unique_name
+from conftest import opened, unique_name
 from spinup.runtime import Runtime, Settings
 from spinup.runtime.config import DEFAULT_IMAGE
 from spinup.runtime.docker import DockerBackend
@@ -26,25 +26,15 @@ def remote() -> Iterator[SecondDaemon]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    daemon = SecondDaemon(tcp_port=port)
-    try:
-        daemon.start()
-        daemon.load_image(DEFAULT_IMAGE)
+    with started_daemon(DEFAULT_IMAGE, tcp_port=port) as daemon:
         yield daemon
-    finally:
-        daemon.remove()
 
 
 @pytest.fixture
 async def remote_runtime(settings: Settings, remote: SecondDaemon) -> AsyncIterator[Runtime]:
     assert remote.tcp is not None
-    runtime = Runtime(settings, DockerBackend(url=remote.tcp))
-    try:
+    async with opened(Runtime(settings, DockerBackend(url=remote.tcp))) as runtime:
         yield runtime
-    finally:
-        for agent in runtime.list_agents():
-            await runtime.remove_agent(agent.name)
-        await runtime.close()
 
 
 def _in_machine(remote: SecondDaemon, machine_id: str, script: str, user: str = "1000") -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, TEST_LABEL, docker_cli, unique_name
+from conftest import RUN_ID, TEST_LABEL, docker_cli, opened, unique_name
 from spinup.runtime import ExecResult, Runtime, Settings
 from spinup.runtime.errors import AgentPaused
 
@@ -68,13 +68,9 @@ async def cli_json(home: Path, *args: str) -> object:
 
 @pytest.fixture(scope="module")
 async def rt(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runtime]:
-    runtime = Runtime(Settings(home=tmp_path_factory.mktemp("control") / "spinup", label_extra={TEST_LABEL: RUN_ID}))
-    try:
+    settings = Settings(home=tmp_path_factory.mktemp("control") / "spinup", label_extra={TEST_LABEL: RUN_ID})
+    async with opened(Runtime(settings)) as runtime:
         yield runtime
-    finally:
-        for agent in runtime.list_agents():
-            await runtime.remove_agent(agent.name)
-        await runtime.close()
 
 
 @pytest.fixture(scope="module")
