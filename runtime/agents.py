@@ -145,6 +145,8 @@ class AgentService:
             if info is None or not info.running or info.paused:
                 raise SpinupError(f"The spare machine {machine_id[:12]} claimed for agent '{agent.name}' stopped.")
             await set_machine_hostname(info.pid, info.hostname_path, agent.name)
+            if agent.policy.network == "allowlist":
+                await self._attach_egress(agent, info)  # the listener for its rules, before its first command
 
         # Docker's rename holds the container's lock, which an exec would wait for: done here, alongside.
         steps = [named(), self._rename(machine_id, machine_name(agent))]
@@ -756,7 +758,7 @@ class AgentService:
         name = machine_name(agent)
         if spare:
             # Named, and given its hostname, when claimed; SPINUP_AGENT reaches each command with its exec.
-            config["Labels"] = {**config["Labels"], **self.pool.spare_labels(image)}
+            config["Labels"] = {**config["Labels"], **self.pool.spare_labels(image, agent.policy)}
             del config["Labels"]["spinup.name"]
             config["Env"] = [e for e in config["Env"] if not e.startswith("SPINUP_AGENT=")]
             name = f"spinup-spare-{agent.id[:12]}"

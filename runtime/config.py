@@ -33,14 +33,29 @@ DEFAULT_WARM_POOL = "2"
 DEFAULT_BASE_CACHE_GRACE = 3600.0
 
 
+POOL_SHAPES = ("root", "host", "allowlist")  # what a spare may be made as besides the default policy, in key order
+
+
+def pool_key(image: str, shape: str) -> str:
+    """A ``Settings.warm_pool`` key: the image (``""`` for the default one), then ``+TAG`` per shape tag."""
+    return f"{image}+{shape}" if shape else image
+
+
+def split_pool_key(key: str) -> tuple[str, str]:
+    """A ``Settings.warm_pool`` key's image (``""``: the default one) and shape (``"root+allowlist"``; ``""``)."""
+    image, _, shape = key.partition("+")  # '+' is in no image reference
+    return image, shape
+
+
 def parse_warm_pool(text: str) -> dict[str, int]:
     """``SPINUP_WARM_POOL``: spare machines kept ready, ``N`` for the default base image or
-    ``IMAGE=N,IMAGE=N`` per base image (``0``: none); keys ``""`` mean the default image."""
+    ``IMAGE=N,IMAGE=N`` per base image (``0``: none), each key with optional shape tags for spares of
+    another policy (``+root=1``, ``IMAGE+host=1``, ``+root+allowlist=1``); keys ``""`` mean the default image."""
     pool: dict[str, int] = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        image, _, count = part.rpartition("=") if "=" in part else ("", "", part)
+        key, _, count = part.rpartition("=") if "=" in part else ("", "", part)
         try:
             number = int(count)
         except ValueError:
@@ -48,9 +63,17 @@ def parse_warm_pool(text: str) -> dict[str, int]:
         if not 0 <= number <= 64:
             raise InvalidInput(
                 f"SPINUP_WARM_POOL has {part!r}: give a count from 0 to 64 (spares of the default base image), "
-                f"or IMAGE=COUNT pairs separated by commas, e.g. spinup/base:bookworm=2."
+                f"or IMAGE=COUNT pairs separated by commas, e.g. spinup/base:bookworm=2,+root=1."
             )
-        pool[image.strip()] = number
+        image, shape = split_pool_key(key.strip())
+        tags = [tag.strip() for tag in shape.split("+")] if "+" in key else []
+        unknown = [tag for tag in tags if tag not in POOL_SHAPES]
+        if unknown or ("host" in tags and "allowlist" in tags) or len(set(tags)) != len(tags):
+            raise InvalidInput(
+                f"SPINUP_WARM_POOL has {part!r}: a shape is made of the tags {', '.join(POOL_SHAPES)} "
+                f"(at most one network: host or allowlist), e.g. +root=1 or spinup/base:bookworm+root+allowlist=1."
+            )
+        pool[pool_key(image.strip(), "+".join(t for t in POOL_SHAPES if t in tags))] = number
     return pool
 
 

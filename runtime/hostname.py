@@ -9,6 +9,7 @@ calls ``sethostname`` there and ends; no thread that served another namespace is
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from pathlib import Path
@@ -19,6 +20,8 @@ CLONE_NEWUTS = 0x04000000
 
 
 def _in_uts_namespace(pid: int, name: str) -> None:
+    if os.stat(f"/proc/{pid}/ns/uts").st_ino == os.stat("/proc/self/ns/uts").st_ino:
+        raise RuntimeError(f"process {pid} shares this host's UTS namespace: its hostname is the host's own")
     enter_namespace(f"/proc/{pid}/ns/uts", CLONE_NEWUTS)
     socket.sethostname(name)
 

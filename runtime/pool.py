@@ -1,20 +1,22 @@
 """The warm pool: spare machines created and started ahead of need, so a new agent answers at once.
 
-A spare is a machine of the default policy on a pooled base image (``Settings.warm_pool``), made
+A spare is a machine of one policy shape (the default policy, or root, the host network or an
+allowlist, see :data:`~.config.POOL_SHAPES`) on a pooled base image (``Settings.warm_pool``), made
 for an agent id drawn in advance: Docker cannot relabel a container, so a spare carries its future
 agent's id label (and ``spinup.spare`` naming the state directory it belongs to) from the start,
 and its own download-cache directories under that id. It holds no agent state and no credential
 (credentials reach a machine only per exec and in its in-memory secrets directory, once an agent
 binds them), is in no agent list and counts against no quota.
 
-``agent_create`` with the default policy (limits aside: CPUs, memory and pids are changed live
-with ``docker update``, the disk limit is Spinup's own) on a pooled image claims one: the agent
-record is made with the spare's id and machine in one transaction, the container is renamed,
-its limits updated and its hostname set to the agent's name. Any other policy (root, a network,
-no package cache, other open-file limits) takes the cold path. Claims, refills and reaping take
-one lock file (``<home>/locks/pool``), so no two processes claim one spare and none reaps a spare
-another is claiming. Servers refill in the background; ``spinup doctor --fix`` and a server's
-shutdown reap the spares.
+``agent_create`` with a pooled shape (limits aside: CPUs, memory and pids are changed live with
+``docker update``, the disk limit is Spinup's own; allowlist rules and ``self_control`` are
+served from the host) on a pooled image claims one: the agent record is made with the spare's id
+and machine in one transaction, the container is renamed, its limits updated and its hostname set
+to the agent's name (an allowlist machine gets its egress listener then). Any other policy (no
+package cache, other open-file limits, a shape with no spares kept) takes the cold path. Claims,
+refills and reaping take one lock file (``<home>/locks/pool``), so no two processes claim one
+spare and none reaps a spare another is claiming. Servers refill in the background; ``spinup
+doctor --fix`` and a server's shutdown reap the spares.
 """
 
 from __future__ import annotations
@@ -30,23 +32,28 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .config import Settings
+from .config import POOL_SHAPES, Settings, pool_key, split_pool_key
 from .docker import AGENT_LABEL, DockerBackend
 from .locks import lock_file
 from .models import Agent, AgentState, Policy
+from .policy import is_root
 from .state import StateDB
 
 log = logging.getLogger(__name__)
 
 SPARE_LABEL = "spinup.spare"  # value: the state directory's key (see :func:`home_key`)
 SPARE_IMAGE_LABEL = "spinup.spare.image"  # the base image the spare was made from, as configured
-# What a claim may change on a running spare (self_control: an endpoint served from the host, nothing in the machine).
-LIVE_FIELDS = ("cpus", "memory", "pids", "disk", "self_control")
+SPARE_SHAPE_LABEL = "spinup.spare.shape"  # the policy shape it was made with ("root+allowlist"; "" or none: default)
+# What a claim may change on a running spare: limits (`docker update`, the disk quota is Spinup's own), an endpoint
+# served from the host (self_control) and the rules the egress proxy reads for each connection.
+LIVE_FIELDS = ("cpus", "memory", "pids", "disk", "self_control", "allow", "intercept")
 # A server that lives only a moment (a harness probing it with `mcp list`) makes no machine.
 START_DELAY = 3.0
-REFILL_INTERVAL = 30.0  # seconds between two looks at the pool by a server (a claim refills at once)
+REFILL_INTERVAL = 30.0  # seconds between two looks at the pool by a server (a claim refills soon)
+# A refill asked for by a claim waits this long: its create and start would slow the new agent's first commands.
+REFILL_QUIET = 1.0
 CLAIM_WAIT = 2.0  # seconds a claim waits for another process's claim or reaping before it starts cold
 
 
@@ -55,10 +62,22 @@ def home_key(settings: Settings) -> str:
     return hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:16]
 
 
-def claimable(policy: Policy) -> bool:
-    """Whether a spare (made with the default policy) can become an agent of ``policy`` without a new machine."""
-    defaults = Policy()
-    return policy.model_copy(update={name: getattr(defaults, name) for name in LIVE_FIELDS}) == defaults
+def shape_policy(shape: str) -> Policy:
+    """The policy a spare of ``shape`` (tags of :data:`POOL_SHAPES` joined by ``+``) is made with."""
+    tags = set(shape.split("+")) if shape else set()
+    network: Literal["none", "allowlist", "host"] = (
+        "host" if "host" in tags else "allowlist" if "allowlist" in tags else "none"
+    )
+    return Policy(user="root" if "root" in tags else "agent", network=network)
+
+
+def shape_of(policy: Policy) -> str | None:
+    """The shape of spare that can become an agent of ``policy`` without a new machine; None when none can
+    (another open-file limit, no package cache)."""
+    wanted = {"root": is_root(policy), "host": policy.network == "host", "allowlist": policy.network == "allowlist"}
+    shape = "+".join(tag for tag in POOL_SHAPES if wanted[tag])
+    made = shape_policy(shape)
+    return shape if policy.model_copy(update={name: getattr(made, name) for name in LIVE_FIELDS}) == made else None
 
 
 def live_limits(policy: Policy) -> dict[str, Any]:
@@ -78,6 +97,7 @@ class Spare:
     machine_id: str
     agent_id: str
     image: str
+    shape: str
     running: bool
 
 
@@ -101,12 +121,12 @@ class WarmPool:
         self._refill = asyncio.Event()
         self._making: set[asyncio.Task[str]] = set()  # spares being made (finished even if a fill is cancelled)
 
-    def size(self, image: str) -> int:
-        """How many spares of ``image`` the pool keeps."""
+    def size(self, image: str, shape: str = "") -> int:
+        """How many spares of ``image`` and ``shape`` the pool keeps."""
         pool = self.settings.warm_pool
-        if image in pool:
-            return pool[image]
-        return pool.get("", 0) if image == self.settings.default_image else 0
+        if pool_key(image, shape) in pool:
+            return pool[pool_key(image, shape)]
+        return pool.get(pool_key("", shape), 0) if image == self.settings.default_image else 0
 
     @property
     def usable(self) -> bool:
@@ -114,9 +134,10 @@ class WarmPool:
         namespace needs CAP_SYS_ADMIN)."""
         return self.docker.is_local and os.geteuid() == 0
 
-    def images(self) -> list[str]:
-        """The pooled base images."""
-        return sorted({image or self.settings.default_image for image, n in self.settings.warm_pool.items() if n > 0})
+    def kinds(self) -> list[tuple[str, str]]:
+        """The pooled base images and shapes."""
+        split = (split_pool_key(key) for key, n in self.settings.warm_pool.items() if n > 0)
+        return sorted({(image or self.settings.default_image, shape) for image, shape in split})
 
     @contextlib.asynccontextmanager
     async def _locked(self, path: Path, wait: float) -> AsyncIterator[bool]:
@@ -135,19 +156,27 @@ class WarmPool:
         """The unclaimed spares of this state directory."""
         found = await self.docker.list_machines(f"{SPARE_LABEL}={self._key}")
         return [
-            Spare(machine_id, labels.get(AGENT_LABEL, ""), labels.get(SPARE_IMAGE_LABEL, ""), running)
+            Spare(
+                machine_id,
+                labels.get(AGENT_LABEL, ""),
+                labels.get(SPARE_IMAGE_LABEL, ""),
+                labels.get(SPARE_SHAPE_LABEL, ""),
+                running,
+            )
             for machine_id, labels, running in found
             if self.db.agent_by_id(labels.get(AGENT_LABEL, "")) is None
         ]
 
     async def claim(self, name: str, image: str, policy: Policy) -> Agent | None:
-        """Make agent ``name`` on a running spare of ``image``; None when the pool has none for it."""
-        if self.size(image) == 0 or not claimable(policy) or not self.usable:
+        """Make agent ``name`` on a running spare of ``image`` and ``policy``'s shape; None when the pool has none."""
+        shape = shape_of(policy)
+        if shape is None or self.size(image, shape) == 0 or not self.usable:
             return None
         async with self._locked(self._claims, CLAIM_WAIT) as held:
             if not held:
                 return None  # another process holds the pool longer than a cold start takes
-            spare = next((s for s in await self.spares() if s.image == image and s.running), None)
+            found = await self.spares()
+            spare = next((s for s in found if s.image == image and s.shape == shape and s.running), None)
             if spare is None:
                 self._refill.set()
                 return None
@@ -166,32 +195,32 @@ class WarmPool:
             for stopped in (s for s in current if not s.running):
                 await self.docker.remove(stopped.machine_id)  # a spare that stopped (a daemon restart) is of no use
                 self._forget(stopped.agent_id)
-            for image in self.images():
-                have = sum(1 for s in current if s.image == image and s.running)
-                for _ in range(max(0, self.size(image) - have)):
+            for image, shape in self.kinds():
+                have = sum(1 for s in current if s.image == image and s.shape == shape and s.running)
+                for _ in range(max(0, self.size(image, shape) - have)):
                     # Shielded: a cancelled fill never leaves a machine Docker made after reap looked.
-                    making: asyncio.Task[str] = asyncio.create_task(self._make(self._drawn(image)))
+                    making: asyncio.Task[str] = asyncio.create_task(self._make(self._drawn(image, shape)))
                     self._making.add(making)
                     making.add_done_callback(self._making.discard)
                     await asyncio.shield(making)
                     made += 1
         return made
 
-    def _drawn(self, image: str) -> Agent:
+    def _drawn(self, image: str, shape: str) -> Agent:
         """The agent a new spare is made for: its id is drawn now, its name is given at the claim."""
         return Agent(
             id=uuid.uuid4().hex[:16],
             name="spare",
             image=image,
-            policy=Policy(),
+            policy=shape_policy(shape),
             created_at=datetime.now(UTC),
             machine_id=None,
             state=AgentState.CREATED,
         )
 
-    def spare_labels(self, image: str) -> dict[str, str]:
-        """The labels that make a machine a spare of this state directory's pool."""
-        return {SPARE_LABEL: self._key, SPARE_IMAGE_LABEL: image}
+    def spare_labels(self, image: str, policy: Policy) -> dict[str, str]:
+        """The labels that make a machine of ``policy`` (a shape's) a spare of this state directory's pool."""
+        return {SPARE_LABEL: self._key, SPARE_IMAGE_LABEL: image, SPARE_SHAPE_LABEL: shape_of(policy) or ""}
 
     async def reap(self) -> int:
         """Remove every unclaimed spare and its cache directories."""
@@ -207,12 +236,14 @@ class WarmPool:
         return len(spares)
 
     async def keep_filled(self) -> None:
-        """Background loop of a server: refill after each claim and every :data:`REFILL_INTERVAL` seconds,
-        from :data:`START_DELAY` seconds on (or a first claim)."""
+        """Background loop of a server: refill :data:`REFILL_QUIET` seconds after each claim and every
+        :data:`REFILL_INTERVAL` seconds, from :data:`START_DELAY` seconds on (or a first claim)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(START_DELAY):
                 await self._refill.wait()
         while True:
+            if self._refill.is_set():
+                await asyncio.sleep(REFILL_QUIET)
             try:
                 await self.fill()
             except Exception:  # the top of a background task: a dead loop would never refill again
@@ -221,4 +252,3 @@ class WarmPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REFILL_INTERVAL):
                     await self._refill.wait()
-

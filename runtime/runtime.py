@@ -322,7 +322,7 @@ class Runtime:
     @property
     def warm_pool_on(self) -> bool:
         """Whether this runtime keeps spare machines (a pooled image, a local daemon, Spinup as root)."""
-        return bool(self._agents.pool.images()) and self._agents.pool.usable
+        return bool(self._agents.pool.kinds()) and self._agents.pool.usable
 
     async def keep_warm(self) -> None:
         """A server's background loop: keep the warm pool filled (``Settings.warm_pool``) until cancelled."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
+
+import pybase64  # SIMD base64: a 13 MB write's content decodes in ~3 ms, not ~50 ms
 
 from ..errors import InvalidInput
 from .results import Encoding
@@ -28,7 +29,7 @@ def decode(content: str, encoding: str) -> bytes:
         return content.encode("utf-8", errors="surrogateescape")
     if encoding == "base64":
         try:
-            return base64.b64decode(content, validate=True)
+            return pybase64.b64decode(content, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"content is not valid base64: {exc}. Encode the bytes with standard base64.") from exc
     raise InvalidInput(f"encoding must be 'text' or 'base64', got {encoding!r}.")
@@ -37,13 +38,13 @@ def decode(content: str, encoding: str) -> bytes:
 def encode(data: bytes, encoding: Encoding) -> tuple[str, Literal["text", "base64"]]:
     """``data`` as a read returns it, and the encoding used (``auto``: text if valid UTF-8, else base64)."""
     if encoding == "base64":
-        return base64.b64encode(data).decode("ascii"), "base64"
+        return pybase64.b64encode(data).decode("ascii"), "base64"
     if encoding == "text":
         return data.decode("utf-8", errors="replace"), "text"
     try:
         return data.decode("utf-8"), "text"
     except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
+        return pybase64.b64encode(data).decode("ascii"), "base64"
 
 
 def parse_mode(mode: str | int | None) -> int | None:

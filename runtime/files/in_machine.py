@@ -10,13 +10,14 @@ every command has a deadline, so a FIFO swapped in cannot hang a call.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import fnmatch
 import posixpath
 import stat as statmod
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import pybase64
 
 from ..config import TOOLBOX_MOUNT
 from ..docker import DockerBackend
@@ -151,7 +152,7 @@ class InMachineFiles:
             raise self._failed(result, path, "read")
         size_line, _, encoded = result.stdout.partition("\n")
         try:
-            data = base64.b64decode(encoded.replace("\n", ""), validate=True)
+            data = pybase64.b64decode(encoded.replace("\n", ""), validate=True)
         except binascii.Error as exc:
             raise SpinupError(f"Cannot read {path}: the machine's answer was cut short ({exc}).") from exc
         return data[:most], int(size_line), len(data) <= most
@@ -160,7 +161,7 @@ class InMachineFiles:
         """Create or replace the file ``path`` as the agent's user (written in place, through a symlink); the
         info of the file written."""
         mode = f"{perm:o}" if perm is not None else ""
-        result = await self._run(_WRITE, [path, mode, "1" if create_parents else "0"], stdin=base64.b64encode(data))
+        result = await self._run(_WRITE, [path, mode, "1" if create_parents else "0"], stdin=pybase64.b64encode(data))
         if result.exit_code != 0:
             raise self._failed(result, path, "write to")
         return _parse_stat(result.stdout.splitlines()[-1])  # the file written: a symlink's target

@@ -6,21 +6,28 @@ processes, spares of another state directory left alone, and reaping by a server
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from http_servers import free_port
 from mcp import Client
 
 from conftest import call, docker_cli, server_env, unique_name
 from spinup.runtime import Policy, Runtime, Settings
 from spinup.runtime.config import parse_warm_pool
+from spinup.runtime.egress import EgressClient
 from spinup.runtime.errors import InvalidInput
-from spinup.runtime.pool import SPARE_LABEL, claimable, home_key
+from spinup.runtime.hostname import set_machine_hostname
+from spinup.runtime.pool import SPARE_LABEL, home_key, shape_of
 from spinup.server.app import build_server
 
 SPINUP = str(Path(sys.executable).with_name("spinup"))
@@ -161,16 +168,92 @@ def test_the_pool_setting_takes_a_count_or_image_counts_and_refuses_anything_els
         "spinup/base:bookworm": 3,
         "localhost:5000/team/img:1": 1,
     }
-    for bad in ("-1", "many", "img=", "img=65", "=x"):
+    assert parse_warm_pool("2,+root=1, img:1+allowlist+root=3,+host=0") == {
+        "": 2,
+        "+root": 1,
+        "img:1+root+allowlist": 3,  # tags in one order, so a key names one shape
+        "+host": 0,
+    }
+    for bad in ("-1", "many", "img=", "img=65", "=x", "+admin=1", "+host+allowlist=1", "+root+root=1", "img+=1"):
         with pytest.raises(InvalidInput, match="SPINUP_WARM_POOL"):
             parse_warm_pool(bad)
 
 
-def test_only_the_default_policy_with_other_limits_or_self_control_can_take_a_spare() -> None:
-    assert claimable(Policy()) and claimable(Policy(cpus=1, memory=256 * 1024 * 1024, pids=64, disk=None))
-    assert claimable(Policy(self_control=True))
-    for other in (Policy(user="root"), Policy(network="host"), Policy(package_cache=False), Policy(nofile=1024)):
-        assert not claimable(other), other
+def test_a_policy_takes_a_spare_of_its_shape_whatever_its_limits_rules_or_self_control() -> None:
+    assert shape_of(Policy()) == "" and shape_of(Policy(cpus=1, memory=256 * 1024 * 1024, pids=64, disk=None)) == ""
+    assert shape_of(Policy(self_control=True)) == ""
+    assert shape_of(Policy(user="root", memory=512 * 1024 * 1024)) == "root"
+    assert shape_of(Policy(network="host")) == "host"
+    assert shape_of(Policy().updated(allow=["pypi", "127.0.0.1:8080"])) == "allowlist"
+    assert shape_of(Policy(user="root").updated(allow=["pypi"], intercept=["pypi.org"])) == "root+allowlist"
+    for other in (Policy(package_cache=False), Policy(nofile=1024), Policy(user="root", nofile=1024)):
+        assert shape_of(other) is None, other
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+FETCH = """
+import json, sys, urllib.request, urllib.error
+out = []
+for url in sys.argv[1:]:
+    try:
+        with urllib.request.urlopen(url, timeout=20) as r:
+            out.append(r.status)
+    except urllib.error.HTTPError as e:
+        out.append(e.code)
+print(json.dumps(out))
+"""
+
+
+async def test_root_host_network_and_allowlist_agents_take_spares_of_their_shape(settings: Settings) -> None:
+    shaped = replace(settings, warm_pool={"+root": 1, "+host": 1, "+allowlist": 1})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, other = server.server_address[1], free_port()
+    runtime = Runtime(shaped)
+    root, host, listed, cold = (unique_name(prefix) for prefix in ("root", "host", "list", "cold"))
+    try:
+        assert await runtime.fill_pool() == 3
+        await runtime.create_agent(root, policy=Policy(user="root", memory=1024 * 1024 * 1024))
+        await runtime.create_agent(host, policy=Policy(network="host"))
+        await runtime.create_agent(listed, policy=Policy().updated(allow=[f"127.0.0.1:{port}"]))
+        await runtime.create_agent(cold, policy=Policy(user="root", network="host"))  # a shape with no spares
+        warm = {n for n in (root, host, listed, cold) if any("warm pool" in e.detail for e in runtime.events(n, 20))}
+        assert warm == {root, host, listed}
+        assert await runtime.spare_count() == 0
+
+        assert (await runtime.exec(root, "id -u; hostname; apt-get --version | head -1")).stdout.startswith(
+            f"0\n{root}\napt "
+        )
+        assert docker_cli(
+            "inspect", "-f", "{{.HostConfig.Memory}}", runtime.get_agent(root).machine_id or ""
+        ).stdout.strip() == str(1024**3)
+        seen = await runtime.exec(host, "hostname; readlink /proc/self/ns/net")
+        assert seen.stdout == f"{host}\n{os.readlink('/proc/self/ns/net')}\n"  # the host's network, its own name
+        assert socket.gethostname() != host  # the host kept its name
+        fetched = await runtime.exec(
+            listed,
+            ["python3", "-c", FETCH, f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{other}/"],
+            env={"NO_PROXY": "", "no_proxy": ""},
+        )
+        assert json.loads(fetched.stdout) == [200, 403], fetched.stderr
+        assert (await runtime.exec(listed, "id -u; hostname")).stdout == f"1000\n{listed}\n"
+    finally:
+        for agent in runtime.list_agents():
+            await runtime.remove_agent(agent.name)
+        await runtime.reap_spares()
+        await EgressClient(shaped).stop()
+        await runtime.close()
+        server.shutdown()
 
 
 async def test_a_spare_that_stopped_is_replaced_with_its_caches(pool_runtime: Runtime) -> None:
@@ -184,3 +267,14 @@ async def test_a_spare_that_stopped_is_replaced_with_its_caches(pool_runtime: Ru
     assert stopped not in " ".join(spares_on_daemon(pool_runtime.settings))
     assert len(spares_on_daemon(pool_runtime.settings)) == 2
     assert not (pool_runtime.settings.cache_dir / drawn).exists()
+
+
+async def test_the_hostname_of_a_process_in_the_hosts_own_uts_namespace_is_never_set() -> None:
+    before = socket.gethostname()
+    try:
+        with pytest.raises(RuntimeError, match="shares this host's UTS namespace"):
+            await set_machine_hostname(os.getpid(), "", "not-the-host")
+    finally:
+        if socket.gethostname() != before:
+            socket.sethostname(before)
+    assert socket.gethostname() == before
