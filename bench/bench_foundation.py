@@ -109,6 +109,7 @@ ROWS = (
     Row("wake from missing machine", "wake_missing_spinup", "wake_missing_raw", WAKE_TARGET),
     Row("new agent + exec: warm pool", "first_command_pool", "exec_raw_first", FIRST_COMMAND_TARGET),
     Row("new agent + exec: warm pool", "first_command_pool", "create_exec_raw"),
+    Row("new agent + exec: root pool", "first_command_pool_root", "exec_raw_first", FIRST_COMMAND_TARGET),
     Row("new agent + exec: cold", "first_command_cold", "create_exec_raw"),
     Row("exec true: MCP in memory", "exec_mcp_memory", "exec_raw", EXEC_TARGET),
     Row("exec true: MCP stdio", "exec_mcp_stdio", "exec_raw", EXEC_TARGET),
@@ -376,11 +377,11 @@ class Bench:
     # 3b: a new agent's first command
 
     async def first_command_cases(self, container: DockerContainer) -> list[Case]:
-        """agent_create then exec ``true`` over MCP (in memory), with a spare ready and without; against a raw
-        create + start + exec of the same config and one raw exec. Each case starts with no agent of its own
-        and, for the pool, one spare started and no refill under way (the refill a claim starts is awaited
-        before the next case, so it slows none of them)."""
-        pooled = replace(self.settings, warm_pool={"": 1})
+        """agent_create then exec ``true`` over MCP (in memory), with a spare ready (default policy, root) and
+        without; against a raw create + start + exec of the same config and one raw exec. Each case starts with
+        no agent of its own and, for the pool, a spare of each shape started and no refill under way (the refill
+        a claim starts is awaited before the next case, so it slows none of them)."""
+        pooled = replace(self.settings, warm_pool={"": 1, "+root": 1}, mcp_grants=frozenset({"root"}))
         pool_rt = Runtime(pooled)
         self.stack.push_async_callback(pool_rt.close)
         pooled_client = await self.stack.enter_async_context(Client(build_server(pooled)))
@@ -390,7 +391,7 @@ class Bench:
         fill_lock = self.home / "locks" / "pool.fill"
 
         async def settled() -> None:
-            """Every agent of a previous round removed, one spare started, no refill running."""
+            """Every agent of a previous round removed, a spare of each shape started, no refill running."""
             while made:
                 await self.rt.remove_agent(made.pop())
             while raw_made:
@@ -398,16 +399,16 @@ class Bench:
             await self.rt.drain()
             for _ in range(3000):
                 await pool_rt.fill_pool()
-                if await pool_rt.spare_count() >= 1 and not _locked(fill_lock):
+                if await pool_rt.spare_count() >= 2 and not _locked(fill_lock):
                     await asyncio.sleep(IDLE_BEFORE)  # the daemon done with the removals and the start
                     return
                 await asyncio.sleep(0.01)
-            raise RuntimeError("the warm pool did not settle with one spare")
+            raise RuntimeError("the warm pool did not settle with a spare of each shape")
 
-        async def first_command(client: Client) -> Any:
+        async def first_command(client: Client, **policy: str) -> Any:
             name = f"bench-new-{self.token}-{len(self.agent_ids)}-{time.monotonic_ns() % 10**6}"
             made.append(name)
-            created = await client.call_tool("agent_create", {"name": name})
+            created = await client.call_tool("agent_create", {"name": name, **policy})
             assert not created.is_error, created.content
             self.agent_ids.append(created.structured_content["id"])
             return await client.call_tool("exec", {"agent": name, "command": ["true"]})
@@ -427,6 +428,7 @@ class Bench:
 
         return [
             Case("first_command_pool", lambda: first_command(pooled_client), settled, tool_ok),
+            Case("first_command_pool_root", lambda: first_command(pooled_client, user="root"), settled, tool_ok),
             Case("first_command_cold", lambda: first_command(self.mem), settled, tool_ok),
             Case("create_exec_raw", raw_create_exec, settled, exit_zero),
             Case("exec_raw_first", lambda: self.raw_exec(container), settled, exit_zero),
