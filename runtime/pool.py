@@ -167,6 +167,15 @@ class WarmPool:
             if self.db.agent_by_id(labels.get(AGENT_LABEL, "")) is None
         ]
 
+    async def levels(self) -> list[tuple[str, int, int]]:
+        """Per pooled image and shape (``IMAGE`` or ``IMAGE+root``): the spares running and how many are kept."""
+        found = await self.spares()
+        return [
+            (pool_key(image, shape), sum(s.image == image and s.shape == shape and s.running for s in found), n)
+            for image, shape in self.kinds()
+            if (n := self.size(image, shape)) > 0
+        ]
+
     async def claim(self, name: str, image: str, policy: Policy) -> Agent | None:
         """Make agent ``name`` on a running spare of ``image`` and ``policy``'s shape; None when the pool has none."""
         shape = shape_of(policy)

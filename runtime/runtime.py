@@ -337,6 +337,10 @@ class Runtime:
         """Unclaimed spare machines of this state directory."""
         return len(await self._agents.pool.spares())
 
+    async def pool_levels(self) -> builtins.list[tuple[str, int, int]]:
+        """Per pooled image and shape (``IMAGE`` or ``IMAGE+root``): the spare machines ready and how many are kept."""
+        return await self._agents.pool.levels()
+
     async def reap_spares(self) -> int:
         """Remove every unclaimed spare machine of this state directory; how many."""
         return await self._agents.pool.reap()

@@ -39,8 +39,10 @@ async def _spares(settings: Settings, fix: bool) -> None:
         if fix:
             print(f"[ok  ] warm pool: removed {await runtime.reap_spares()} spare machine(s)")
         else:
-            ready, kept = await runtime.spare_count(), sum(settings.warm_pool.values())
-            print(f"[ok  ] warm pool: {ready} spare machine(s) ready (SPINUP_WARM_POOL keeps {kept})")
+            ready, levels = await runtime.spare_count(), await runtime.pool_levels()
+            kept = sum(n for _, _, n in levels)
+            each = "".join(f"{', ' if i else ': '}{key} {have} of {n}" for i, (key, have, n) in enumerate(levels))
+            print(f"[ok  ] warm pool: {ready} spare machine(s) ready (SPINUP_WARM_POOL keeps {kept}{each})")
     finally:
         await runtime.close()
 

@@ -152,7 +152,10 @@ async def test_doctor_fix_removes_the_spares(pool_runtime: Runtime) -> None:
     report = await asyncio.to_thread(
         subprocess.run, [SPINUP, "doctor"], env=env, capture_output=True, text=True, timeout=120
     )
-    assert "warm pool: 2 spare machine(s) ready" in report.stdout, report.stdout + report.stderr
+    image = pool_runtime.settings.default_image
+    assert f"warm pool: 2 spare machine(s) ready (SPINUP_WARM_POOL keeps 2: {image} 2 of 2)" in report.stdout, (
+        report.stdout + report.stderr
+    )
     fixed = await asyncio.to_thread(
         subprocess.run, [SPINUP, "doctor", "--fix"], env=env, capture_output=True, text=True, timeout=120
     )
