@@ -51,7 +51,7 @@ from .policy import (
     check_granted,
     is_root,
 )
-from .pool import WarmPool, live_limits
+from .pool import LIVE_FIELDS, WarmPool, live_limits
 from .snapshot_capture import crash_hook
 from .snapshots import CaptureResult, ProgressFn, SnapshotService
 from .state import StateDB
@@ -517,7 +517,8 @@ class AgentService:
             return self.get(name)
 
     async def set_policy(self, name: str, policy: Policy, progress: ProgressFn | None = None) -> Agent:
-        """Give the agent a new policy. Its machine is rebuilt under it from a snapshot of its state.
+        """Give the agent a new policy. Limits, allowlist rules and ``self_control`` apply live (see
+        :func:`only_live_changes`); for anything else its machine is rebuilt under it from a snapshot of its state.
 
         A running agent runs again at once; a stopped or hibernated one gets the new machine on its
         next wake. Leaving root hands /workspace and the agent's home to the agent user first.
@@ -527,10 +528,7 @@ class AgentService:
         self._check_egress_possible(policy, agent.host)
         if policy == agent.policy:
             return agent
-        if only_live_changes(agent.policy, policy):
-            # The proxy reads the rules for every new connection, and self_control is served from the host: no new
-            # machine needed.
-            self.db.set_policy(agent.id, policy)
+        if only_live_changes(agent.policy, policy) and await self._limits_applied_live(agent, policy):
             return self.get(name)
         async with self.locks.exclusive(agent):
             info = await self.machine(agent)
@@ -550,6 +548,26 @@ class AgentService:
             if info is not None and info.running:
                 await self._create_machine(self.get(name), recreated=True)
             return self.get(name)
+
+    async def _limits_applied_live(self, agent: Agent, policy: Policy) -> bool:
+        """Record ``policy`` (which differs from the agent's only in what applies live) and give the machine its
+        CPU, memory and pids limits with ``docker update``; False, with nothing changed, when Docker refuses them
+        (a memory limit below what the machine uses) or cannot change them (Docker keeps a CPU limit it is asked
+        to drop), so the caller rebuilds the machine under them."""
+        if agent.policy.cpus is not None and policy.cpus is None:
+            return False
+        async with self.locks.operating(agent):
+            info = await self.machine(self.get(agent.name))
+            if info is not None and live_limits(policy) != live_limits(agent.policy):
+                try:
+                    await self.docker.update_limits(info.id, live_limits(policy))
+                except DockerFailure as exc:
+                    log.info("docker update refused agent %s's limits (%s); rebuilding its machine", agent.name, exc)
+                    return False
+            # The proxy reads the rules for every new connection, self_control is served from the host and the
+            # disk quota is Spinup's own: nothing else in the machine changes.
+            self.db.set_policy(agent.id, policy)
+            return True
 
     @contextlib.asynccontextmanager
     async def rebuilding(self, name: str, image: str, saved: str) -> AsyncIterator[tuple[Agent, MachineInfo | None]]:
@@ -845,7 +863,9 @@ def _agent_directories() -> bytes:
 
 
 def only_live_changes(old: Policy, new: Policy) -> bool:
-    """Whether two policies differ only in what applies live: allowlist rules (read by the egress proxy for each
+    """Whether two policies differ only in what applies live (:data:`~.pool.LIVE_FIELDS`): CPU, memory and pids
+    limits (``docker update``), the disk quota (Spinup's own), allowlist rules (read by the egress proxy for each
     connection) and ``self_control`` (an endpoint served from the host, nothing in the machine's config)."""
-    live = {"allow": (), "intercept": (), "self_control": False}
-    return old.network == new.network and old.model_copy(update=live) == new.model_copy(update=live)
+    return old.network == new.network and old.model_dump(exclude=set(LIVE_FIELDS)) == new.model_dump(
+        exclude=set(LIVE_FIELDS)
+    )

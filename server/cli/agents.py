@@ -170,8 +170,8 @@ def register(sub: SubParsers) -> None:
     pulled.add_argument("--credential", help="a secret holding the registry's user:password")
     policied = agent_sub.add_parser(
         "policy",
-        help="show an agent's policy, or change it (the machine is rebuilt, its state kept; a change of "
-        "allowlist rules alone applies to the next connection, with no rebuild)",
+        help="show an agent's policy, or change it (CPUs, memory, pids, disk, allowlist rules and "
+        "self_control apply live; anything else rebuilds the machine, its state kept)",
     )
     policied.add_argument("name")
     add_policy_options(policied)

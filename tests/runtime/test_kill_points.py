@@ -94,19 +94,17 @@ async def test_a_kill_during_a_policy_change_leaves_the_old_policy_or_the_new_on
     runtime: Runtime, agent: str, point: str
 ) -> None:
     await runtime.exec(agent, "echo kept > /workspace/state")
-    old_pids = runtime.get_agent(agent).policy.pids
+    old_nofile = runtime.get_agent(agent).policy.nofile  # set at creation: a change of it rebuilds the machine
 
-    code = await _killed_at(runtime.settings, point, "agent", "policy", agent, "--pids", "300")
+    code = await _killed_at(runtime.settings, point, "agent", "policy", agent, "--nofile", "4096")
     assert code == -signal.SIGKILL
 
     fresh = Runtime(runtime.settings)
     try:
         assert (await fresh.exec(agent, "cat /workspace/state")).stdout == "kept\n"
-        assert fresh.get_agent(agent).policy.pids == (300 if point == POLICY_RECORDED else old_pids)
-        if point == POLICY_RECORDED:
-            machine = fresh.get_agent(agent).machine_id
-            assert machine is not None
-            assert docker_cli("inspect", "-f", "{{.HostConfig.PidsLimit}}", machine).stdout.strip() == "300"
+        assert fresh.get_agent(agent).policy.nofile == (4096 if point == POLICY_RECORDED else old_nofile)
+        expected = 4096 if point == POLICY_RECORDED else old_nofile
+        assert (await fresh.exec(agent, "ulimit -n")).stdout == f"{expected}\n"
         await _healthy(fresh, agent)
     finally:
         await fresh.close()

@@ -179,17 +179,32 @@ async def test_network_host_reaches_a_host_loopback_server(runtime: Runtime, loo
     assert result.stdout == "pong\n", result.stderr
 
 
-async def test_a_policy_change_rebuilds_the_machine_and_keeps_its_state(runtime: Runtime, agent: str) -> None:
+async def test_limits_change_live_and_other_changes_rebuild_the_machine_keeping_its_state(
+    runtime: Runtime, agent: str
+) -> None:
     await runtime.exec(agent, "echo kept > /workspace/kept && mkdir -p ~/.cache && echo c > ~/.cache/c")
+    sleeper = await runtime.process_start(agent, "sleep 1000")
     before = runtime.get_agent(agent).machine_id
-    changed = await runtime.set_policy(agent, Policy(memory="512m", pids=256, cpus=0.5))
-    assert changed.machine_id != before and changed.policy.memory == 512 << 20
+
+    limited = await runtime.set_policy(agent, Policy(memory="512m", pids=256, cpus=0.5, disk="5g"))
+    assert limited.machine_id == before and limited.policy.memory == 512 << 20 and limited.policy.disk == 5 << 30
     host = _inspect(runtime, agent)["HostConfig"]
     assert isinstance(host, dict)
     assert host["Memory"] == 512 << 20 and host["PidsLimit"] == 256 and host["NanoCpus"] == 500_000_000
-    assert (await runtime.exec(agent, "cat /workspace/kept ~/.cache/c")).stdout == "kept\nc\n"
-    kinds = [e.kind for e in runtime.events(agent)]
-    assert "policy-changed" in kinds
+    (listed,) = [p for p in await runtime.process_list(agent) if p.id == sleeper.id]
+    assert listed.state == "running"  # the same machine, still running
+
+    # Docker keeps a CPU limit it is asked to drop, and the open-file limit is set at creation: a new machine.
+    for policy in (Policy(memory="512m", pids=256), Policy(memory="512m", pids=256, nofile=1024)):
+        previous = runtime.get_agent(agent).machine_id
+        rebuilt = await runtime.set_policy(agent, policy)
+        assert rebuilt.machine_id != previous
+        host = _inspect(runtime, agent)["HostConfig"]
+        assert isinstance(host, dict)
+        assert host["Memory"] == 512 << 20 and host["NanoCpus"] == 0
+    result = await runtime.exec(agent, "cat /workspace/kept ~/.cache/c; ulimit -n")
+    assert result.stdout == "kept\nc\n1024\n"
+    assert [e.kind for e in runtime.events(agent, limit=50)].count("policy-changed") == 3
     await runtime.drain()
     assert docker_cli("inspect", before or "", check=False).returncode != 0  # the old machine is gone
 
