@@ -100,6 +100,10 @@ class Spare:
     shape: str
     running: bool
 
+    def ready_as(self, image: str, shape: str) -> bool:
+        """Whether this spare runs and can become an agent on ``image`` of ``shape``."""
+        return self.running and self.image == image and self.shape == shape
+
 
 MakeSpare = Callable[[Agent], Coroutine[Any, Any, str]]  # makes and starts a spare machine for the drawn agent; its id
 
@@ -171,7 +175,7 @@ class WarmPool:
         """Per pooled image and shape (``IMAGE`` or ``IMAGE+root``): the spares running and how many are kept."""
         found = await self.spares()
         return [
-            (pool_key(image, shape), sum(s.image == image and s.shape == shape and s.running for s in found), n)
+            (pool_key(image, shape), sum(s.ready_as(image, shape) for s in found), n)
             for image, shape in self.kinds()
             if (n := self.size(image, shape)) > 0
         ]
@@ -185,7 +189,7 @@ class WarmPool:
             if not held:
                 return None  # another process holds the pool longer than a cold start takes
             found = await self.spares()
-            spare = next((s for s in found if s.image == image and s.shape == shape and s.running), None)
+            spare = next((s for s in found if s.ready_as(image, shape)), None)
             if spare is None:
                 self._refill.set()
                 return None
@@ -205,7 +209,7 @@ class WarmPool:
                 await self.docker.remove(stopped.machine_id)  # a spare that stopped (a daemon restart) is of no use
                 self._forget(stopped.agent_id)
             for image, shape in self.kinds():
-                have = sum(1 for s in current if s.image == image and s.shape == shape and s.running)
+                have = sum(s.ready_as(image, shape) for s in current)
                 for _ in range(max(0, self.size(image, shape) - have)):
                     # Shielded: a cancelled fill never leaves a machine Docker made after reap looked.
                     making: asyncio.Task[str] = asyncio.create_task(self._make(self._drawn(image, shape)))
